@@ -1,0 +1,19 @@
+# `make demo` runs the main job, `make test` the test suite; both set up .venv first.
+.PHONY: setup demo test lint
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+demo: setup
+	.venv/bin/lofipipe demo
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: setup
+	.venv/bin/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	.venv/bin/ruff check lofipipe tests

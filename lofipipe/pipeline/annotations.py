@@ -1,0 +1,215 @@
+"""Annotations: read ActivityNet-1.3 JSON or THUMOS-14 per-class text files, normalize them.
+
+Malformed files are an `InputError` naming the file and the place in it. Well-formed
+entries that do not fit the videos (unknown video, reversed segment, segment outside the
+video) are reported as issues, one per entry, and left out or clipped; they never stop
+the job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lofipipe.errors import InputError, StorageError
+from lofipipe.pipeline.video_ids import annotation_key_to_video_id
+from lofipipe.storage import Store, list_files
+
+_THUMOS_NAME = re.compile(r"^(?P<label>.+)_(?P<subset>val|test)\.txt$")
+_THUMOS_SUBSETS = {"val": "validation", "test": "test"}
+# THUMOS-14 marks unclear spans in Ambiguous_<subset>.txt; evaluation ignores them.
+_THUMOS_IGNORED_LABELS = {"Ambiguous"}
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    key: str  # the video key as written in the annotation file
+    label: str
+    start: float
+    end: float
+    where: str  # file and position, for messages
+
+
+@dataclass(frozen=True)
+class RawVideo:
+    subset: str | None
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class RawAnnotations:
+    source_format: str  # activitynet | thumos14
+    videos: dict[str, RawVideo]
+    segments: tuple[RawSegment, ...]
+
+
+def _number(value: Any, where: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value):
+        raise InputError(f"{where}: {what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_activitynet(text: str, name: str) -> RawAnnotations:
+    """Parses an ActivityNet-1.3 style document (`database` -> video -> annotations)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{name}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(document, Mapping) or not isinstance(document.get("database"), Mapping):
+        raise InputError(f"{name}: expected an object with a 'database' mapping of videos")
+    videos, segments = {}, []
+    for key, entry in document["database"].items():
+        where = f"{name}: database[{key!r}]"
+        if not isinstance(entry, Mapping):
+            raise InputError(f"{where}: expected an object, got {type(entry).__name__}")
+        subset = entry.get("subset")
+        if subset is not None and not isinstance(subset, str):
+            raise InputError(f"{where}.subset: expected a string, got {subset!r}")
+        duration = entry.get("duration")
+        if duration is not None:
+            duration = _number(duration, f"{where}.duration", "duration")
+        videos[key] = RawVideo(subset, duration)
+        annotations = entry.get("annotations", [])
+        if not isinstance(annotations, list):
+            raise InputError(f"{where}.annotations: expected a list")
+        for index, annotation in enumerate(annotations):
+            at = f"{where}.annotations[{index}]"
+            if not isinstance(annotation, Mapping):
+                raise InputError(f"{at}: expected an object with 'segment' and 'label'")
+            segment, label = annotation.get("segment"), annotation.get("label")
+            if not isinstance(segment, (list, tuple)) or len(segment) != 2:
+                raise InputError(f"{at}.segment: expected [start, end] in seconds, "
+                                 f"got {segment!r}")
+            if not isinstance(label, str) or not label.strip():
+                raise InputError(f"{at}.label: expected a non-empty string, got {label!r}")
+            start = _number(segment[0], f"{at}.segment", "start")
+            end = _number(segment[1], f"{at}.segment", "end")
+            segments.append(RawSegment(key, label.strip(), start, end, at))
+    return RawAnnotations("activitynet", videos, tuple(segments))
+
+
+def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
+    """Parses THUMOS-14 `<Class>_<val|test>.txt` files given as (name, text) pairs."""
+    videos: dict[str, RawVideo] = {}
+    segments = []
+    for name, text in files:
+        match = _THUMOS_NAME.match(name.rsplit("/", 1)[-1])
+        if not match:
+            raise InputError(f"{name}: expected a THUMOS-14 file named <Class>_val.txt or "
+                             f"<Class>_test.txt")
+        label, subset = match["label"], _THUMOS_SUBSETS[match["subset"]]
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            at = f"{name} line {number}"
+            parts = line.split()
+            try:
+                key, start, end = parts[0], float(parts[1]), float(parts[2])
+            except (IndexError, ValueError):
+                raise InputError(f"{at}: expected '<video> <start> <end>', got {line.strip()!r}"
+                                 ) from None
+            if len(parts) != 3 or not (math.isfinite(start) and math.isfinite(end)):
+                raise InputError(f"{at}: expected '<video> <start> <end>', got {line.strip()!r}")
+            videos.setdefault(key, RawVideo(subset, None))
+            if label not in _THUMOS_IGNORED_LABELS:
+                segments.append(RawSegment(key, label, start, end, at))
+    return RawAnnotations("thumos14", videos, tuple(segments))
+
+
+def read_annotations(url: str, options: Mapping[str, Any]) -> RawAnnotations:
+    """Reads annotations from an ActivityNet JSON file, or THUMOS-14 text files (a folder,
+    a glob or one file)."""
+    if url.lower().endswith(".json"):
+        parent, _, name = url.rstrip("/").rpartition("/")
+        store = Store(parent or ".", options)
+        try:
+            text = store.read_text(name)
+        except FileNotFoundError:
+            raise InputError(f"annotation file not found: {url}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: not UTF-8 text") from None
+        return parse_activitynet(text, name)
+    try:
+        found = list_files(url, options, ["txt"])
+    except StorageError:
+        found = []
+    if not found:
+        raise InputError(f"no annotations at {url}: expected an ActivityNet .json file or "
+                         f"THUMOS-14 <Class>_<subset>.txt files")
+    texts = []
+    for file_url, _ in found:
+        parent, _, name = file_url.rpartition("/")
+        try:
+            texts.append((name, Store(parent, options).read_text(name)))
+        except UnicodeDecodeError:
+            raise InputError(f"{name}: not UTF-8 text") from None
+    return parse_thumos(texts)
+
+
+@dataclass(frozen=True)
+class NormalizedAnnotations:
+    rows: list[dict[str, Any]]  # ANNOTATIONS rows, sorted by video, start, label
+    subsets: dict[str, str]  # video_id -> subset
+    issues: list[dict[str, Any]]  # ERRORS rows (stage "annotations")
+
+
+def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> NormalizedAnnotations:
+    """Matches annotations to the listed videos and checks every segment against them.
+
+    Args:
+        raw: parsed annotations.
+        durations: video_id -> probed duration (None when the video failed to probe).
+    """
+    known = set(durations)
+    issues: list[dict[str, Any]] = []
+
+    def issue(reason: str, message: str, video_id: str | None = None) -> None:
+        issues.append({"stage": "annotations", "video_id": video_id, "reason": reason,
+                       "error": message, "attempts": 1})
+
+    ids: dict[str, str] = {}
+    for key in raw.videos:
+        video_id = annotation_key_to_video_id(key, known)
+        if video_id is None:
+            issue("unknown_video", f"annotations for video {key!r}, which is not among the "
+                                   f"listed videos; left out")
+        else:
+            ids[key] = video_id
+    subsets = {ids[key]: video.subset for key, video in raw.videos.items()
+               if key in ids and video.subset}
+    labels = sorted({segment.label for segment in raw.segments})
+    label_ids = {label: index for index, label in enumerate(labels)}
+    rows = []
+    for segment in raw.segments:
+        video_id = ids.get(segment.key)
+        if video_id is None:
+            continue
+        duration = durations.get(video_id) or raw.videos[segment.key].duration
+        start, end = segment.start, segment.end
+        span = f"[{start:g}, {end:g}]"
+        if end <= start:
+            issue("reversed_segment", f"{segment.where}: segment {span} ends before it "
+                                      f"starts; left out", video_id)
+            continue
+        if duration is not None:
+            if end <= 0 or start >= duration:
+                issue("outside_video", f"{segment.where}: segment {span} lies outside the "
+                                       f"video (0 to {duration:g} s); left out", video_id)
+                continue
+            if start < 0 or end > duration:
+                start, end = max(start, 0.0), min(end, duration)
+                issue("clipped_segment", f"{segment.where}: segment {span} reaches past the "
+                                         f"video (0 to {duration:g} s); clipped to "
+                                         f"[{start:g}, {end:g}]", video_id)
+        rows.append({
+            "video_id": video_id, "subset": subsets.get(video_id), "label": segment.label,
+            "label_id": label_ids[segment.label], "start": start, "end": end,
+            "video_duration": duration, "source_format": raw.source_format,
+        })
+    rows.sort(key=lambda row: (row["video_id"], row["start"], row["end"], row["label"]))
+    return NormalizedAnnotations(rows, subsets, issues)

@@ -1,0 +1,154 @@
+"""The ingest graph: list videos -> probe each as a Ray task -> manifest and annotations.
+
+Outputs under ROOT:
+    manifest/videos.parquet   one row per listed video (MANIFEST)
+    manifest/errors.parquet   failed probes and annotation issues (ERRORS)
+    manifest/ingest.yaml      the resolved config of the run
+    annotations.parquet       normalized segments of the listed videos (ANNOTATIONS)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lofipipe import __version__
+from lofipipe.errors import InputError
+from lofipipe.pipeline.annotations import normalize, read_annotations
+from lofipipe.pipeline.probe import VideoItem, VideoProber, source_signature
+from lofipipe.pipeline.video_ids import video_id_for_file
+from lofipipe.progress import Progress
+from lofipipe.schemas.config import Config, config_to_yaml
+from lofipipe.schemas.tables import ANNOTATIONS, ERRORS, MANIFEST
+from lofipipe.storage import Store, list_files
+from lofipipe.workers.runtime import ensure_ray
+from lofipipe.workers.task_pool import TaskFailure, map_with_time_limit
+
+MANIFEST_PATH = "manifest/videos.parquet"
+ERRORS_PATH = "manifest/errors.parquet"
+CONFIG_PATH = "manifest/ingest.yaml"
+ANNOTATIONS_PATH = "annotations.parquet"
+
+
+@dataclass
+class IngestSummary:
+    listed: int = 0
+    probed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    ok: int = 0
+    failed: Counter = field(default_factory=Counter)
+    hours: float = 0.0
+    segments: int = 0
+    labels: int = 0
+    annotation_issues: Counter = field(default_factory=Counter)
+    probe_line: str = ""
+
+    def lines(self, root: Store) -> list[str]:
+        failed = sum(self.failed.values())
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.failed.items()))
+        issues = ", ".join(f"{r} {n}" for r, n in sorted(self.annotation_issues.items()))
+        return [
+            f"videos: {self.listed} listed, {self.probed} probed, {self.unchanged} unchanged "
+            f"since the last run, {self.removed} gone from the listing",
+            f"status: {self.ok} ok, {failed} failed" + (f" ({reasons})" if reasons else ""),
+            f"video: {self.hours:.2f} hours in the ok videos",
+            f"annotations: {self.segments} segments, {self.labels} labels"
+            + (f"; issues: {issues} (see {ERRORS_PATH})" if issues else ""),
+            f"wrote {root.url_of(MANIFEST_PATH)} and {root.url_of(ANNOTATIONS_PATH)}",
+        ]
+
+
+def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoItem]:
+    """The video files at `url` (folder or glob), sorted, with unique ids."""
+    listed = list_files(url, options, extensions)
+    if not listed:
+        raise InputError(f"no videos at {url} (looked for: {', '.join(extensions)})")
+    items, seen = [], {}
+    for uri, info in listed:
+        video_id = video_id_for_file(uri)
+        if video_id in seen:
+            raise InputError(f"duplicate video id {video_id!r}: {seen[video_id]} and {uri}; "
+                             f"rename one of them")
+        seen[video_id] = uri
+        items.append(VideoItem(video_id, uri, int(info.get("size") or 0), source_signature(info)))
+    return items
+
+
+def _previous_rows(root: Store) -> dict[str, dict[str, Any]]:
+    if not root.exists(MANIFEST_PATH):
+        return {}
+    table = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH))
+    return {row["video_id"]: row for row in table.to_pylist()}
+
+
+def _failed_row(item: VideoItem, failure: TaskFailure) -> dict[str, Any]:
+    return {"video_id": item.video_id, "uri": item.uri, "size": item.size,
+            "source_signature": item.source_signature, "status": "failed",
+            "error": f"{failure.reason}: {failure.message}", "lofipipe_version": __version__}
+
+
+def reason_of(error: str) -> str:
+    """The reason code at the front of a manifest `error` ("reason: message")."""
+    return error.split(":", 1)[0]
+
+
+def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: str,
+               storage_options: Mapping[str, Any], command: str) -> IngestSummary:
+    """Ingests the videos at `videos_url` and their annotations into `root`.
+
+    Unchanged videos that probed fine last time are kept as they were; new, changed and
+    previously failed ones are probed again.
+    """
+    items = list_videos(videos_url, storage_options, config.ingest.extensions)
+    raw = read_annotations(annotations_url, storage_options)  # malformed: fail before work
+    previous = _previous_rows(root)
+    rows: dict[str, dict[str, Any]] = {}
+    to_probe = []
+    for item in items:
+        old = previous.get(item.video_id)
+        if (old and old["status"] == "ok" and old["uri"] == item.uri
+                and old["source_signature"] == item.source_signature):
+            rows[item.video_id] = old
+        else:
+            to_probe.append(item)
+    summary = IngestSummary(listed=len(items), probed=len(to_probe), unchanged=len(rows),
+                            removed=len(set(previous) - {item.video_id for item in items}))
+    if to_probe:
+        ensure_ray(config.ray)
+        prober = VideoProber(storage_options, config.ingest.fingerprint_block_mb)
+        with Progress("probe", len(to_probe)) as progress:
+            for item, outcome in map_with_time_limit(prober, to_probe,
+                                                     config.ingest.probe_timeout_s):
+                row = _failed_row(item, outcome) if isinstance(outcome, TaskFailure) else outcome
+                rows[item.video_id] = row
+                progress.done(reason_of(row["error"]) if row["status"] == "failed" else None)
+        summary.probe_line = progress.summary()
+
+    durations = {vid: row.get("duration") if row["status"] == "ok" else None
+                 for vid, row in rows.items()}
+    annotations = normalize(raw, durations)
+    manifest_rows = []
+    for video_id in sorted(rows):
+        row = dict(rows[video_id], subset=annotations.subsets.get(video_id))
+        manifest_rows.append(row)
+    errors = [{"stage": "ingest", "video_id": row["video_id"], "uri": row["uri"],
+               "reason": reason_of(row["error"]), "error": row["error"], "attempts": 1}
+              for row in manifest_rows if row["status"] == "failed"] + annotations.issues
+
+    root.write_table(MANIFEST_PATH, MANIFEST.from_rows(manifest_rows))
+    root.write_table(ANNOTATIONS_PATH, ANNOTATIONS.from_rows(annotations.rows))
+    root.write_table(ERRORS_PATH, ERRORS.from_rows(errors))
+    root.write_text(CONFIG_PATH, config_to_yaml(config, command))
+
+    summary.ok = sum(row["status"] == "ok" for row in manifest_rows)
+    summary.failed = Counter(reason_of(row["error"]) for row in manifest_rows
+                             if row["status"] == "failed")
+    summary.hours = sum(row["duration"] or 0.0 for row in manifest_rows
+                        if row["status"] == "ok") / 3600
+    summary.segments = len(annotations.rows)
+    summary.labels = len({row["label"] for row in annotations.rows})
+    summary.annotation_issues = Counter(issue["reason"] for issue in annotations.issues)
+    return summary

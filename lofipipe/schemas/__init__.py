@@ -1,0 +1,1 @@
+"""Config dataclasses and Arrow table schemas: the contracts between stages."""

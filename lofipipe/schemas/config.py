@@ -1,0 +1,237 @@
+"""Typed, frozen configuration: defaults live here and nowhere else.
+
+A config is built from the defaults, then a YAML file, then `key=value` overrides, in that
+order. Unknown keys and bad values raise `ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from lofipipe.errors import ConfigError
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where the job runs: a local Ray by default, a cluster when an address is given."""
+
+    address: str | None = None  # None: RAY_ADDRESS if set, else a new local instance
+    num_cpus: int | None = None  # for a local instance; None: all cores of the machine
+
+    def __post_init__(self):
+        _check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic TAL dataset; the defaults are the demo's, small enough for 2 cores."""
+
+    videos: int = 24
+    seconds: float = 24.0
+    classes: int = 4
+    width: int = 160
+    height: int = 120
+    fps: int = 15
+    seed: int = 0
+    validation_fraction: float = 0.25
+    actions_per_video: tuple[int, int] = (1, 3)
+    action_seconds: tuple[float, float] = (2.0, 5.0)
+    distractors: int = 3
+
+    def __post_init__(self):
+        from lofipipe.pipeline.synth import MOTION_PATTERNS
+
+        _check(self.videos >= 1, "videos", "must be at least 1")
+        _check(1 <= self.classes <= len(MOTION_PATTERNS), "classes",
+               f"must be between 1 and {len(MOTION_PATTERNS)}")
+        _check(self.width >= 32 and self.height >= 32, "width",
+               "frames must be at least 32x32")
+        _check(self.width % 2 == 0 and self.height % 2 == 0, "width",
+               "width and height must be even (H.264 4:2:0)")
+        _check(1 <= self.fps <= 120, "fps", "must be between 1 and 120")
+        _check(0.0 <= self.validation_fraction < 1.0, "validation_fraction",
+               "must be in [0, 1)")
+        low, high = self.actions_per_video
+        _check(1 <= low <= high, "actions_per_video", "must be [min, max] with 1 <= min <= max")
+        short, long = self.action_seconds
+        _check(0 < short <= long, "action_seconds", "must be [min, max] with 0 < min <= max")
+        # Each action needs its own span plus a gap of at least one second on either side.
+        _check(self.seconds >= high * (long + 1.0) + 1.0, "seconds",
+               f"must be at least {high * (long + 1.0) + 1.0:g} to fit {high} actions of up "
+               f"to {long:g} s")
+        _check(self.distractors >= 0, "distractors", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Listing and probing videos."""
+
+    extensions: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg")
+    probe_timeout_s: float = 60.0  # per video, from submission to result
+    fingerprint_block_mb: int = 8
+
+    def __post_init__(self):
+        _check(len(self.extensions) > 0, "extensions", "must list at least one extension")
+        _check(self.probe_timeout_s > 0, "probe_timeout_s", "must be > 0")
+        _check(self.fingerprint_block_mb >= 1, "fingerprint_block_mb", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything lofipipe can be configured with."""
+
+    ray: RayConfig = field(default_factory=RayConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+
+# Building -----------------------------------------------------------------------------------
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+
+
+def _coerce(kind: Any, value: Any, key: str) -> Any:
+    """Checks `value` against the annotation `kind`, converting lists to tuples."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
+    if origin is Literal:
+        _check(value in typing.get_args(kind), key,
+               f"must be one of {', '.join(map(str, typing.get_args(kind)))}, got {value!r}")
+        return value
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        args = typing.get_args(kind)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], item, key) for item in value)
+        _check(len(value) == len(args), key, f"expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(arg, item, key) for arg, item in zip(args, value, strict=True))
+    if dataclasses.is_dataclass(kind):
+        _check(isinstance(value, Mapping), key, f"expected a mapping, got {value!r}")
+        return _build(kind, value, key + ".")
+    if kind is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if kind is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"expected an integer, got {value!r}")
+        return value
+    if kind is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {kind!r} for {key}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(hints[name], value, prefix + name) for name, value in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{prefix}{error}") from None
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for name, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = _merge(merged[name], value)
+        else:
+            merged[name] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turns `a.b=value` (value in YAML syntax) into `{"a": {"b": value}}`."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"{text!r}: an override must look like key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}") from None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] | str] = (),
+                read_text=None) -> Config:
+    """Builds the config from defaults, an optional YAML file and overrides.
+
+    Args:
+        path: a YAML file (any storage URL when `read_text` is given).
+        overrides: `key=value` strings or nested mappings, applied in order.
+        read_text: reads `path`; defaults to the local filesystem.
+    """
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            text = read_text(path) if read_text else open(path, encoding="utf-8").read()
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        values = dict(loaded or {})
+    for override in overrides:
+        values = _merge(values, parse_override(override) if isinstance(override, str)
+                        else override)
+    return _build(Config, values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain, YAML-safe dict of a config (tuples become lists)."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(item) for item in value]
+        return value
+
+    return plain(config)
+
+
+def config_to_yaml(config: Config, command: str) -> str:
+    """The resolved config as YAML, headed by the command that produced it."""
+    body = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    return f"# Resolved by: {command}\n{body}"

@@ -1,0 +1,32 @@
+"""Starting or joining Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from lofipipe.schemas.config import RayConfig
+
+
+def ensure_ray(config: RayConfig) -> None:
+    """Joins the cluster at `config.address` or RAY_ADDRESS, else starts a local Ray.
+
+    An already initialised Ray (a test session, a notebook) is used as it is.
+    """
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(
+        address=address,
+        num_cpus=None if address else config.num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+
+
+def cluster_cpus() -> int:
+    """CPUs of the whole cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
