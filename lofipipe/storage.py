@@ -68,7 +68,9 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name.strip():
-            raise StorageError(f"storage option {name.strip() or pair!r}: expected key=value")
+            # Never echo the text after "=": it may be a credential.
+            raise StorageError(f"storage option {name.strip() or '(no name)'}: expected "
+                               f"key=value")
         value = yaml.safe_load(raw) if raw.strip() else ""
         *parents, leaf = name.strip().split(".")
         node = options

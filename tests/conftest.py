@@ -1,0 +1,71 @@
+"""Shared fixtures: a local Ray for the session, moto's S3 server on 127.0.0.1, tiny videos."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# Nothing in the tests may reach beyond this machine: no instance metadata look-ups, no
+# default AWS endpoints. Every S3 client gets the local server's URL explicitly.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS"):
+    os.environ.pop(name, None)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+S3_KEY = "lofipipe-test-key"
+S3_SECRET = "lofipipe-test-secret-5b1f0c"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A 2-CPU local Ray shared by every test that needs one."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server, listening on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh bucket; yields (bucket name, storage options for s3fs)."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_KEY,
+                          aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    client.create_bucket(Bucket=name)
+    options = {"endpoint_url": s3_server, "key": S3_KEY, "secret": S3_SECRET}
+    yield name, options
+
+
+@pytest.fixture(scope="session")
+def small_video(tmp_path_factory) -> Path:
+    from media import write_video
+
+    return write_video(tmp_path_factory.mktemp("media") / "small.mp4")

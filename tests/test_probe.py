@@ -1,0 +1,53 @@
+"""The probe stage in-process, without Ray, on real files."""
+
+import pytest
+from media import write_audio_only, write_truncated, write_video
+
+from lofipipe.pipeline.probe import VideoItem, VideoProber
+
+
+def _probe(path):
+    return VideoProber().process(VideoItem("v", str(path), path.stat().st_size, "sig"))
+
+
+def test_good_video_facts(tmp_path):
+    row = _probe(write_video(tmp_path / "v.mp4", seconds=3, size=(80, 48), fps=10, audio=True))
+    assert row["status"] == "ok" and row["error"] is None
+    assert row["duration"] == pytest.approx(3.0)
+    assert row["avg_fps"] == pytest.approx(10.0)
+    assert row["num_frames"] == 30
+    assert (row["width"], row["height"], row["rotation"]) == (80, 48, 0)
+    assert row["codec"] == "h264" and row["has_audio"] is True
+    assert len(row["fingerprint"]) == 32
+    assert _probe(tmp_path / "v.mp4")["fingerprint"] == row["fingerprint"]
+
+
+@pytest.mark.parametrize("degrees, expected", [(90, 90), (180, 180), (-90, 270)])
+def test_rotation_is_read(tmp_path, degrees, expected):
+    row = _probe(write_video(tmp_path / "r.mp4", rotation=degrees))
+    assert row["status"] == "ok" and row["rotation"] == expected
+    assert (row["width"], row["height"]) == (64, 48)  # as stored
+
+
+def test_mkv_without_frame_count(tmp_path):
+    row = _probe(write_video(tmp_path / "v.mkv"))
+    assert row["status"] == "ok" and row["num_frames"] is None
+    assert row["duration"] == pytest.approx(2.0, abs=0.15)
+
+
+def test_bad_files_get_one_line_reasons(tmp_path, small_video):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("this is not a video\n" * 20)
+    cases = {
+        "empty.mp4": "empty_file: empty file (0 bytes)",
+        "text.mp4": "not_a_video: not a readable video container",
+        "audio.mp4": "no_video_stream: no video stream (audio only)",
+        "truncated.mp4": "not_a_video: not a readable video container",
+    }
+    write_audio_only(tmp_path / "audio.mp4")
+    write_truncated(tmp_path / "truncated.mp4", small_video)
+    for name, expected in cases.items():
+        row = _probe(tmp_path / name)
+        assert row["status"] == "failed", name
+        assert row["error"].startswith(expected), (name, row["error"])
+        assert "\n" not in row["error"]

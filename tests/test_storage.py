@@ -1,0 +1,153 @@
+import os
+
+import pyarrow as pa
+import pytest
+
+from lofipipe.errors import StorageError
+from lofipipe.storage import REDACTED, Store, list_files, parse_storage_options, redact
+
+
+class Boom(Exception):
+    pass
+
+
+def _write_then_fail(store: Store, name: str) -> None:
+    with pytest.raises(Boom):
+        with store.writer(name) as handle:
+            handle.write(b"half of it")
+            raise Boom()
+
+
+def test_local_write_commits_whole_file(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("a/b/data.bin", b"x" * 1000)
+    assert (tmp_path / "a/b/data.bin").read_bytes() == b"x" * 1000
+    assert os.listdir(tmp_path / "a/b") == ["data.bin"]
+
+
+def test_local_exception_mid_write_leaves_nothing(tmp_path):
+    store = Store(str(tmp_path))
+    _write_then_fail(store, "out/part-00000.parquet")
+    assert not store.exists("out/part-00000.parquet")
+    assert os.listdir(tmp_path / "out") == []  # no staged leftovers either
+
+
+def test_local_failed_rewrite_keeps_previous_version(tmp_path):
+    store = Store(str(tmp_path))
+    store.write_bytes("state.json", b"old")
+    _write_then_fail(store, "state.json")
+    assert store.read_bytes("state.json") == b"old"
+
+
+def test_file_url_and_relative_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Store("rel").write_text("x.txt", "hello")
+    assert Store(f"file://{tmp_path}/rel").read_text("x.txt") == "hello"
+    assert Store("rel").url == str(tmp_path / "rel")
+
+
+def test_memory_store_commit_semantics():
+    store = Store("memory://lofipipe-test-commit")
+    _write_then_fail(store, "x.bin")
+    assert not store.exists("x.bin")
+    store.write_bytes("x.bin", b"123")
+    assert store.read_bytes("x.bin") == b"123"
+
+
+def test_listing_is_sorted_and_filtered(tmp_path):
+    for name in ["b.mp4", "a.mp4", "c.txt", "sub/z.mp4", "sub/a.mp4"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"1")
+    store = Store(str(tmp_path))
+    assert store.list() == ["a.mp4", "b.mp4", "c.txt"]
+    assert store.list(pattern="*.mp4", recursive=True) == [
+        "a.mp4", "b.mp4", "sub/a.mp4", "sub/z.mp4"]
+    urls = [u for u, _ in list_files(str(tmp_path), {}, ["mp4"])]
+    assert urls == [str(tmp_path / n) for n in ["a.mp4", "b.mp4", "sub/a.mp4", "sub/z.mp4"]]
+    globbed = [u for u, _ in list_files(str(tmp_path / "sub" / "*.mp4"), {}, ["mp4"])]
+    assert globbed == [str(tmp_path / "sub/a.mp4"), str(tmp_path / "sub/z.mp4")]
+
+
+def test_listing_missing_folder_is_clear_error(tmp_path):
+    with pytest.raises(StorageError, match="no such folder"):
+        list_files(str(tmp_path / "nope"), {}, ["mp4"])
+
+
+def test_table_round_trip(tmp_path):
+    store = Store(str(tmp_path))
+    table = pa.table({"a": [1, 2], "b": ["x", None]})
+    store.write_table("t.parquet", table)
+    assert store.read_table("t.parquet").equals(table)
+
+
+def test_parse_storage_options_types_and_nesting():
+    options = parse_storage_options(["anon=false", "endpoint_url=http://127.0.0.1:9",
+                                     "client_kwargs.region_name=eu-west-1"])
+    assert options == {"anon": False, "endpoint_url": "http://127.0.0.1:9",
+                       "client_kwargs": {"region_name": "eu-west-1"}}
+    with pytest.raises(StorageError, match="expected key=value"):
+        parse_storage_options(["novalue"])
+
+
+def test_credentials_are_redacted_everywhere(monkeypatch):
+    secret = "very-secret-value-123"
+    options = {"key": "AKIAEXAMPLE123", "secret": secret, "endpoint_url": "http://127.0.0.1:1"}
+    assert secret not in repr(Store("s3://bucket/x", options))
+    text = redact(f"failed with secret={secret} key=AKIAEXAMPLE123 at http://127.0.0.1:1",
+                  options)
+    assert secret not in text and "AKIAEXAMPLE123" not in text
+    assert "http://127.0.0.1:1" in text and REDACTED in text
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-abcdef")
+    assert "env-secret-abcdef" not in redact("oops env-secret-abcdef")
+
+
+@pytest.mark.s3
+def test_s3_commit_semantics(s3_bucket):
+    bucket, options = s3_bucket
+    store = Store(f"s3://{bucket}/root", options)
+    _write_then_fail(store, "shards/part-00000.parquet")
+    assert not store.exists("shards/part-00000.parquet")
+    assert store.list("shards") == []
+    store.write_bytes("shards/part-00001.parquet", b"done")
+    store.write_bytes("shards/part-00000.parquet", b"done too")
+    assert store.list("shards") == ["shards/part-00000.parquet", "shards/part-00001.parquet"]
+    assert store.read_bytes("shards/part-00001.parquet") == b"done"
+
+
+@pytest.mark.s3
+def test_s3_large_object_goes_multipart_and_commits_whole(s3_bucket, monkeypatch):
+    import lofipipe.storage as storage
+
+    monkeypatch.setattr(storage, "_SINGLE_PUT_BYTES", 1024)
+    bucket, options = s3_bucket
+    store = Store(f"s3://{bucket}", options)
+    data = os.urandom(6 * 2**20)
+    store.write_bytes("big.bin", data)
+    assert store.read_bytes("big.bin") == data
+    _write_then_fail(store, "big2.bin")
+    assert not store.exists("big2.bin")
+
+
+@pytest.mark.s3
+def test_s3_errors_never_show_credentials(s3_server):
+    options = {"endpoint_url": s3_server, "key": "AKIAWRONGKEY0001",
+               "secret": "wrong-secret-value-42"}
+    store = Store("s3://no-such-bucket-lofipipe/root", options)
+    with pytest.raises((StorageError, FileNotFoundError)) as caught:
+        store.read_bytes("missing.txt")
+    assert "wrong-secret-value-42" not in str(caught.value)
+    assert "AKIAWRONGKEY0001" not in str(caught.value)
+
+
+@pytest.mark.s3
+def test_s3_options_from_the_environment(s3_bucket, s3_server, monkeypatch):
+    from conftest import S3_KEY, S3_SECRET
+
+    bucket, _ = s3_bucket
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    store = Store(f"s3://{bucket}/env")
+    store.write_text("hello.txt", "from env")
+    assert store.read_text("hello.txt") == "from env"
+    assert S3_SECRET not in redact(f"boom {S3_SECRET}")

@@ -1,0 +1,124 @@
+import json
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lofipipe.cli import main
+from lofipipe.pipeline.synth import MOTION_PATTERNS, synthesize
+from lofipipe.schemas.config import load_config
+from lofipipe.storage import Store
+
+SMALL = ["synth.videos=4", "synth.seconds=10", "synth.width=64", "synth.height=48",
+         "synth.fps=10", "synth.actions_per_video=[1, 2]", "synth.action_seconds=[1.5, 3]",
+         "synth.classes=3"]
+
+
+def _make(tmp_path, name, *overrides):
+    config = load_config(None, [*SMALL, *overrides]).synth
+    out = tmp_path / name
+    synthesize(config, Store(str(out)))
+    return out, config
+
+
+def _decode(path):
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    first, _ = _make(tmp_path, "a")
+    second, _ = _make(tmp_path, "b")
+    other, _ = _make(tmp_path, "c", "synth.seed=1")
+    names = sorted(p.name for p in (first / "videos").iterdir())
+    assert names == [f"synth_{i:04d}.mp4" for i in range(4)]
+    for name in names:
+        assert (first / "videos" / name).read_bytes() == (second / "videos" / name).read_bytes()
+    assert (first / "annotations.json").read_text() == (second / "annotations.json").read_text()
+    assert (first / "annotations.json").read_text() != (other / "annotations.json").read_text()
+    assert (first / "videos" / names[0]).read_bytes() != (other / "videos" / names[0]).read_bytes()
+
+
+def test_annotations_are_valid_activitynet(tmp_path):
+    out, config = _make(tmp_path, "d", "synth.videos=8")
+    document = json.loads((out / "annotations.json").read_text())
+    assert document["version"] == "VERSION 1.3"
+    database = document["database"]
+    assert set(database) == {f"synth_{i:04d}" for i in range(8)}
+    assert {entry["subset"] for entry in database.values()} == {"training", "validation"}
+    labels = set()
+    for video_id, entry in database.items():
+        with av.open(str(out / "videos" / f"{video_id}.mp4")) as container:
+            stream = container.streams.video[0]
+            assert (stream.width, stream.height) == (64, 48)
+            assert stream.codec_context.name == "h264"
+            assert float(stream.duration * stream.time_base) == pytest.approx(entry["duration"])
+        spans = sorted(a["segment"] for a in entry["annotations"])
+        assert 1 <= len(spans) <= 2
+        for start, end in spans:
+            assert 0 < start < end < entry["duration"]
+            assert 1.5 - 0.1 <= end - start <= 3 + 0.1
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert start - end >= 0.9  # at least a second of background between actions
+        labels |= {a["label"] for a in entry["annotations"]}
+    assert labels <= set(MOTION_PATTERNS[:3])
+
+
+def _white_disc(frame):
+    mask = (frame > 215).all(axis=2)
+    if mask.sum() < 4:
+        return None
+    ys, xs = np.nonzero(mask)
+    return xs.mean(), ys.mean(), mask.sum()
+
+
+def test_actions_need_frames_and_motion(tmp_path):
+    """The disc is visible exactly during actions (and still decoys) and moves only in
+    actions: where and what an action is can be read off the frames' motion only."""
+    out, config = _make(tmp_path, "e", "synth.videos=6")
+    from lofipipe.pipeline.synth import plan_dataset
+
+    moving, still = 0, 0
+    for plan in plan_dataset(config):
+        frames = _decode(out / "videos" / f"{plan.video_id}.mp4")
+        assert len(frames) == plan.num_frames
+        visible = {i for a in plan.actions for i in range(a.start_frame, a.end_frame)}
+        visible |= {i for s, e, _, _ in plan.idle for i in range(s, e)}
+        for index, frame in enumerate(frames):
+            seen = _white_disc(frame) is not None
+            near_edge = any(abs(index - b) <= 1 for a in plan.actions
+                            for b in (a.start_frame, a.end_frame))
+            if not near_edge:
+                assert seen == (index in visible), (plan.video_id, index)
+        for action in plan.actions:
+            track = np.array([_white_disc(frames[i]) for i in
+                              range(action.start_frame + 1, action.end_frame - 1)])
+            assert track.std(axis=0).max() > 1.0, (plan.video_id, action)
+            moving += 1
+        for start, end, _, _ in plan.idle:
+            track = np.array([_white_disc(frames[i]) for i in range(start + 1, end - 1)])
+            assert track[:, :2].std(axis=0).max() < 0.5
+            still += 1
+    assert moving > 0 and still > 0
+
+
+def test_cli_synth_options_and_summary(tmp_path):
+    result = CliRunner().invoke(main, [
+        "synth", str(tmp_path / "s"), "--videos", "2", "--seconds", "20", "--size", "96x64",
+        "--fps", "12", "--classes", "2", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert "synth: 2 videos" in result.output
+    with av.open(str(tmp_path / "s/videos/synth_0000.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height, stream.average_rate) == (96, 64, 12)
+        assert stream.frames == 240
+    resolved = (tmp_path / "s/synth.yaml").read_text()
+    assert resolved.startswith("# Resolved by: lofipipe") and "seed: 5" in resolved
+
+
+def test_cli_synth_impossible_request_names_the_key(tmp_path):
+    result = CliRunner().invoke(main, ["synth", str(tmp_path / "s"), "--seconds", "5"])
+    assert result.exit_code == 2
+    assert "synth.seconds: must be at least" in result.output
+    assert not (tmp_path / "s").exists()
