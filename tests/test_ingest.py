@@ -79,6 +79,9 @@ def test_good_and_bad_inputs(ray_local, tmp_path):
     assert "status: 4 ok, 4 failed (empty_file 1, no_video_stream 1, not_a_video 2)" \
         in result.output
     assert "hours in the ok videos" in result.output
+    assert "issues: clipped_segment 1, unknown_video 1" in result.output
+    assert "annotations for video 'not_downloaded', which is not among the listed videos" \
+        in result.output
     assert not (tmp_path / "pwned").exists()
 
     segments = pq.read_table(root / "annotations.parquet")

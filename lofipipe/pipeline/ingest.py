@@ -30,6 +30,7 @@ MANIFEST_PATH = "manifest/videos.parquet"
 ERRORS_PATH = "manifest/errors.parquet"
 CONFIG_PATH = "manifest/ingest.yaml"
 ANNOTATIONS_PATH = "annotations.parquet"
+_EXAMPLES = 5  # annotation issues spelled out in the summary; the rest are in the table
 
 
 @dataclass
@@ -44,6 +45,7 @@ class IngestSummary:
     segments: int = 0
     labels: int = 0
     annotation_issues: Counter = field(default_factory=Counter)
+    issue_examples: list[str] = field(default_factory=list)
     probe_line: str = ""
 
     def lines(self, root: Store) -> list[str]:
@@ -56,7 +58,8 @@ class IngestSummary:
             f"status: {self.ok} ok, {failed} failed" + (f" ({reasons})" if reasons else ""),
             f"video: {self.hours:.2f} hours in the ok videos",
             f"annotations: {self.segments} segments, {self.labels} labels"
-            + (f"; issues: {issues} (see {ERRORS_PATH})" if issues else ""),
+            + (f"; issues: {issues} (all in {ERRORS_PATH})" if issues else ""),
+            *(f"  {example}" for example in self.issue_examples),
             f"wrote {root.url_of(MANIFEST_PATH)} and {root.url_of(ANNOTATIONS_PATH)}",
         ]
 
@@ -151,4 +154,5 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
     summary.segments = len(annotations.rows)
     summary.labels = len({row["label"] for row in annotations.rows})
     summary.annotation_issues = Counter(issue["reason"] for issue in annotations.issues)
+    summary.issue_examples = [issue["error"] for issue in annotations.issues[:_EXAMPLES]]
     return summary
