@@ -13,11 +13,24 @@ import click
 from lofipipe import __version__
 from lofipipe.errors import LofipipeError
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml, load_config
-from lofipipe.storage import Store, parse_storage_options, redact
+from lofipipe.storage import REDACTED, Store, is_secret_option, parse_storage_options, redact
 
 
 def _command_line() -> str:
-    return shlex.join(["lofipipe", *sys.argv[1:]])
+    """The command as typed, for the saved config, with credential options masked."""
+    words, flag = [], "--storage-option"
+    for word in sys.argv[1:]:
+        if words and words[-1] == flag:
+            word = _mask_option(word)
+        elif word.startswith(flag + "="):
+            word = f"{flag}={_mask_option(word[len(flag) + 1:])}"
+        words.append(word)
+    return redact(shlex.join(["lofipipe", *words]))
+
+
+def _mask_option(pair: str) -> str:
+    name, sep, _ = pair.partition("=")
+    return f"{name}={REDACTED}" if sep and is_secret_option(name.rsplit(".", 1)[-1]) else pair
 
 
 def common_options(func: Callable) -> Callable:
@@ -151,6 +164,45 @@ def ingest(root, videos_url, annotations_url, config, storage_options):
                 storage_options, _command_line())
 
 
+def _run_materialize(config: Config, root: Store, storage_options: dict, command: str,
+                     force: bool = False, retry_failed: bool = False) -> None:
+    from lofipipe.pipeline.materialize import run_materialize
+
+    summary = run_materialize(config, root, storage_options, command, force, retry_failed)
+    if summary.progress_line:
+        click.echo(summary.progress_line)
+    for line in summary.lines(root):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("root")
+@click.option("--schedule", help="Preset (lofi-anet, lofi-anet-short, lofi-thumos, "
+                                 "multigrid, demo) or a schedule .yaml file.")
+@click.option("--encoding", type=click.Choice(["jpeg", "raw"]),
+              help="How frames are stored in the shards.")
+@click.option("--retry-failed", is_flag=True, help="Also redo shards with failed videos.")
+@click.option("--force", is_flag=True, help="Redo every shard.")
+@common_options
+def materialize(root, schedule, encoding, retry_failed, force, config, storage_options):
+    """Decode every ok video of ROOT's manifest once and write snippet shards for each
+    fidelity of the schedule to ROOT/shards/<fidelity>/.
+
+    A rerun skips committed shards whose videos and settings are unchanged.
+
+    \b
+    Examples:
+      lofipipe materialize out/ --schedule lofi-anet
+      lofipipe materialize s3://bucket/anet --schedule my-schedule.yaml --encoding raw
+      lofipipe materialize out/ --schedule demo --retry-failed
+    """
+    given = {"schedule": schedule, "encoding": encoding}
+    config = load_config(None, [config_to_dict(config), {"materialize": {
+        k: v for k, v in given.items() if v is not None}}])
+    _run_materialize(config, Store(root, storage_options), storage_options, _command_line(),
+                     force, retry_failed)
+
+
 @main.command()
 @click.argument("directory", default="lofipipe-demo")
 @common_options
@@ -174,6 +226,8 @@ def demo(directory, config, storage_options):
     click.echo(f"== ingest -> {root.url}")
     _run_ingest(config, root, dataset.url_of("videos"), dataset.url_of("annotations.json"),
                 storage_options, command)
+    click.echo(f"== materialize ({config.materialize.schedule}) -> {root.url_of('shards')}")
+    _run_materialize(config, root, storage_options, command)
     click.echo(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {root.url}")
 
 

@@ -17,5 +17,21 @@ class StorageError(LofipipeError):
     """Storage could not be reached, read or written."""
 
 
+class NotFoundError(StorageError):
+    """A folder or file that was asked for is not there."""
+
+
 class InputError(LofipipeError):
     """An input (video listing, annotation file) cannot be used as given."""
+
+
+def one_line(error: BaseException, *, with_type: bool = False, last: bool = False) -> str:
+    """One line of an exception's message: the first (or `last`) non-empty one.
+
+    Ray's task errors carry the remote traceback, whose last line is the error itself.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = (lines[-1] if last else lines[0]) if lines else ""
+    if with_type or not text:
+        text = f"{type(error).__name__}: {text}".rstrip(": ")
+    return text

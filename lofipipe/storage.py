@@ -23,10 +23,9 @@ from typing import IO, Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 from fsspec.implementations.local import LocalFileSystem
 
-from lofipipe.errors import StorageError
+from lofipipe.errors import NotFoundError, StorageError, one_line
 
 # Storage option names whose values are credentials. Matched as substrings, lower case.
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "credential", "key")
@@ -38,7 +37,14 @@ REDACTED = "***"
 _SINGLE_PUT_BYTES = 64 * 2**20
 
 
-def _is_secret(name: str) -> bool:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether a storage option of this name holds a credential."""
     name = name.lower()
     return name not in _PUBLIC_OPTIONS and any(word in name for word in _SECRET_WORDS)
 
@@ -48,7 +54,7 @@ def _secret_values(options: Mapping[str, Any]) -> list[str]:
     for name, value in options.items():
         if isinstance(value, Mapping):
             values += _secret_values(value)
-        elif _is_secret(name) and value not in (None, "", True, False):
+        elif is_secret_option(name) and value not in (None, "", True, False):
             values.append(str(value))
     values += [os.environ[name] for name in _SECRET_ENV if os.environ.get(name)]
     return sorted(set(values), key=len, reverse=True)
@@ -62,6 +68,19 @@ def redact(text: str, options: Mapping[str, Any] | None = None) -> str:
     return text
 
 
+_INTEGER = re.compile(r"^-?(0|[1-9][0-9]*)$")
+
+
+def _option_value(raw: str) -> Any:
+    """`true`/`false`, a plain decimal integer, or the text as it is."""
+    text = raw.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if _INTEGER.match(text):
+        return int(text)
+    return raw
+
+
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     """Parses `key=value` pairs (`client_kwargs.region_name=x` nests) into fsspec options."""
     options: dict[str, Any] = {}
@@ -71,8 +90,8 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
             # Never echo the text after "=": it may be a credential.
             raise StorageError(f"storage option {name.strip() or '(no name)'}: expected "
                                f"key=value")
-        value = yaml.safe_load(raw) if raw.strip() else ""
         *parents, leaf = name.strip().split(".")
+        value = raw if is_secret_option(leaf) else _option_value(raw)
         node = options
         for parent in parents:
             node = node.setdefault(parent, {})
@@ -88,11 +107,6 @@ def join_url(base: str, *parts: str) -> str:
         if part:
             url = f"{url}/{part}"
     return url
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 @dataclass(frozen=True)
@@ -149,7 +163,7 @@ class Store:
         return join_url(self._fs_root[1], relpath)
 
     def _clean(self, error: BaseException) -> str:
-        return redact(_one_line(error), self.options)
+        return redact(one_line(error, with_type=True), self.options)
 
     @contextlib.contextmanager
     def _errors(self, action: str, relpath: str) -> Iterator[None]:
@@ -157,7 +171,7 @@ class Store:
             yield
         except (StorageError, FileNotFoundError):
             raise
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - botocore, aiohttp, gcsfs... raise their own
             where = self.url_of(relpath)
             raise StorageError(f"cannot {action} {where}: {self._clean(error)}") from None
 
@@ -239,6 +253,8 @@ class Store:
                     handle.flush()
                     os.fsync(handle.fileno())
                 with self._errors("write", relpath):
+                    # mkstemp makes the file private; give it the usual umask permissions.
+                    os.chmod(staged, 0o666 & ~_umask())
                     os.replace(staged, target)
             finally:
                 with contextlib.suppress(FileNotFoundError):
@@ -280,7 +296,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 def list_files(url: str, options: Mapping[str, Any], extensions: Iterable[str]
                ) -> list[tuple[str, dict[str, Any]]]:
-    """Files under a folder URL (recursively) or matching a glob URL, with their info.
+    """Files under a folder URL (recursively), matching a glob URL, or one file, with info.
 
     Only names ending in one of `extensions` (case-insensitive) are kept; the result is
     sorted by URL so that work is split deterministically.
@@ -297,7 +313,12 @@ def list_files(url: str, options: Mapping[str, Any], extensions: Iterable[str]
     else:
         store = Store(url, options)
         if not store.exists(""):
-            raise StorageError(f"no such folder: {redact(store.url, options)}")
-        items = [(store.url_of(rel), info)
-                 for rel, info in store.list_detailed(recursive=True)]
+            raise NotFoundError(f"no such folder or file: {redact(store.url, options)}")
+        with store._errors("list", ""):
+            if store.fs.isfile(store.path()):
+                found = {store.path(): store.fs.info(store.path())}
+            else:
+                found = store.fs.find(store.path(), detail=True)
+        items = [(store.url_for_path(path), info) for path, info in found.items()
+                 if info.get("type") != "directory"]
     return sorted((u, info) for u, info in items if u.lower().endswith(suffixes))

@@ -71,3 +71,18 @@ def test_demo_as_a_user_runs_it(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "status: 6 ok, 0 failed" in result.stdout
     assert "probe:" in result.stderr  # the live progress line
+
+
+def test_saved_config_never_holds_credentials(tmp_path):
+    """The command line is saved at the top of each resolved config: masked."""
+    script = Path(sys.executable).parent / "lofipipe"
+    secret = "planted-secret-4f9a2c"
+    result = subprocess.run([str(script), "synth", str(tmp_path / "s"), "--videos", "1",
+                             "--storage-option", f"secret={secret}",
+                             f"--storage-option=client_kwargs.token={secret}",
+                             "--storage-option", "auto_mkdir=true"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    saved = (tmp_path / "s/synth.yaml").read_text()
+    assert secret not in saved
+    assert "secret=***" in saved and "auto_mkdir=true" in saved

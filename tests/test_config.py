@@ -57,7 +57,7 @@ def test_bad_yaml_files(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(str(listing))
-    with pytest.raises(ConfigError, match="config file not found"):
+    with pytest.raises(ConfigError, match="file not found"):
         load_config(str(tmp_path / "missing.yaml"))
 
 

@@ -51,3 +51,26 @@ def test_bad_files_get_one_line_reasons(tmp_path, small_video):
         assert row["status"] == "failed", name
         assert row["error"].startswith(expected), (name, row["error"])
         assert "\n" not in row["error"]
+
+
+def test_truncated_file_with_index_first_is_caught(tmp_path):
+    """An MP4 whose moov atom comes first opens fine when cut short; the probe must still
+    see that its end is missing."""
+    import av
+
+    full = tmp_path / "fast.mp4"
+    write_video(full, seconds=10)
+    with av.open(str(full)) as source, av.open(str(tmp_path / "faststart.mp4"), "w",
+                                                options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    data = (tmp_path / "faststart.mp4").read_bytes()
+    assert data[4:8] == b"ftyp" and data.index(b"moov") < data.index(b"mdat")
+    cut = data.index(b"mdat") + (len(data) - data.index(b"mdat")) // 2
+    (tmp_path / "cut.mp4").write_bytes(data[:cut])
+    assert _probe(tmp_path / "faststart.mp4")["status"] == "ok"
+    row = _probe(tmp_path / "cut.mp4")
+    assert row["status"] == "failed" and row["error"].startswith("truncated: ")

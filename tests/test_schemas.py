@@ -24,7 +24,7 @@ SAMPLE_ROWS = {
     "snippets": [
         {"video_id": "v1", "fidelity": "full", "index": 0, "start": 0.0, "end": 0.8,
          "center": 0.4, "frame_times": [0.0, 0.1, 0.2], "num_frames": 3, "height": 8,
-         "width": 8, "encoding": "raw", "frames": bytes(range(192)),
+         "width": 8, "encoding": "raw", "frames": [bytes(range(192))] * 3,
          "source_fingerprint": "cd" * 16},
     ],
     "features": [

@@ -69,7 +69,7 @@ def test_listing_is_sorted_and_filtered(tmp_path):
 
 
 def test_listing_missing_folder_is_clear_error(tmp_path):
-    with pytest.raises(StorageError, match="no such folder"):
+    with pytest.raises(StorageError, match="no such folder or file"):
         list_files(str(tmp_path / "nope"), {}, ["mp4"])
 
 
@@ -151,3 +151,39 @@ def test_s3_options_from_the_environment(s3_bucket, s3_server, monkeypatch):
     store.write_text("hello.txt", "from env")
     assert store.read_text("hello.txt") == "from env"
     assert S3_SECRET not in redact(f"boom {S3_SECRET}")
+
+
+def test_committed_files_get_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Store(str(tmp_path)).write_text("x.txt", "shared")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_option_values_are_not_reinterpreted():
+    options = parse_storage_options(["key=012345", "secret=*alias", "token=0x1F",
+                                     "max_concurrency=8", "anon=FALSE", "region=yes"])
+    assert options == {"key": "012345", "secret": "*alias", "token": "0x1F",
+                       "max_concurrency": 8, "anon": False, "region": "yes"}
+
+
+def test_folder_glob_and_file_urls_name_files_alike(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"1")
+    by_folder = [u for u, _ in list_files(f"file://{tmp_path}", {}, ["mp4"])]
+    by_glob = [u for u, _ in list_files(f"{tmp_path}/*.mp4", {}, ["mp4"])]
+    by_file = [u for u, _ in list_files(str(tmp_path / "a.mp4"), {}, ["mp4"])]
+    assert by_folder == by_glob == by_file == [str(tmp_path / "a.mp4")]
+
+
+@pytest.mark.s3
+def test_unreachable_storage_is_one_clear_error():
+    store = Store("s3://bucket/root", {"endpoint_url": "http://127.0.0.1:1", "key": "k1234",
+                                       "secret": "unreachable-secret-77",
+                                       "config_kwargs": {"retries": {"max_attempts": 1}}})
+    with pytest.raises(StorageError) as caught:
+        store.read_bytes("x")
+    message = str(caught.value)
+    assert message.startswith("cannot read s3://bucket/root/x: ")
+    assert "\n" not in message and "unreachable-secret-77" not in message

@@ -122,3 +122,11 @@ def test_cli_synth_impossible_request_names_the_key(tmp_path):
     assert result.exit_code == 2
     assert "synth.seconds: must be at least" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_rerun_with_fewer_videos_removes_the_extra_ones(tmp_path):
+    out, _ = _make(tmp_path, "f", "synth.videos=3")
+    _make(tmp_path, "f", "synth.videos=1")
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["synth_0000.mp4"]
+    assert list(json.loads((out / "annotations.json").read_text())["database"]) == \
+        ["synth_0000"]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lofipipe.errors import InputError, StorageError
+from lofipipe.errors import InputError, NotFoundError
 from lofipipe.pipeline.video_ids import annotation_key_to_video_id
 from lofipipe.storage import Store, list_files
 
@@ -123,7 +123,12 @@ def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
 
 def read_annotations(url: str, options: Mapping[str, Any]) -> RawAnnotations:
     """Reads annotations from an ActivityNet JSON file, or THUMOS-14 text files (a folder,
-    a glob or one file)."""
+    a glob or one file).
+
+    Raises:
+        InputError: nothing there, or a malformed file.
+        StorageError: the storage could not be read.
+    """
     if url.lower().endswith(".json"):
         parent, _, name = url.rstrip("/").rpartition("/")
         store = Store(parent or ".", options)
@@ -136,7 +141,7 @@ def read_annotations(url: str, options: Mapping[str, Any]) -> RawAnnotations:
         return parse_activitynet(text, name)
     try:
         found = list_files(url, options, ["txt"])
-    except StorageError:
+    except NotFoundError:
         found = []
     if not found:
         raise InputError(f"no annotations at {url}: expected an ActivityNet .json file or "

@@ -123,8 +123,12 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
         ensure_ray(config.ray)
         prober = VideoProber(storage_options, config.ingest.fingerprint_block_mb)
         with Progress("probe", len(to_probe)) as progress:
-            for item, outcome in map_with_time_limit(prober, to_probe,
-                                                     config.ingest.probe_timeout_s):
+            settings = config.ingest
+
+            def limit(item: VideoItem) -> float:
+                return settings.probe_timeout_s + settings.probe_timeout_s_per_gb * item.size / 1e9
+
+            for item, outcome in map_with_time_limit(prober, to_probe, limit):
                 row = _failed_row(item, outcome) if isinstance(outcome, TaskFailure) else outcome
                 rows[item.video_id] = row
                 progress.done(reason_of(row["error"]) if row["status"] == "failed" else None)

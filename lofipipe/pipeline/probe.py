@@ -13,6 +13,8 @@ import av
 import fsspec
 
 from lofipipe import __version__
+from lofipipe.errors import one_line
+from lofipipe.schemas.config import IngestConfig
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class VideoItem:
     source_signature: str  # size + mtime or ETag, to notice a changed file cheaply
 
 
-class ProbeFailure(Exception):
+class VideoFailure(Exception):
     """A video that cannot be used; `reason` is a short code to count failures by."""
 
     def __init__(self, reason: str, message: str):
@@ -40,18 +42,36 @@ def source_signature(info: Mapping[str, Any]) -> str:
     return f"{info.get('size', '')}:{str(stamp).strip(chr(34))}"
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
 def _seconds(value: int | None, time_base) -> float | None:
     if value is None or time_base is None:
         return None
     return float(value * time_base)
 
 
-def _normal_rotation(degrees: float) -> int:
+def stream_timing(container, stream) -> tuple[float | None, float | None]:
+    """(start time, duration) of a video stream in seconds, from the stream or container."""
+    duration = _seconds(stream.duration, stream.time_base)
+    if duration is None and container.duration is not None:
+        duration = container.duration / av.time_base
+    return _seconds(stream.start_time, stream.time_base), duration
+
+
+def _check_end(container, stream, start: float, duration: float) -> None:
+    """Decodes the last second: a file cut short behind a complete index (an MP4 with its
+    moov atom first) opens fine and fails only here."""
+    target = start + max(duration - 1.0, 0.0)
+    try:
+        container.seek(int(target / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time >= target - 1e-3:
+                return
+    except av.error.FFmpegError:
+        pass
+    raise VideoFailure("truncated", f"no frame decodes in the last second before "
+                                    f"{duration:.3g} s: the file is cut short or corrupt")
+
+
+def normal_rotation(degrees: float) -> int:
     return int(round(degrees / 90.0)) % 4 * 90
 
 
@@ -65,7 +85,7 @@ class VideoProber:
     """
 
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    block_mb: int = 8
+    block_mb: int = IngestConfig.fingerprint_block_mb
     resources = {"num_cpus": 1}
 
     def process(self, item: VideoItem) -> dict[str, Any]:
@@ -77,16 +97,16 @@ class VideoProber:
         started = time.monotonic()
         try:
             if item.size == 0:
-                raise ProbeFailure("empty_file", "empty file (0 bytes)")
+                raise VideoFailure("empty_file", "empty file (0 bytes)")
             with fsspec.open(item.uri, "rb", **self.storage_options) as handle:
                 row.update(self._probe_container(handle))
                 handle.seek(0)
                 row["fingerprint"] = self._fingerprint(handle)
             row.update(status="ok", error=None)
-        except ProbeFailure as failure:
+        except VideoFailure as failure:
             row.update(status="failed", error=f"{failure.reason}: {failure}")
         except OSError as error:
-            row.update(status="failed", error=f"read_error: {_first_line(error)}")
+            row.update(status="failed", error=f"read_error: {one_line(error)}")
         row["probe_seconds"] = time.monotonic() - started
         return row
 
@@ -94,25 +114,23 @@ class VideoProber:
         try:
             container = av.open(handle, metadata_errors="ignore")
         except av.error.FFmpegError as error:
-            raise ProbeFailure("not_a_video", f"not a readable video container "
-                                              f"({_first_line(error)})") from None
+            raise VideoFailure("not_a_video", f"not a readable video container "
+                                              f"({one_line(error)})") from None
         with container:
             if not container.streams.video:
                 kind = "audio only" if container.streams.audio else "no streams"
-                raise ProbeFailure("no_video_stream", f"no video stream ({kind})")
+                raise VideoFailure("no_video_stream", f"no video stream ({kind})")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             frame = None
             with contextlib.suppress(av.error.FFmpegError, StopIteration):
                 frame = next(container.decode(stream))
             if frame is None:
-                raise ProbeFailure("undecodable", "no video frame could be decoded")
-            duration = _seconds(stream.duration, stream.time_base)
-            if duration is None and container.duration is not None:
-                duration = container.duration / av.time_base
+                raise VideoFailure("undecodable", "no video frame could be decoded")
+            start, duration = stream_timing(container, stream)
             if not duration or duration <= 0:
-                raise ProbeFailure("no_duration", "the container gives no duration")
-            start = _seconds(stream.start_time, stream.time_base)
+                raise VideoFailure("no_duration", "the container gives no duration")
+            _check_end(container, stream, start or 0.0, duration)
             rate = stream.average_rate or stream.guessed_rate
             return {
                 "duration": duration,
@@ -121,7 +139,7 @@ class VideoProber:
                 "num_frames": stream.frames or None,
                 "width": stream.codec_context.width or frame.width,
                 "height": stream.codec_context.height or frame.height,
-                "rotation": _normal_rotation(frame.rotation or 0),
+                "rotation": normal_rotation(frame.rotation or 0),
                 "codec": stream.codec_context.name,
                 "has_audio": bool(container.streams.audio),
             }

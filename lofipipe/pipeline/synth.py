@@ -17,12 +17,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from lofipipe.schemas.config import SynthConfig
+from lofipipe.schemas.config import MOTION_PATTERNS, SynthConfig
 from lofipipe.storage import Store
 
-MOTION_PATTERNS = (
-    "swing", "bounce", "orbit", "pulse", "zigzag", "figure_eight", "shake", "sweep",
-)
 _IDLE_DECOY_PROBABILITY = 0.5
 _OBJECT = np.array([250, 250, 250], np.uint8)
 _OBJECT_RING = np.array([15, 15, 15], np.uint8)
@@ -241,8 +238,15 @@ class SynthSummary:
 
 def synthesize(config: SynthConfig, out: Store,
                on_video: Callable[[str], None] | None = None) -> SynthSummary:
-    """Writes `videos/<id>.mp4` and `annotations.json` under `out`, deterministic for a seed."""
+    """Writes `videos/<id>.mp4` and `annotations.json` under `out`, deterministic for a seed.
+
+    Videos of an earlier, larger dataset in `out` are removed, so `out` holds exactly the
+    dataset the annotations describe.
+    """
     plans = plan_dataset(config)
+    wanted = {f"videos/{plan.video_id}.mp4" for plan in plans}
+    for stale in set(out.list("videos", pattern="synth_*.mp4")) - wanted:
+        out.remove(stale)
     for plan in plans:
         renderer = FrameRenderer(plan, config)
         frames = (renderer.frame(i) for i in range(plan.num_frames))

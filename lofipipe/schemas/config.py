@@ -34,6 +34,12 @@ class RayConfig:
         _check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", "must be at least 1")
 
 
+# The synthetic dataset's action classes: one motion pattern each (see pipeline/synth.py).
+MOTION_PATTERNS = (
+    "swing", "bounce", "orbit", "pulse", "zigzag", "figure_eight", "shake", "sweep",
+)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """The synthetic TAL dataset; the defaults are the demo's, small enough for 2 cores."""
@@ -51,15 +57,13 @@ class SynthConfig:
     distractors: int = 3
 
     def __post_init__(self):
-        from lofipipe.pipeline.synth import MOTION_PATTERNS
-
         _check(self.videos >= 1, "videos", "must be at least 1")
         _check(1 <= self.classes <= len(MOTION_PATTERNS), "classes",
                f"must be between 1 and {len(MOTION_PATTERNS)}")
-        _check(self.width >= 32 and self.height >= 32, "width",
-               "frames must be at least 32x32")
-        _check(self.width % 2 == 0 and self.height % 2 == 0, "width",
-               "width and height must be even (H.264 4:2:0)")
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            _check(value >= 32, key, f"must be at least 32 pixels, got {value}")
+            _check(value % 2 == 0, key, f"must be even (H.264 4:2:0), got {value}")
         _check(1 <= self.fps <= 120, "fps", "must be between 1 and 120")
         _check(0.0 <= self.validation_fraction < 1.0, "validation_fraction",
                "must be in [0, 1)")
@@ -79,13 +83,31 @@ class IngestConfig:
     """Listing and probing videos."""
 
     extensions: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg")
-    probe_timeout_s: float = 60.0  # per video, from submission to result
+    probe_timeout_s: float = 60.0  # per video, plus the per-GB allowance for hashing
+    probe_timeout_s_per_gb: float = 60.0
     fingerprint_block_mb: int = 8
 
     def __post_init__(self):
         _check(len(self.extensions) > 0, "extensions", "must list at least one extension")
         _check(self.probe_timeout_s > 0, "probe_timeout_s", "must be > 0")
+        _check(self.probe_timeout_s_per_gb >= 0, "probe_timeout_s_per_gb", "must be >= 0")
         _check(self.fingerprint_block_mb >= 1, "fingerprint_block_mb", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MaterializeConfig:
+    """Snippet shards for a schedule's fidelities."""
+
+    schedule: str = "demo"  # a preset (lofi-anet, lofi-thumos, multigrid, demo) or .yaml file
+    encoding: Literal["jpeg", "raw"] = "jpeg"  # see bench/materialize_bench.py
+    jpeg_quality: int = 90
+    videos_per_shard: int = 8
+    decode_threads: int = 0  # per video; 0 lets FFmpeg choose
+
+    def __post_init__(self):
+        _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be between 1 and 100")
+        _check(self.videos_per_shard >= 1, "videos_per_shard", "must be at least 1")
+        _check(self.decode_threads >= 0, "decode_threads", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,7 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
 
 
 # Building -----------------------------------------------------------------------------------
@@ -132,7 +155,7 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(arg, item, key) for arg, item in zip(args, value, strict=True))
     if dataclasses.is_dataclass(kind):
         _check(isinstance(value, Mapping), key, f"expected a mapping, got {value!r}")
-        return _build(kind, value, key + ".")
+        return build(kind, value, key + ".")
     if kind is bool:
         _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
         return value
@@ -150,7 +173,12 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {kind!r} for {key}")
 
 
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Builds the dataclass `cls` from plain values, checking keys and types.
+
+    Raises:
+        ConfigError: naming the dotted key (after `prefix`) that is unknown or invalid.
+    """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -188,6 +216,28 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
+def read_yaml_mapping(path: str, read_text=None) -> dict[str, Any]:
+    """Reads a YAML file whose top level is a mapping, with the safe loader.
+
+    Args:
+        path: the file (any storage URL when `read_text` is given).
+        read_text: reads `path`; defaults to the local filesystem.
+    """
+    try:
+        text = read_text(path) if read_text else open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise ConfigError(f"file not found: {path}") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    if loaded is not None and not isinstance(loaded, Mapping):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return dict(loaded or {})
+
+
 def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] | str] = (),
                 read_text=None) -> Config:
     """Builds the config from defaults, an optional YAML file and overrides.
@@ -197,25 +247,11 @@ def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] |
         overrides: `key=value` strings or nested mappings, applied in order.
         read_text: reads `path`; defaults to the local filesystem.
     """
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            text = read_text(path) if read_text else open(path, encoding="utf-8").read()
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}{where}: not valid YAML") from None
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        values = dict(loaded or {})
+    values = read_yaml_mapping(path, read_text) if path else {}
     for override in overrides:
         values = _merge(values, parse_override(override) if isinstance(override, str)
                         else override)
-    return _build(Config, values)
+    return build(Config, values)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -113,8 +113,8 @@ SNIPPETS = TableSchema("snippets", 1, (
     _f("num_frames", pa.int16(), False),
     _f("height", pa.int16(), False),
     _f("width", pa.int16(), False),
-    _f("encoding", pa.string(), False),  # how `frames` is stored: jpeg | raw
-    _f("frames", pa.binary()),
+    _f("encoding", pa.string(), False),  # how each of `frames` is stored: jpeg | raw
+    _f("frames", pa.list_(pa.binary())),  # F encoded RGB frames, upright
     _f("source_fingerprint", pa.string()),
 ))
 

@@ -8,18 +8,24 @@ way the other items go on.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 
+from lofipipe.errors import one_line
 from lofipipe.workers.runtime import cluster_cpus
 
 
 @ray.remote(max_retries=0)
 def _run_stage(stage: Any, item: Any) -> Any:
     return stage.process(item)
+
+
+@ray.remote
+def _ready() -> None:
+    """A no-op that makes Ray start a worker, so timed tasks do not wait for one."""
 
 
 @dataclass(frozen=True)
@@ -30,20 +36,19 @@ class TaskFailure:
     message: str
 
 
-def _one_line(error: BaseException) -> str:
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else type(error).__name__
-
-
-def map_with_time_limit(stage: Any, items: Sequence[Any], timeout_s: float
+def map_with_time_limit(stage: Any, items: Sequence[Any],
+                        timeout_s: float | Callable[[Any], float]
                         ) -> Iterator[tuple[Any, Any]]:
     """Yields `(item, result_or_TaskFailure)` in completion order.
 
-    At most as many tasks are in flight as the stage's CPU request fits in the cluster, so a
-    submitted task starts at once and the limit, counted from submission, measures its run.
+    At most as many tasks are in flight as the stage's CPU request fits in the cluster, and
+    the workers are started beforehand, so a submitted task starts at once and the limit,
+    counted from submission, measures its run. `timeout_s` may depend on the item.
     """
+    limit = timeout_s if callable(timeout_s) else lambda _: timeout_s
     cpus = float(getattr(stage, "resources", {}).get("num_cpus", 1))
     window = max(1, int(cluster_cpus() // max(cpus, 0.001)))
+    ray.get([_ready.options(num_cpus=cpus).remote() for _ in range(min(window, len(items)))])
     remote = _run_stage.options(num_cpus=cpus)
     stage_ref = ray.put(stage)
     pending = list(items)[::-1]
@@ -51,22 +56,22 @@ def map_with_time_limit(stage: Any, items: Sequence[Any], timeout_s: float
     while pending or running:
         while pending and len(running) < window:
             item = pending.pop()
-            running[remote.remote(stage_ref, item)] = (item, time.monotonic())
+            running[remote.remote(stage_ref, item)] = (item, time.monotonic() + limit(item))
         ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
         for ref in ready:
             item, _ = running.pop(ref)
             try:
                 outcome = ray.get(ref)
-            except ray.exceptions.TaskCancelledError:
-                continue
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as error:
-                outcome = TaskFailure("worker_died", f"worker died: {_one_line(error)}")
+                outcome = TaskFailure("worker_died", f"worker died: {one_line(error)}")
             except ray.exceptions.RayTaskError as error:
-                outcome = TaskFailure("task_error", _one_line(error))
+                outcome = TaskFailure("task_error", one_line(error, last=True))
+            except ray.exceptions.RayError as error:  # out of memory, object lost, ...
+                outcome = TaskFailure("ray_error", one_line(error, with_type=True))
             yield item, outcome
         now = time.monotonic()
-        for ref, (item, submitted) in list(running.items()):
-            if now - submitted > timeout_s:
+        for ref, (item, deadline) in list(running.items()):
+            if now > deadline:
                 ray.cancel(ref, force=True)
                 del running[ref]
-                yield item, TaskFailure("timeout", f"timed out after {timeout_s:g} s")
+                yield item, TaskFailure("timeout", f"timed out after {limit(item):.3g} s")

@@ -1,0 +1,205 @@
+"""Decode stage: one streaming pass over a video yields the snippets of every fidelity.
+
+Each snippet frame is chosen by presentation time: the frame on screen at the snippet's
+target time (correct for variable frame rates and non-zero start times). Frames are resized
+to the fidelity's size while converted to RGB, then turned upright by their rotation. Only
+the snippets still being filled are held in memory, so a long video never sits there whole.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import fsspec
+import numpy as np
+
+from lofipipe.errors import one_line
+from lofipipe.pipeline.probe import VideoFailure, normal_rotation, stream_timing
+from lofipipe.schemas.schedule import Fidelity, Schedule
+
+_SAME_TIME = 1e-6
+
+
+@dataclass(frozen=True)
+class SnippetPlan:
+    """Where the snippets of one fidelity lie in one video (seconds from its start)."""
+
+    fidelity: Fidelity
+    start: np.ndarray  # (L,)
+    end: np.ndarray  # (L,)
+    targets: np.ndarray  # (L, F) the time each frame is sampled at
+    stride: int | None = None  # stride sampling: frames at `fps` between snippets
+    fps: float | None = None
+
+    @property
+    def center(self) -> np.ndarray:
+        return (self.start + self.end) / 2
+
+    def keys(self) -> Iterator[tuple[float, int, int]]:
+        """(time, snippet, slot) of every frame to sample, in time order, lazily."""
+        count, frames = self.targets.shape
+        if self.stride is None:  # resize: spans follow each other, so (i, j) is time order
+            for index in range(count):
+                for slot in range(frames):
+                    yield float(self.targets[index, slot]), index, slot
+            return
+        # Stride: snippets may overlap, so walk the frame grid; grid frame m is slot
+        # m - k*stride of every snippet k that covers it.
+        for m in range(int(self.targets[-1, -1] * self.fps + 0.5) + 1):
+            first = max(0, -(-(m - frames + 1) // self.stride))
+            for index in range(first, min(m // self.stride, count - 1) + 1):
+                yield float(self.targets[index, m - index * self.stride]), index, \
+                    m - index * self.stride
+
+
+def plan_snippets(schedule: Schedule, fidelity: Fidelity, duration: float) -> SnippetPlan:
+    """The snippets of `fidelity` in a video of `duration` seconds.
+
+    Resize sampling splits the video into L equal spans and samples F frames at the centres
+    of F equal sub-spans of each. Stride sampling takes frames at `schedule.fps`, F
+    consecutive ones per snippet, a snippet every `snippet_stride` frames, and keeps the
+    snippets that end inside the video.
+
+    Raises:
+        VideoFailure: the video is too short for one snippet.
+    """
+    frames = fidelity.frames
+    if schedule.sampling == "resize":
+        span = duration / fidelity.snippets
+        start = np.arange(fidelity.snippets) * span
+        end = start + span
+        targets = start[:, None] + (np.arange(frames)[None, :] + 0.5) * (span / frames)
+        return SnippetPlan(fidelity, start, end, targets)
+    fps, stride = schedule.fps, schedule.snippet_stride(fidelity)
+    available = math.floor(duration * fps + 1e-6)  # frames at the target rate
+    if available < frames:
+        raise VideoFailure("too_short", f"{duration:.3g} s is shorter than one snippet "
+                                        f"({frames} frames at {fps:g} fps)")
+    count = (available - frames) // stride + 1
+    first = np.arange(count) * stride
+    targets = (first[:, None] + np.arange(frames)[None, :]) / fps
+    start = first / fps
+    return SnippetPlan(fidelity, start, start + frames / fps, targets, stride, fps)
+
+
+@dataclass
+class Snippet:
+    """One snippet of one fidelity, with its frames (F, S, S, 3) uint8."""
+
+    fidelity: str
+    index: int
+    start: float
+    end: float
+    center: float
+    frame_times: list[float]  # presentation time of each chosen frame, from video start
+    frames: np.ndarray
+
+
+@dataclass
+class _Pending:
+    plan: SnippetPlan
+    frames: dict[int, np.ndarray] = field(default_factory=dict)
+    times: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class SnippetDecoder:
+    """Decodes one video once and yields the snippets of the given fidelities.
+
+    Args:
+        schedule: sampling mode and rates.
+        storage_options: fsspec options to read video URLs.
+        threads: decoder threads (0: FFmpeg's choice).
+    """
+
+    schedule: Schedule
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    threads: int = 0
+
+    def snippets(self, uri: str, fidelities: tuple[Fidelity, ...] | None = None
+                 ) -> Iterator[Snippet]:
+        """Snippets of every fidelity (default: all of the schedule's), in time order.
+
+        Raises:
+            VideoFailure: the video cannot be opened or decoded, or is too short.
+        """
+        fidelities = fidelities or self.schedule.fidelities
+        try:
+            with fsspec.open(uri, "rb", **self.storage_options) as handle, \
+                    av.open(handle, metadata_errors="ignore") as container:
+                if not container.streams.video:
+                    raise VideoFailure("no_video_stream", "no video stream")
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                stream.thread_count = self.threads
+                start, duration = stream_timing(container, stream)
+                if not duration or duration <= 0:
+                    raise VideoFailure("no_duration", "the container gives no duration")
+                plans = [plan_snippets(self.schedule, f, duration) for f in fidelities]
+                yield from self._sample(container.decode(stream), start, plans)
+        except av.error.FFmpegError as error:
+            raise VideoFailure("decode_error", one_line(error)) from None
+        except OSError as error:
+            raise VideoFailure("read_error", one_line(error)) from None
+
+    def _sample(self, frames, start: float | None, plans: list[SnippetPlan]
+                ) -> Iterator[Snippet]:
+        # Every fidelity's (time, plan, snippet, slot) targets merged into one time-ordered
+        # stream: one walk over the frames serves them all.
+        keys = heapq.merge(*(_tagged(p, plan) for p, plan in enumerate(plans)))
+        key = next(keys, None)
+        pending = [_Pending(plan) for plan in plans]
+        shown, shown_time = None, 0.0
+        converted: dict[int, np.ndarray] = {}
+        for frame in frames:
+            if frame.time is None:
+                continue
+            if start is None:
+                start = frame.time
+            time = frame.time - start
+            if shown is not None:
+                if time <= shown_time:  # a frame out of order: keep the one on screen
+                    continue
+                # A target within a microsecond of this frame's time belongs to this frame:
+                # grid times and presentation times are computed differently.
+                while key is not None and key[0] < time - _SAME_TIME:
+                    yield from self._fill(pending, key, shown, shown_time, converted)
+                    key = next(keys, None)
+            shown, shown_time, converted = frame, time, {}
+            if key is None:
+                break
+        if shown is None:
+            raise VideoFailure("undecodable", "no video frame could be decoded")
+        while key is not None:  # targets past the last frame see the last frame
+            yield from self._fill(pending, key, shown, shown_time, converted)
+            key = next(keys, None)
+
+    def _fill(self, pending: list[_Pending], key, frame, time: float,
+              converted: dict[int, np.ndarray]) -> Iterator[Snippet]:
+        _, p, index, slot = key
+        state = pending[p]
+        size = state.plan.fidelity.size
+        if size not in converted:
+            image = frame.reformat(width=size, height=size, format="rgb24",
+                                   interpolation="BILINEAR").to_ndarray()
+            turns = normal_rotation(frame.rotation or 0) // 90
+            converted[size] = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+        frames = state.frames.setdefault(
+            index, np.empty((state.plan.fidelity.frames, size, size, 3), np.uint8))
+        frames[slot] = converted[size]
+        state.times.setdefault(index, []).append(time)
+        if len(state.times[index]) == state.plan.fidelity.frames:
+            plan = state.plan
+            yield Snippet(plan.fidelity.name, index, float(plan.start[index]),
+                          float(plan.end[index]), float(plan.center[index]),
+                          state.times.pop(index), state.frames.pop(index))
+
+
+def _tagged(number: int, plan: SnippetPlan) -> Iterator[tuple[float, int, int, int]]:
+    for time, index, slot in plan.keys():
+        yield time, number, index, slot

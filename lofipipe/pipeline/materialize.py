@@ -1,0 +1,171 @@
+"""The materialize graph: manifest -> Ray Data job of shard tasks -> shards per fidelity.
+
+Videos that probed fine are assigned to shard indexes in video_id order,
+`videos_per_shard` each; one task per shard index decodes its videos once and writes that
+index for every fidelity. A shard is skipped on rerun when its stats (the commit marker)
+show the same videos, fingerprints and fidelity settings; `retry_failed` also redoes
+shards that recorded failed videos, `force` redoes everything.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from lofipipe.errors import InputError
+from lofipipe.pipeline.ingest import MANIFEST_PATH
+from lofipipe.pipeline.shards import (
+    ShardJob,
+    ShardMaterializer,
+    fidelity_lineage,
+    shard_path,
+    stats_path,
+)
+from lofipipe.progress import Progress
+from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
+from lofipipe.schemas.schedule import Schedule, load_schedule
+from lofipipe.schemas.tables import MANIFEST
+from lofipipe.storage import Store
+from lofipipe.workers.runtime import ensure_ray
+
+CONFIG_PATH = "shards/materialize.yaml"
+SCHEDULE_PATH = "shards/schedule.json"
+
+
+@dataclass
+class FidelitySummary:
+    shards: int = 0
+    written: int = 0
+    skipped: int = 0
+    videos: int = 0
+    failed: Counter = field(default_factory=Counter)
+    rows: int = 0
+    bytes: int = 0
+
+    def add(self, stats: Mapping[str, Any]) -> None:
+        self.shards += 1
+        self.videos += len(stats["videos"])
+        self.failed.update(stats["failures"])
+        self.rows += stats["rows"]
+        self.bytes += stats["bytes"]
+
+
+@dataclass
+class MaterializeSummary:
+    schedule: str
+    fidelities: dict[str, FidelitySummary]
+    progress_line: str = ""
+
+    def lines(self, root: Store) -> list[str]:
+        out = [f"schedule {self.schedule}: shards under {root.url_of('shards')}"]
+        for name, f in self.fidelities.items():
+            failed = sum(f.failed.values())
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(f.failed.items()))
+            out.append(
+                f"  {name}: {f.shards} shards ({f.written} written, {f.skipped} already "
+                f"done), {f.videos} videos ok, {failed} failed"
+                + (f" ({reasons})" if reasons else "")
+                + f", {f.rows} snippets, {f.bytes / 2**20:.1f} MiB")
+        return out
+
+
+def ok_videos(root: Store) -> list[tuple[str, str, str]]:
+    """(video_id, uri, fingerprint) of the manifest's ok videos, sorted by id."""
+    if not root.exists(MANIFEST_PATH):
+        raise InputError(f"no manifest at {root.url_of(MANIFEST_PATH)}: run lofipipe ingest "
+                         f"first")
+    table = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH))
+    rows = [r for r in table.to_pylist() if r["status"] == "ok"]
+    return sorted((r["video_id"], r["uri"], r["fingerprint"]) for r in rows)
+
+
+def _read_stats(root: Store, fidelity: str, shard: int) -> dict[str, Any] | None:
+    if not root.exists(stats_path(fidelity, shard)):
+        return None
+    return json.loads(root.read_text(stats_path(fidelity, shard)))
+
+
+def plan_jobs(root: Store, schedule: Schedule, videos: list[tuple[str, str, str]],
+              videos_per_shard: int, encoding: str, force: bool = False,
+              retry_failed: bool = False) -> tuple[list[ShardJob], dict[str, list[dict]]]:
+    """The shard jobs still to run, and the stats of shards already done, per fidelity."""
+    jobs, done = [], {f.name: [] for f in schedule.fidelities}
+    for shard, first in enumerate(range(0, len(videos), videos_per_shard)):
+        group = tuple(videos[first: first + videos_per_shard])
+        fingerprints = {video_id: fp for video_id, _, fp in group}
+        todo = []
+        for fidelity in schedule.fidelities:
+            stats = None if force else _read_stats(root, fidelity.name, shard)
+            if (stats is not None and stats["source_fingerprints"] == fingerprints
+                    and stats["lineage"] == fidelity_lineage(schedule, fidelity.name, encoding)
+                    and not (retry_failed and stats["failed"])):
+                done[fidelity.name].append(stats)
+            else:
+                todo.append(fidelity.name)
+        if todo:
+            jobs.append(ShardJob(shard, group, tuple(todo)))
+    return jobs, done
+
+
+def _remove_stale(root: Store, schedule: Schedule, shards: int) -> None:
+    """Shards past the current count (the dataset shrank): marker first, then the data."""
+    for fidelity in schedule.fidelities:
+        for name in root.list(f"shards/{fidelity.name}", pattern="part-*.stats.json"):
+            shard = int(name.rsplit("/", 1)[-1][len("part-"):][:5])
+            if shard >= shards:
+                root.remove(stats_path(fidelity.name, shard))
+                root.remove(shard_path(fidelity.name, shard))
+
+
+def _run_job(stage: ShardMaterializer, row: dict[str, Any]) -> dict[str, Any]:
+    job = ShardJob(row["shard"], tuple(tuple(v) for v in json.loads(row["videos"])),
+                   tuple(json.loads(row["fidelities"])))
+    return {"stats": json.dumps(stage.process(job))}
+
+
+def run_materialize(config: Config, root: Store, storage_options: Mapping[str, Any],
+                    command: str, force: bool = False, retry_failed: bool = False
+                    ) -> MaterializeSummary:
+    """Materializes the shards of `config.materialize.schedule` for the manifest's videos."""
+    settings = config.materialize
+    schedule = load_schedule(settings.schedule)
+    videos = ok_videos(root)
+    jobs, done = plan_jobs(root, schedule, videos, settings.videos_per_shard,
+                           settings.encoding, force, retry_failed)
+    summary = MaterializeSummary(schedule.name, {f.name: FidelitySummary()
+                                                 for f in schedule.fidelities})
+    for name, records in done.items():
+        for stats in records:
+            summary.fidelities[name].add(stats)
+            summary.fidelities[name].skipped += 1
+    if jobs:
+        ensure_ray(config.ray)
+        stage = ShardMaterializer(schedule, root, settings.encoding, settings.jpeg_quality,
+                                  settings.decode_threads, storage_options)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # ours counts videos and failures instead
+        items = [{"shard": job.shard, "videos": json.dumps(job.videos),
+                  "fidelities": json.dumps(job.fidelities)} for job in jobs]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            functools.partial(_run_job, stage), num_cpus=stage.resources["num_cpus"])
+        with Progress("materialize", sum(len(job.videos) for job in jobs)) as progress:
+            for row in dataset.iter_rows():
+                results = json.loads(row["stats"])
+                for stats in results:
+                    summary.fidelities[stats["fidelity"]].add(stats)
+                    summary.fidelities[stats["fidelity"]].written += 1
+                first = results[0]
+                progress.done(count=len(first["videos"]))
+                for error in first["failed"].values():
+                    progress.done(failed_reason=error.split(":", 1)[0])
+        summary.progress_line = progress.summary()
+    _remove_stale(root, schedule, -(-len(videos) // settings.videos_per_shard))
+    root.write_text(SCHEDULE_PATH, json.dumps(config_to_dict(schedule), indent=1))
+    root.write_text(CONFIG_PATH, config_to_yaml(config, command))
+    return summary

@@ -1,0 +1,161 @@
+"""Shard stage: decode a group of videos once and write one shard per fidelity.
+
+    ROOT/shards/<fidelity>/part-NNNNN.parquet     snippets (SNIPPETS schema)
+    ROOT/shards/<fidelity>/part-NNNNN.stats.json  rows, videos, bytes, failures, lineage
+
+The stats file is the commit marker: it is written after its Parquet file is committed, so
+a shard without stats is not done, whatever else lies there. A video's snippets are spooled
+to local disk while it decodes and join the shard only when the whole video succeeded, so a
+failed video leaves no rows and its neighbours' rows are exactly those of a clean run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lofipipe import __version__
+from lofipipe.pipeline.decode import Snippet, SnippetDecoder
+from lofipipe.pipeline.frame_codec import encode_frame
+from lofipipe.pipeline.probe import VideoFailure
+from lofipipe.schemas.config import config_to_dict
+from lofipipe.schemas.schedule import Schedule
+from lofipipe.schemas.tables import SNIPPETS
+from lofipipe.storage import Store
+
+_BATCH_ROWS = 32  # snippets per record batch, and so per Parquet row group at most
+
+
+def shard_path(fidelity: str, shard: int) -> str:
+    return f"shards/{fidelity}/part-{shard:05d}.parquet"
+
+
+def stats_path(fidelity: str, shard: int) -> str:
+    return f"shards/{fidelity}/part-{shard:05d}.stats.json"
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """The videos of one shard index and the fidelities still to write for them."""
+
+    shard: int
+    videos: tuple[tuple[str, str, str], ...]  # (video_id, uri, fingerprint), sorted by id
+    fidelities: tuple[str, ...]
+
+
+def fidelity_lineage(schedule: Schedule, fidelity: str, encoding: str) -> dict[str, Any]:
+    """What a shard's snippets depend on besides the source videos."""
+    return {"schedule": schedule.name, "sampling": schedule.sampling, "fps": schedule.fps,
+            "stride": schedule.stride, "encoding": encoding,
+            **config_to_dict(schedule.fidelity(fidelity))}
+
+
+class _VideoSpool:
+    """One video's rows of one fidelity, in an Arrow IPC file on local disk."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile()
+        self.writer = pa.ipc.new_stream(self.file, SNIPPETS.arrow)
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= _BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(SNIPPETS.from_rows(self.rows))
+            self.rows = []
+
+    def copy_to(self, parquet: pq.ParquetWriter) -> None:
+        self.flush()
+        self.writer.close()
+        self.file.seek(0)
+        for batch in pa.ipc.open_stream(self.file):
+            parquet.write_batch(batch)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class ShardMaterializer:
+    """Writes the shards of one `ShardJob`: each video decoded once for all fidelities.
+
+    Args:
+        schedule: the fidelities and sampling.
+        root: where `shards/` lives.
+        encoding: frame storage, `jpeg` or `raw`.
+    """
+
+    schedule: Schedule
+    root: Store
+    encoding: str = "jpeg"
+    jpeg_quality: int = 90
+    decode_threads: int = 0
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    resources = {"num_cpus": 1}
+
+    def process(self, job: ShardJob) -> list[dict[str, Any]]:
+        """Writes part-<shard> of each fidelity in `job`; returns their stats."""
+        decoder = SnippetDecoder(self.schedule, self.storage_options, self.decode_threads)
+        fidelities = tuple(self.schedule.fidelity(name) for name in job.fidelities)
+        stats = {f.name: self._new_stats(job, f.name) for f in fidelities}
+        with contextlib.ExitStack() as stack:
+            writers = {}
+            for f in fidelities:
+                handle = stack.enter_context(self.root.writer(shard_path(f.name, job.shard)))
+                writers[f.name] = stack.enter_context(
+                    pq.ParquetWriter(handle, SNIPPETS.arrow, compression="zstd"))
+            for video_id, uri, fingerprint in job.videos:
+                spools = {f.name: _VideoSpool() for f in fidelities}
+                try:
+                    for snippet in decoder.snippets(uri, fidelities):
+                        spools[snippet.fidelity].add(self._row(video_id, fingerprint, snippet))
+                    for name, spool in spools.items():
+                        spool.copy_to(writers[name])
+                        stats[name]["rows"] += spool.count
+                        stats[name]["videos"].append(video_id)
+                except VideoFailure as failure:
+                    for name in stats:
+                        stats[name]["failed"][video_id] = f"{failure.reason}: {failure}"
+                finally:
+                    for spool in spools.values():
+                        spool.close()
+        for name, record in stats.items():
+            failures = Counter(error.split(":", 1)[0] for error in record["failed"].values())
+            record["failures"] = dict(sorted(failures.items()))
+            record["bytes"] = int(self.root.info(shard_path(name, job.shard))["size"])
+            self.root.write_text(stats_path(name, job.shard), json.dumps(record, indent=1))
+        return list(stats.values())
+
+    def _new_stats(self, job: ShardJob, fidelity: str) -> dict[str, Any]:
+        return {
+            "fidelity": fidelity, "shard": job.shard, "rows": 0, "videos": [], "failed": {},
+            "source_fingerprints": {video_id: fp for video_id, _, fp in job.videos},
+            "lineage": fidelity_lineage(self.schedule, fidelity, self.encoding),
+            "lofipipe_version": __version__,
+        }
+
+    def _row(self, video_id: str, fingerprint: str, snippet: Snippet) -> dict[str, Any]:
+        fidelity = self.schedule.fidelity(snippet.fidelity)
+        return {
+            "video_id": video_id, "fidelity": snippet.fidelity, "index": snippet.index,
+            "start": snippet.start, "end": snippet.end, "center": snippet.center,
+            "frame_times": snippet.frame_times, "num_frames": fidelity.frames,
+            "height": fidelity.size, "width": fidelity.size, "encoding": self.encoding,
+            "frames": [encode_frame(frame, self.encoding, self.jpeg_quality)
+                       for frame in snippet.frames],
+            "source_fingerprint": fingerprint,
+        }
