@@ -11,7 +11,7 @@ from collections.abc import Callable
 import click
 
 from lofipipe import __version__
-from lofipipe.errors import LofipipeError
+from lofipipe.errors import InputError, LofipipeError
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml, load_config
 from lofipipe.storage import REDACTED, Store, is_secret_option, parse_storage_options, redact
 
@@ -201,6 +201,37 @@ def materialize(root, schedule, encoding, retry_failed, force, config, storage_o
         k: v for k, v in given.items() if v is not None}}])
     _run_materialize(config, Store(root, storage_options), storage_options, _command_line(),
                      force, retry_failed)
+
+
+@main.command()
+@click.argument("root")
+@click.option("--fidelity", required=True, help="Fidelity name, e.g. full or t-lofi.")
+@click.option("--video", "video_id", help="Video id (default: the first one).")
+@click.option("--out", required=True, help="PNG file to write (any storage URL).")
+@click.option("--rows", default=12, show_default=True, help="Snippets to show.")
+@common_options
+def inspect(root, fidelity, video_id, out, rows, config, storage_options):
+    """Write a contact sheet of one video's snippets at one fidelity: a row per snippet,
+    a column per frame, captions with times and the annotated action, if any.
+
+    \b
+    Examples:
+      lofipipe inspect out/ --fidelity full --out sheet.png
+      lofipipe inspect out/ --fidelity t-lofi --video synth_0003 --out t.png --rows 8
+    """
+    from lofipipe.pipeline.contact_sheet import contact_sheet
+    from lofipipe.pipeline.snippet_reader import SnippetReader
+
+    reader = SnippetReader(Store(root, storage_options), fidelity)
+    video = next(reader.videos({video_id} if video_id else None), None)
+    if video is None:
+        raise InputError(f"no snippets of video {video_id!r} at fidelity {fidelity!r}")
+    sheet = contact_sheet(video, reader.label_names(), rows)
+    parent, _, name = out.rpartition("/")
+    with Store(parent or ".", storage_options).writer(name) as handle:
+        sheet.save(handle, format="PNG")
+    click.echo(f"wrote {out}: video {video.video_id}, {len(video.start)} snippets of "
+               f"{video.frames.shape[1]} frames at {video.frames.shape[-1]} px")
 
 
 @main.command()

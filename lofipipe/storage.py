@@ -35,6 +35,7 @@ REDACTED = "***"
 # Objects up to this size are committed with one PUT; larger ones by a multipart upload,
 # which object stores also make visible only when it completes.
 _SINGLE_PUT_BYTES = 64 * 2**20
+_STAGED_SUFFIX = ".partial"  # local writes are staged as .<name>.<random>.partial
 
 
 def _umask() -> int:
@@ -245,8 +246,8 @@ class Store:
                 directory = os.path.dirname(target)
                 os.makedirs(directory, exist_ok=True)
                 fd, staged = tempfile.mkstemp(
-                    prefix=f".{os.path.basename(target)}.", suffix=".partial", dir=directory
-                )
+                    prefix=f".{os.path.basename(target)}.", suffix=_STAGED_SUFFIX,
+                    dir=directory)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     yield handle
@@ -273,6 +274,19 @@ class Store:
                         shutil.copyfileobj(spool, staged)
                         staged.flush()
                         self.fs.put_file(staged.name, target)
+
+    def clear_staged(self, relpath: str) -> int:
+        """Removes the staged copies that killed writers left in a folder; returns how many.
+
+        Only safe while no writer of this folder runs. Object stores stage locally, so
+        there is nothing to clear there.
+        """
+        if not self.is_local:
+            return 0
+        staged = self.list(relpath, pattern=f".*{_STAGED_SUFFIX}")
+        for name in staged:
+            self.remove(name)
+        return len(staged)
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         with self.writer(relpath) as handle:

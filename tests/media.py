@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -56,4 +57,45 @@ def write_truncated(path: Path, source: Path, keep: float = 0.5) -> Path:
     """The first `keep` fraction of another file's bytes."""
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def write_timed_video(path: Path, times: list[float], size: tuple[int, int] = (64, 48),
+                      container_format: str | None = None) -> Path:
+    """A video whose frame i is shown from `times[i]` seconds (variable rate, any start),
+    and whose pixels encode i: the frame is filled with gray level 8*i (mod 256)."""
+    width, height = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=1000)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"bf": "0"}
+        for index, time in enumerate(times):
+            image = np.full((height, width, 3), frame_level(index), np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = round(time * 1000)
+            frame.time_base = Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def frame_level(index: int) -> int:
+    """The gray level `write_timed_video` gives frame `index`."""
+    return (8 * index) % 256
+
+
+def write_marked_video(path: Path, rotation: int, size: tuple[int, int] = (64, 48)) -> Path:
+    """One second of a dark frame with a white block in the stored top-left corner."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.set_display_rotation(rotation)
+        image = np.full((height, width, 3), 20, np.uint8)
+        image[: height // 3, : width // 3] = 255
+        for _ in range(10):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
     return path

@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 
 from lofipipe.errors import one_line
-from lofipipe.pipeline.probe import VideoFailure, normal_rotation, stream_timing
+from lofipipe.pipeline.probe import VideoFailure, normal_rotation
 from lofipipe.schemas.schedule import Fidelity, Schedule
 
 _SAME_TIME = 1e-6
@@ -121,9 +121,15 @@ class SnippetDecoder:
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     threads: int = 0
 
-    def snippets(self, uri: str, fidelities: tuple[Fidelity, ...] | None = None
-                 ) -> Iterator[Snippet]:
+    def snippets(self, uri: str, start: float, duration: float,
+                 fidelities: tuple[Fidelity, ...] | None = None) -> Iterator[Snippet]:
         """Snippets of every fidelity (default: all of the schedule's), in time order.
+
+        Args:
+            uri: the video.
+            start: presentation time of its first frame (the manifest's `start_time`);
+                snippet times count from there.
+            duration: its length in seconds (the manifest's `duration`).
 
         Raises:
             VideoFailure: the video cannot be opened or decoded, or is too short.
@@ -137,9 +143,6 @@ class SnippetDecoder:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 stream.thread_count = self.threads
-                start, duration = stream_timing(container, stream)
-                if not duration or duration <= 0:
-                    raise VideoFailure("no_duration", "the container gives no duration")
                 plans = [plan_snippets(self.schedule, f, duration) for f in fidelities]
                 yield from self._sample(container.decode(stream), start, plans)
         except av.error.FFmpegError as error:
@@ -147,8 +150,7 @@ class SnippetDecoder:
         except OSError as error:
             raise VideoFailure("read_error", one_line(error)) from None
 
-    def _sample(self, frames, start: float | None, plans: list[SnippetPlan]
-                ) -> Iterator[Snippet]:
+    def _sample(self, frames, start: float, plans: list[SnippetPlan]) -> Iterator[Snippet]:
         # Every fidelity's (time, plan, snippet, slot) targets merged into one time-ordered
         # stream: one walk over the frames serves them all.
         keys = heapq.merge(*(_tagged(p, plan) for p, plan in enumerate(plans)))
@@ -159,8 +161,6 @@ class SnippetDecoder:
         for frame in frames:
             if frame.time is None:
                 continue
-            if start is None:
-                start = frame.time
             time = frame.time - start
             if shown is not None:
                 if time <= shown_time:  # a frame out of order: keep the one on screen

@@ -9,8 +9,10 @@ shards that recorded failed videos, `force` redoes everything.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from lofipipe.pipeline.ingest import MANIFEST_PATH
 from lofipipe.pipeline.shards import (
     ShardJob,
     ShardMaterializer,
+    SourceVideo,
     fidelity_lineage,
     shard_path,
     stats_path,
@@ -75,14 +78,15 @@ class MaterializeSummary:
         return out
 
 
-def ok_videos(root: Store) -> list[tuple[str, str, str]]:
-    """(video_id, uri, fingerprint) of the manifest's ok videos, sorted by id."""
+def ok_videos(root: Store) -> list[SourceVideo]:
+    """The manifest's ok videos, sorted by id."""
     if not root.exists(MANIFEST_PATH):
         raise InputError(f"no manifest at {root.url_of(MANIFEST_PATH)}: run lofipipe ingest "
                          f"first")
     table = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH))
-    rows = [r for r in table.to_pylist() if r["status"] == "ok"]
-    return sorted((r["video_id"], r["uri"], r["fingerprint"]) for r in rows)
+    return sorted((SourceVideo(r["video_id"], r["uri"], r["fingerprint"], r["start_time"],
+                               r["duration"]) for r in table.to_pylist() if r["status"] == "ok"),
+                  key=lambda video: video.video_id)
 
 
 def _read_stats(root: Store, fidelity: str, shard: int) -> dict[str, Any] | None:
@@ -91,14 +95,14 @@ def _read_stats(root: Store, fidelity: str, shard: int) -> dict[str, Any] | None
     return json.loads(root.read_text(stats_path(fidelity, shard)))
 
 
-def plan_jobs(root: Store, schedule: Schedule, videos: list[tuple[str, str, str]],
+def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
               videos_per_shard: int, encoding: str, force: bool = False,
               retry_failed: bool = False) -> tuple[list[ShardJob], dict[str, list[dict]]]:
     """The shard jobs still to run, and the stats of shards already done, per fidelity."""
     jobs, done = [], {f.name: [] for f in schedule.fidelities}
     for shard, first in enumerate(range(0, len(videos), videos_per_shard)):
         group = tuple(videos[first: first + videos_per_shard])
-        fingerprints = {video_id: fp for video_id, _, fp in group}
+        fingerprints = {video.video_id: video.fingerprint for video in group}
         todo = []
         for fidelity in schedule.fidelities:
             stats = None if force else _read_stats(root, fidelity.name, shard)
@@ -124,7 +128,7 @@ def _remove_stale(root: Store, schedule: Schedule, shards: int) -> None:
 
 
 def _run_job(stage: ShardMaterializer, row: dict[str, Any]) -> dict[str, Any]:
-    job = ShardJob(row["shard"], tuple(tuple(v) for v in json.loads(row["videos"])),
+    job = ShardJob(row["shard"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])),
                    tuple(json.loads(row["fidelities"])))
     return {"stats": json.dumps(stage.process(job))}
 
@@ -144,13 +148,18 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
         for stats in records:
             summary.fidelities[name].add(stats)
             summary.fidelities[name].skipped += 1
+    for fidelity in schedule.fidelities:
+        root.clear_staged(f"shards/{fidelity.name}")
     if jobs:
         ensure_ray(config.ray)
         stage = ShardMaterializer(schedule, root, settings.encoding, settings.jpeg_quality,
                                   settings.decode_threads, storage_options)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours counts videos and failures instead
-        items = [{"shard": job.shard, "videos": json.dumps(job.videos),
+        # Ray Data logs its plan at INFO and warns that its bars are off; errors still show.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        items = [{"shard": job.shard,
+                  "videos": json.dumps([dataclasses.asdict(v) for v in job.videos]),
                   "fidelities": json.dumps(job.fidelities)} for job in jobs]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
             functools.partial(_run_job, stage), num_cpus=stage.resources["num_cpus"])

@@ -48,27 +48,38 @@ def _seconds(value: int | None, time_base) -> float | None:
     return float(value * time_base)
 
 
-def stream_timing(container, stream) -> tuple[float | None, float | None]:
-    """(start time, duration) of a video stream in seconds, from the stream or container."""
-    duration = _seconds(stream.duration, stream.time_base)
-    if duration is None and container.duration is not None:
-        duration = container.duration / av.time_base
-    return _seconds(stream.start_time, stream.time_base), duration
+_END_TOLERANCE_S = 1.0  # how far the last frame may fall short of the container's claim
 
 
-def _check_end(container, stream, start: float, duration: float) -> None:
-    """Decodes the last second: a file cut short behind a complete index (an MP4 with its
-    moov atom first) opens fine and fails only here."""
-    target = start + max(duration - 1.0, 0.0)
+def _claimed_end(container, stream, start: float) -> float | None:
+    """The earliest end time the headers allow: a container-level duration is read both as
+    a length and as an end time, since muxers disagree (Matroska writes the end)."""
+    if stream.duration:
+        return start + float(stream.duration * stream.time_base)
+    if container.duration:
+        length = container.duration / av.time_base
+        return length if length > start else start + length
+    return None
+
+
+def _measure_end(container, stream, claimed: float, rate: float) -> float | None:
+    """When the last decodable frame stops showing, by decoding from the last keyframe
+    before the claimed end. A file cut short behind a complete index (an MP4 with its moov
+    atom first) opens fine and shows itself only here.
+
+    The last frame is taken to show as long as the gap before it (muxers often give it a
+    nominal duration of one tick), or one frame at `rate` if it is the only one decoded.
+    """
+    last = gap = None
     try:
-        container.seek(int(target / stream.time_base), stream=stream, backward=True)
+        container.seek(int(claimed / stream.time_base), stream=stream, backward=True)
         for frame in container.decode(stream):
-            if frame.time is not None and frame.time >= target - 1e-3:
-                return
+            if frame.time is not None:
+                gap = frame.time - last if last is not None else gap
+                last = frame.time
     except av.error.FFmpegError:
         pass
-    raise VideoFailure("truncated", f"no frame decodes in the last second before "
-                                    f"{duration:.3g} s: the file is cut short or corrupt")
+    return None if last is None else last + (gap or 1.0 / rate)
 
 
 def normal_rotation(degrees: float) -> int:
@@ -127,15 +138,23 @@ class VideoProber:
                 frame = next(container.decode(stream))
             if frame is None:
                 raise VideoFailure("undecodable", "no video frame could be decoded")
-            start, duration = stream_timing(container, stream)
-            if not duration or duration <= 0:
+            start = _seconds(stream.start_time, stream.time_base)
+            start = start if start is not None else frame.time
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            claimed = _claimed_end(container, stream, start)
+            if claimed is None or claimed <= start:
                 raise VideoFailure("no_duration", "the container gives no duration")
-            _check_end(container, stream, start or 0.0, duration)
-            rate = stream.average_rate or stream.guessed_rate
+            end = _measure_end(container, stream, claimed, rate or 25.0)
+            if end is None or end < claimed - _END_TOLERANCE_S:
+                shown = "nothing" if end is None else f"frames up to {end - start:.3g} s"
+                raise VideoFailure("truncated", f"the headers promise "
+                                                f"{claimed - start:.3g} s but {shown} decode: "
+                                                f"the file is cut short or corrupt")
             return {
-                "duration": duration,
-                "start_time": start if start is not None else frame.time,
-                "avg_fps": float(rate) if rate else None,
+                # Measured, not read: the span from the first frame to the end of the last.
+                "duration": end - start,
+                "start_time": start,
+                "avg_fps": rate,
                 "num_frames": stream.frames or None,
                 "width": stream.codec_context.width or frame.width,
                 "height": stream.codec_context.height or frame.height,

@@ -43,11 +43,22 @@ def stats_path(fidelity: str, shard: int) -> str:
 
 
 @dataclass(frozen=True)
+class SourceVideo:
+    """What decoding needs of a manifest row."""
+
+    video_id: str
+    uri: str
+    fingerprint: str
+    start_time: float
+    duration: float
+
+
+@dataclass(frozen=True)
 class ShardJob:
     """The videos of one shard index and the fidelities still to write for them."""
 
     shard: int
-    videos: tuple[tuple[str, str, str], ...]  # (video_id, uri, fingerprint), sorted by id
+    videos: tuple[SourceVideo, ...]  # sorted by id
     fidelities: tuple[str, ...]
 
 
@@ -118,18 +129,19 @@ class ShardMaterializer:
                 handle = stack.enter_context(self.root.writer(shard_path(f.name, job.shard)))
                 writers[f.name] = stack.enter_context(
                     pq.ParquetWriter(handle, SNIPPETS.arrow, compression="zstd"))
-            for video_id, uri, fingerprint in job.videos:
+            for video in job.videos:
                 spools = {f.name: _VideoSpool() for f in fidelities}
                 try:
-                    for snippet in decoder.snippets(uri, fidelities):
-                        spools[snippet.fidelity].add(self._row(video_id, fingerprint, snippet))
+                    for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
+                                                    fidelities):
+                        spools[snippet.fidelity].add(self._row(video, snippet))
                     for name, spool in spools.items():
                         spool.copy_to(writers[name])
                         stats[name]["rows"] += spool.count
-                        stats[name]["videos"].append(video_id)
+                        stats[name]["videos"].append(video.video_id)
                 except VideoFailure as failure:
                     for name in stats:
-                        stats[name]["failed"][video_id] = f"{failure.reason}: {failure}"
+                        stats[name]["failed"][video.video_id] = f"{failure.reason}: {failure}"
                 finally:
                     for spool in spools.values():
                         spool.close()
@@ -143,19 +155,19 @@ class ShardMaterializer:
     def _new_stats(self, job: ShardJob, fidelity: str) -> dict[str, Any]:
         return {
             "fidelity": fidelity, "shard": job.shard, "rows": 0, "videos": [], "failed": {},
-            "source_fingerprints": {video_id: fp for video_id, _, fp in job.videos},
+            "source_fingerprints": {v.video_id: v.fingerprint for v in job.videos},
             "lineage": fidelity_lineage(self.schedule, fidelity, self.encoding),
             "lofipipe_version": __version__,
         }
 
-    def _row(self, video_id: str, fingerprint: str, snippet: Snippet) -> dict[str, Any]:
+    def _row(self, video: SourceVideo, snippet: Snippet) -> dict[str, Any]:
         fidelity = self.schedule.fidelity(snippet.fidelity)
         return {
-            "video_id": video_id, "fidelity": snippet.fidelity, "index": snippet.index,
+            "video_id": video.video_id, "fidelity": snippet.fidelity, "index": snippet.index,
             "start": snippet.start, "end": snippet.end, "center": snippet.center,
             "frame_times": snippet.frame_times, "num_frames": fidelity.frames,
             "height": fidelity.size, "width": fidelity.size, "encoding": self.encoding,
             "frames": [encode_frame(frame, self.encoding, self.jpeg_quality)
                        for frame in snippet.frames],
-            "source_fingerprint": fingerprint,
+            "source_fingerprint": video.fingerprint,
         }

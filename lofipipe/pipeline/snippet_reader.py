@@ -109,15 +109,24 @@ class SnippetReader:
         return ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(
             functools.partial(_shard_rows, self, video_ids))
 
+    def _annotation_rows(self) -> list[dict]:
+        if not self.root.exists(ANNOTATIONS_PATH):
+            return []
+        return ANNOTATIONS.check(self.root.read_table(ANNOTATIONS_PATH),
+                                 self.root.url_of(ANNOTATIONS_PATH)).to_pylist()
+
+    def label_names(self) -> list[str]:
+        """Label names by label id."""
+        names = {row["label_id"]: row["label"] for row in self._annotation_rows()}
+        return [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+
     def _annotations(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if self._labels is None:
             self._labels = {}
-            if self.root.exists(ANNOTATIONS_PATH):
-                table = ANNOTATIONS.check(self.root.read_table(ANNOTATIONS_PATH),
-                                          self.root.url_of(ANNOTATIONS_PATH))
-                grouped: dict[str, list] = {}
-                for row in table.to_pylist():
-                    grouped.setdefault(row["video_id"], []).append(row)
+            grouped: dict[str, list] = {}
+            for row in self._annotation_rows():
+                grouped.setdefault(row["video_id"], []).append(row)
+            if grouped:
                 self._labels = {
                     video_id: (np.array([[r["start"], r["end"]] for r in rs], np.float64),
                                np.array([r["label_id"] for r in rs], np.int64))

@@ -1,0 +1,309 @@
+"""Materialize on a real local Ray: shards per fidelity, commit markers, resume, failures,
+reading back, and S3 on moto's server."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from lofipipe.cli import main
+from lofipipe.pipeline.decode import SnippetDecoder
+from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.schemas.schedule import PRESETS
+from lofipipe.schemas.tables import SNIPPETS
+from lofipipe.storage import Store
+
+pytestmark = pytest.mark.ray
+
+SYNTH = ["--set", "synth.videos=5", "--set", "synth.seconds=10", "--set", "synth.width=64",
+         "--set", "synth.height=48", "--set", "synth.fps=10",
+         "--set", "synth.actions_per_video=[1, 2]", "--set", "synth.action_seconds=[1.5, 3]"]
+SHARDS = ["--set", "materialize.videos_per_shard=2"]
+DEMO = PRESETS["demo"]
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory, ray_local):
+    """A small synthetic dataset, ingested; each test copies the root it needs."""
+    base = tmp_path_factory.mktemp("materialize")
+    _run("synth", base / "data", *SYNTH)
+    _run("ingest", base / "root", "--videos", base / "data/videos",
+         "--annotations", base / "data/annotations.json")
+    return base
+
+
+def _fresh_root(ingested, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(ingested / "root", root)
+    return root
+
+
+def _shard_files(root):
+    return sorted(str(p.relative_to(root)) for p in (root / "shards").rglob("part-*"))
+
+
+def test_every_fidelity_written_and_read_back(ingested, tmp_path):
+    root = _fresh_root(ingested, tmp_path)
+    output = _run("materialize", root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
+    assert "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 160 snippets" \
+        in output
+    assert "t-lofi: 3 shards" in output and "40 snippets" in output
+    expected = [f"shards/{f.name}/part-0000{i}.{kind}" for f in DEMO.fidelities
+                for i in range(3) for kind in ("parquet", "stats.json")]
+    assert _shard_files(root) == sorted(expected)
+
+    stats = json.loads((root / "shards/full/part-00000.stats.json").read_text())
+    assert stats["videos"] == ["synth_0000", "synth_0001"] and stats["rows"] == 64
+    assert stats["failures"] == {} and stats["lineage"]["encoding"] == "raw"
+    table = pq.read_table(root / "shards/full/part-00000.parquet")
+    SNIPPETS.check(table, "shard")
+    assert table.column("video_id").to_pylist() == ["synth_0000"] * 32 + ["synth_0001"] * 32
+
+    manifest = {r["video_id"]: r for r in
+                pq.read_table(root / "manifest/videos.parquet").to_pylist()}
+    reader = SnippetReader(Store(str(root)), "st-lofi")
+    videos = list(reader.videos())
+    assert [v.video_id for v in videos] == [f"synth_{i:04d}" for i in range(5)]
+    annotations = pq.read_table(root / "annotations.parquet").to_pylist()
+    fidelity = DEMO.fidelity("st-lofi")
+    for video in videos:
+        assert video.frames.shape == (16, 8, 3, 45, 45) and str(video.frames.dtype) == \
+            "torch.uint8"
+        row = manifest[video.video_id]
+        direct = [s for s in SnippetDecoder(DEMO).snippets(row["uri"], row["start_time"],
+                                                           row["duration"], (fidelity,))]
+        assert np.allclose(video.start, [s.start for s in direct])
+        assert np.allclose(video.frame_times, [s.frame_times for s in direct])
+        assert np.array_equal(video.frames.permute(0, 1, 3, 4, 2).numpy(),
+                              np.stack([s.frames for s in direct]))
+        mine = sorted((a["start"], a["end"], a["label_id"]) for a in annotations
+                      if a["video_id"] == video.video_id)
+        assert sorted(zip(video.segments[:, 0], video.segments[:, 1], video.labels,
+                          strict=True)) == mine
+
+    rows = reader.dataset().take_all()
+    assert sorted(r["video_id"] for r in rows) == [v.video_id for v in videos]
+    by_id = {r["video_id"]: r for r in rows}
+    for video in videos:
+        assert np.array_equal(by_id[video.video_id]["frames"], video.frames.numpy())
+
+    windows = list(reader.windows(6, video_ids={"synth_0000"}))
+    assert [(w.first_index, len(w.start)) for w in windows] == [(0, 6), (6, 6), (12, 4)]
+    assert np.array_equal(windows[1].frames, videos[0].frames[6:12])
+
+
+def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):
+    root = _fresh_root(ingested, tmp_path)
+    _run("materialize", root, "--schedule", "demo", *SHARDS)
+    raw_root = _fresh_root(ingested, tmp_path / "raw")
+    _run("materialize", raw_root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
+    jpeg = next(SnippetReader(Store(str(root)), "full").videos())
+    raw = next(SnippetReader(Store(str(raw_root)), "full").videos())
+    error = (jpeg.frames.float() - raw.frames.float()).abs().mean()
+    assert 0 < error < 4
+    assert (root / "shards/full/part-00000.parquet").stat().st_size < \
+        (raw_root / "shards/full/part-00000.parquet").stat().st_size / 3
+
+
+def test_rerun_skips_committed_and_redoes_the_rest(ingested, tmp_path):
+    root = _fresh_root(ingested, tmp_path)
+    _run("materialize", root, "--schedule", "demo", *SHARDS)
+    stamps = {p: os.stat(root / p).st_mtime_ns for p in _shard_files(root)}
+
+    again = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    assert "full: 3 shards (0 written, 3 already done)" in again
+    assert {p: os.stat(root / p).st_mtime_ns for p in _shard_files(root)} == stamps
+
+    (root / "shards/t-lofi/part-00001.stats.json").unlink()  # as if killed before commit
+    third = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    assert "t-lofi: 3 shards (1 written, 2 already done)" in third
+    assert "full: 3 shards (0 written, 3 already done)" in third
+    changed = [p for p in _shard_files(root) if os.stat(root / p).st_mtime_ns != stamps[p]]
+    assert changed == ["shards/t-lofi/part-00001.parquet", "shards/t-lofi/part-00001.stats.json"]
+
+    forced = _run("materialize", root, "--schedule", "demo", "--force", *SHARDS)
+    assert "full: 3 shards (3 written, 0 already done)" in forced
+
+
+def test_failed_video_is_recorded_and_neighbours_are_intact(ingested, tmp_path):
+    clean = _fresh_root(ingested, tmp_path / "clean")
+    _run("materialize", clean, "--schedule", "demo", *SHARDS)
+
+    data = tmp_path / "data"
+    shutil.copytree(ingested / "data", data)
+    root = tmp_path / "root"
+    _run("ingest", root, "--videos", data / "videos", "--annotations",
+         data / "annotations.json")
+    broken = data / "videos/synth_0002.mp4"
+    good_bytes = broken.read_bytes()
+    broken.write_bytes(b"\x00" * 1000)  # damaged after ingest probed it
+    output = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    assert "full: 3 shards (3 written, 0 already done), 4 videos ok, 1 failed (decode_error 1)" \
+        in output
+    stats = json.loads((root / "shards/full/part-00001.stats.json").read_text())
+    assert stats["videos"] == ["synth_0003"]
+    assert list(stats["failed"]) == ["synth_0002"]
+    assert stats["failed"]["synth_0002"].startswith("decode_error: ")
+    for fidelity in DEMO.fidelities:
+        mine = {v.video_id: v for v in SnippetReader(Store(str(root)), fidelity.name).videos()}
+        theirs = {v.video_id: v for v in SnippetReader(Store(str(clean)),
+                                                       fidelity.name).videos()}
+        assert sorted(mine) == ["synth_0000", "synth_0001", "synth_0003", "synth_0004"]
+        for video_id, video in mine.items():
+            assert np.array_equal(video.frames, theirs[video_id].frames)
+            assert np.array_equal(video.frame_times, theirs[video_id].frame_times)
+
+    broken.write_bytes(good_bytes)
+    skipped = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    assert "1 failed" in skipped  # failures are not retried silently...
+    retried = _run("materialize", root, "--schedule", "demo", "--retry-failed", *SHARDS)
+    assert "full: 3 shards (1 written, 2 already done), 5 videos ok, 0 failed" in retried
+
+
+def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
+    root = _fresh_root(ingested, tmp_path)
+    script = (
+        "import sys, time\n"
+        "import lofipipe.pipeline.shards as shards\n"
+        "from lofipipe.pipeline.materialize import ok_videos\n"
+        "from lofipipe.schemas.schedule import PRESETS\n"
+        "from lofipipe.storage import Store\n"
+        "encode = shards.encode_frame\n"
+        "def slow(*args):\n"
+        "    time.sleep(0.05)\n"
+        "    return encode(*args)\n"
+        "shards.encode_frame = slow\n"
+        "root = Store(sys.argv[1])\n"
+        "videos = tuple(ok_videos(root))\n"
+        "stage = shards.ShardMaterializer(PRESETS['demo'], root)\n"
+        "print('started', flush=True)\n"
+        "stage.process(shards.ShardJob(0, videos, ('full', 't-lofi')))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(root)],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 60
+    while not list((root / "shards/full").glob(".part-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list((root / "shards/full").glob(".part-00000.parquet.*.partial"))  # was writing
+    assert _shard_files(root) == []
+    with pytest.raises(Exception, match="no committed shards"):
+        SnippetReader(Store(str(root)), "full").shards()
+    output = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    assert "full: 3 shards (3 written, 0 already done)" in output
+    assert not list((root / "shards").rglob(".part-*"))  # the leftovers were cleared
+
+
+def test_exception_mid_shard_commits_nothing(ingested, tmp_path, monkeypatch):
+    import lofipipe.pipeline.shards as shards
+    from lofipipe.pipeline.materialize import ok_videos
+
+    root = Store(str(_fresh_root(ingested, tmp_path)))
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) > 100:
+            raise RuntimeError("disk full")
+        return shards.encode_frame.__wrapped__(*args)
+
+    failing.__wrapped__ = shards.encode_frame
+    monkeypatch.setattr(shards, "encode_frame", failing)
+    stage = shards.ShardMaterializer(DEMO, root)
+    with pytest.raises(RuntimeError, match="disk full"):
+        stage.process(shards.ShardJob(0, tuple(ok_videos(root)), ("full", "s-lofi")))
+    assert root.list("shards/full") == [] and root.list("shards/s-lofi") == []
+
+
+def test_stride_schedule_and_too_short_video(ingested, tmp_path):
+    root = _fresh_root(ingested, tmp_path)
+    schedule = tmp_path / "stride.yaml"
+    schedule.write_text(
+        "# lofipipe materialize ROOT --schedule stride.yaml\n"
+        "sampling: stride\nfps: 10\nstride: 5\n"
+        "full: {name: full, snippets: 4, frames: 4, size: 32}\n"
+        "train:\n  - {name: half, snippets: 2, frames: 4, size: 32}\n")
+    output = _run("materialize", root, "--schedule", schedule, *SHARDS)
+    assert "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 100 snippets" \
+        in output  # 100 frames at 10 fps: (100 - 4) // 5 + 1 snippets per video
+    assert "half: 3 shards" in output and "50 snippets" in output
+    saved = json.loads((root / "shards/schedule.json").read_text())
+    assert saved["name"] == "stride" and saved["stride"] == 5
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sampling: stride\nfull: {name: full, snippets: 4}\ntrain: [{name: a, snippets: 2}]\n",
+     "fps: stride sampling needs a target frame rate"),
+    ("full: {name: full, snippets: 0}\ntrain: [{name: a, snippets: 2}]\n",
+     "full.snippets: must be at least 1"),
+    ("full: {name: full, snippets: 4}\ntrain: []\n", "train: needs at least one fidelity"),
+    ("full: {name: full, snippets: 4}\ntrain: [{name: full, snippets: 2}]\n",
+     "fidelity names repeat"),
+    ("full: {name: full, snippets: 4, sise: 3}\ntrain: [{name: a, snippets: 2}]\n",
+     "full.sise: unknown key"),
+])
+def test_impossible_schedules_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["materialize", str(tmp_path), "--schedule", str(path)])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_inspect_writes_a_contact_sheet(ingested, tmp_path):
+    root = _fresh_root(ingested, tmp_path)
+    _run("materialize", root, "--schedule", "demo", *SHARDS)
+    output = _run("inspect", root, "--fidelity", "t-lofi", "--video", "synth_0001",
+                  "--out", tmp_path / "sheet.png", "--rows", "4")
+    assert "video synth_0001, 8 snippets of 8 frames at 64 px" in output
+    from PIL import Image
+
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.size == (8 * 64, 4 * (64 + 14))
+    missing = CliRunner().invoke(main, ["inspect", str(root), "--fidelity", "t-lofi",
+                                        "--video", "nope", "--out", str(tmp_path / "x.png")])
+    assert missing.exit_code == 1 and "no snippets of video 'nope'" in missing.output
+
+
+@pytest.mark.s3
+def test_materialize_on_s3(ingested, tmp_path, s3_bucket):
+    bucket, options = s3_bucket
+    raw = Store(f"s3://{bucket}/raw", options)
+    for path in sorted((ingested / "data/videos").iterdir()):
+        raw.write_bytes(f"videos/{path.name}", path.read_bytes())
+    raw.write_bytes("annotations.json", (ingested / "data/annotations.json").read_bytes())
+    pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
+    root_url = f"s3://{bucket}/root"
+    _run("ingest", root_url, "--videos", f"s3://{bucket}/raw/videos", "--annotations",
+         f"s3://{bucket}/raw/annotations.json", *pairs)
+    output = _run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
+    assert "full: 3 shards (3 written, 0 already done), 5 videos ok" in output
+    root = Store(root_url, options)
+    assert root.list("shards/full") == [f"shards/full/part-0000{i}.{kind}" for i in range(3)
+                                        for kind in ("parquet", "stats.json")]
+    local = _fresh_root(ingested, tmp_path)
+    _run("materialize", local, "--schedule", "demo", *SHARDS)
+    remote_videos = list(SnippetReader(root, "s-lofi").videos())
+    local_videos = list(SnippetReader(Store(str(local)), "s-lofi").videos())
+    assert [v.video_id for v in remote_videos] == [v.video_id for v in local_videos]
+    for remote, here in zip(remote_videos, local_videos, strict=True):
+        assert np.array_equal(remote.frames, here.frames)
+    again = _run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
+    assert "full: 3 shards (0 written, 3 already done)" in again
