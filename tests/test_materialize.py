@@ -104,6 +104,9 @@ def test_every_fidelity_written_and_read_back(ingested, tmp_path):
     windows = list(reader.windows(6, video_ids={"synth_0000"}))
     assert [(w.first_index, len(w.start)) for w in windows] == [(0, 6), (6, 6), (12, 4)]
     assert np.array_equal(windows[1].frames, videos[0].frames[6:12])
+    rows = reader.dataset(video_ids={"synth_0000"}, window=6).take_all()
+    assert sorted((r["first_index"], r["frames"].shape) for r in rows) == [
+        (0, (6, 8, 3, 45, 45)), (6, (6, 8, 3, 45, 45)), (12, (4, 8, 3, 45, 45))]
 
 
 def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 import av
 import fsspec
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from lofipipe.errors import one_line
 from lofipipe.pipeline.probe import VideoFailure, normal_rotation
@@ -156,6 +157,9 @@ class SnippetDecoder:
         keys = heapq.merge(*(_tagged(p, plan) for p, plan in enumerate(plans)))
         key = next(keys, None)
         pending = [_Pending(plan) for plan in plans]
+        # One scaler per size, kept for the whole video: building one per frame would cost
+        # more than the scaling itself.
+        scalers = {plan.fidelity.size: VideoReformatter() for plan in plans}
         shown, shown_time = None, 0.0
         converted: dict[int, np.ndarray] = {}
         for frame in frames:
@@ -168,7 +172,7 @@ class SnippetDecoder:
                 # A target within a microsecond of this frame's time belongs to this frame:
                 # grid times and presentation times are computed differently.
                 while key is not None and key[0] < time - _SAME_TIME:
-                    yield from self._fill(pending, key, shown, shown_time, converted)
+                    yield from self._fill(pending, key, shown, shown_time, converted, scalers)
                     key = next(keys, None)
             shown, shown_time, converted = frame, time, {}
             if key is None:
@@ -176,17 +180,20 @@ class SnippetDecoder:
         if shown is None:
             raise VideoFailure("undecodable", "no video frame could be decoded")
         while key is not None:  # targets past the last frame see the last frame
-            yield from self._fill(pending, key, shown, shown_time, converted)
+            yield from self._fill(pending, key, shown, shown_time, converted, scalers)
             key = next(keys, None)
 
     def _fill(self, pending: list[_Pending], key, frame, time: float,
-              converted: dict[int, np.ndarray]) -> Iterator[Snippet]:
+              converted: dict[int, np.ndarray], scalers: dict[int, VideoReformatter]
+              ) -> Iterator[Snippet]:
         _, p, index, slot = key
         state = pending[p]
         size = state.plan.fidelity.size
         if size not in converted:
-            image = frame.reformat(width=size, height=size, format="rgb24",
-                                   interpolation="BILINEAR").to_ndarray()
+            # AREA averages the source pixels each output pixel covers: the right filter
+            # for the large downscales here.
+            image = scalers[size].reformat(frame, width=size, height=size, format="rgb24",
+                                           interpolation="AREA").to_ndarray()
             turns = normal_rotation(frame.rotation or 0) // 90
             converted[size] = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         frames = state.frames.setdefault(

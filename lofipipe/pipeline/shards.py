@@ -128,7 +128,7 @@ class ShardMaterializer:
             for f in fidelities:
                 handle = stack.enter_context(self.root.writer(shard_path(f.name, job.shard)))
                 writers[f.name] = stack.enter_context(
-                    pq.ParquetWriter(handle, SNIPPETS.arrow, compression="zstd"))
+                    pq.ParquetWriter(handle, SNIPPETS.arrow, compression=self._compression()))
             for video in job.videos:
                 spools = {f.name: _VideoSpool() for f in fidelities}
                 try:
@@ -151,6 +151,12 @@ class ShardMaterializer:
             record["bytes"] = int(self.root.info(shard_path(name, job.shard))["size"])
             self.root.write_text(stats_path(name, job.shard), json.dumps(record, indent=1))
         return list(stats.values())
+
+    def _compression(self) -> dict[str, str]:
+        # JPEG bytes do not compress; raw pixels do, and zstd decodes fast.
+        codecs = {name: "zstd" for name in SNIPPETS.column_names}
+        codecs["frames"] = "zstd" if self.encoding == "raw" else "none"
+        return codecs
 
     def _new_stats(self, job: ShardJob, fidelity: str) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -36,6 +37,14 @@ class VideoSnippets:
     labels: np.ndarray  # [N] label ids (index into the sorted label names)
     first_index: int = 0  # snippet index of frames[0] in the whole video
 
+    def windows(self, length: int, stride: int | None = None) -> Iterator[VideoSnippets]:
+        """Windows of `length` consecutive snippets, a new one every `stride` (default:
+        `length`); the last may be shorter."""
+        stride, count = stride or length, len(self.start)
+        for first in range(0, max(count - length, 0) + stride, stride):
+            if first < count:
+                yield self.window(first, length)
+
     def window(self, first: int, length: int) -> VideoSnippets:
         """Snippets [first, first + length) (fewer at the end of the video)."""
         last = first + length
@@ -51,6 +60,9 @@ class VideoSnippets:
                 "center": self.center, "frame_times": self.frame_times,
                 "segments": self.segments, "labels": self.labels,
                 "first_index": self.first_index}
+
+
+_READ_ROWS = 256  # snippets per Parquet read batch
 
 
 class SnippetReader:
@@ -77,37 +89,43 @@ class SnippetReader:
                 video_ids: set[str] | None = None) -> Iterator[VideoSnippets]:
         """Windows of `length` consecutive snippets, a new one every `stride` (default:
         `length`); the last window of a video may be shorter."""
-        stride = stride or length
         for video in self.videos(video_ids):
-            count = len(video.start)
-            for first in range(0, max(count - length, 0) + stride, stride):
-                if first < count:
-                    yield video.window(first, length)
+            yield from video.windows(length, stride)
 
     def read_shard(self, shard: str, video_ids: set[str] | None = None
                    ) -> Iterator[VideoSnippets]:
         """The videos of one shard, in order, one at a time."""
         labels = self._annotations()
-        rows: list[dict] = []
+        pending: list[pa.RecordBatch] = []
         with self.root.open(shard) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=64):
-                for row in batch.to_pylist():
-                    if video_ids is not None and row["video_id"] not in video_ids:
-                        continue
-                    if rows and rows[-1]["video_id"] != row["video_id"]:
-                        yield self._video(rows, labels)
-                        rows = []
-                    rows.append(row)
-        if rows:
-            yield self._video(rows, labels)
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=_READ_ROWS):
+                ids = batch.column("video_id").to_numpy(zero_copy_only=False)
+                cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1), len(ids)]
+                for first, last in zip(cuts, cuts[1:], strict=False):
+                    part = batch.slice(first, last - first)
+                    if pending and pending[0].column("video_id")[0] != part.column(
+                            "video_id")[0]:
+                        yield from self._finish(pending, labels, video_ids)
+                        pending = []
+                    pending.append(part)
+        if pending:
+            yield from self._finish(pending, labels, video_ids)
 
-    def dataset(self, video_ids: set[str] | None = None):
-        """The same videos as a Ray Dataset, one row per video, read in parallel."""
+    def _finish(self, parts: list[pa.RecordBatch], labels, video_ids
+                ) -> Iterator[VideoSnippets]:
+        table = pa.Table.from_batches(parts)
+        video_id = table.column("video_id")[0].as_py()
+        if video_ids is None or video_id in video_ids:
+            yield self._video(table, labels)
+
+    def dataset(self, video_ids: set[str] | None = None, window: int | None = None):
+        """The same videos (or windows of `window` snippets) as a Ray Dataset, one row each
+        (`VideoSnippets.as_row`), shards read in parallel."""
         import ray
 
         shards = [{"shard": shard} for shard in self.shards()]
         return ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(
-            functools.partial(_shard_rows, self, video_ids))
+            functools.partial(_shard_rows, self, video_ids, window))
 
     def _annotation_rows(self) -> list[dict]:
         if not self.root.exists(ANNOTATIONS_PATH):
@@ -133,22 +151,31 @@ class SnippetReader:
                     for video_id, rs in grouped.items()}
         return self._labels
 
-    def _video(self, rows: list[dict], labels) -> VideoSnippets:
-        rows.sort(key=lambda row: row["index"])
-        first = rows[0]
-        size, encoding = first["height"], first["encoding"]
-        frames = np.empty((len(rows), first["num_frames"], size, size, 3), np.uint8)
-        for i, row in enumerate(rows):
-            for j, data in enumerate(row["frames"]):
-                frames[i, j] = decode_frame(data, encoding, size)
-        segments, label_ids = labels.get(first["video_id"],
-                                         (np.zeros((0, 2)), np.zeros(0, np.int64)))
+    def _video(self, table: pa.Table, labels) -> VideoSnippets:
+        table = table.sort_by("index").combine_chunks()
+        video_id = table.column("video_id")[0].as_py()
+        count, frames_per = table.num_rows, table.column("num_frames")[0].as_py()
+        size, encoding = table.column("height")[0].as_py(), table.column("encoding")[0].as_py()
+        encoded = table.column("frames").chunk(0).flatten()
+        if encoding == "raw":  # one contiguous buffer of equal-sized frames: no copy
+            offsets = np.frombuffer(encoded.buffers()[1], np.int32)[
+                encoded.offset: encoded.offset + len(encoded) + 1]
+            frames = np.frombuffer(encoded.buffers()[2], np.uint8, count=int(offsets[-1] -
+                                   offsets[0]), offset=int(offsets[0]))
+        else:
+            frames = np.stack([decode_frame(data.as_py(), encoding, size) for data in encoded])
+        frames = frames.reshape(count, frames_per, size, size, 3)
+
+        def column(name):
+            return table.column(name).to_numpy()
+
+        segments, label_ids = labels.get(video_id, (np.zeros((0, 2)), np.zeros(0, np.int64)))
         return VideoSnippets(
-            video_id=first["video_id"], fidelity=first["fidelity"],
+            video_id=video_id, fidelity=table.column("fidelity")[0].as_py(),
             frames=torch.from_numpy(frames).permute(0, 1, 4, 2, 3).contiguous(),
-            start=np.array([r["start"] for r in rows]), end=np.array([r["end"] for r in rows]),
-            center=np.array([r["center"] for r in rows]),
-            frame_times=np.array([r["frame_times"] for r in rows]),
+            start=column("start"), end=column("end"), center=column("center"),
+            frame_times=table.column("frame_times").chunk(0).flatten().to_numpy().reshape(
+                count, frames_per),
             segments=segments, labels=label_ids)
 
     def stats(self) -> list[dict]:
@@ -158,5 +185,8 @@ class SnippetReader:
             for shard in self.shards()]
 
 
-def _shard_rows(reader: SnippetReader, video_ids, item: dict) -> list[dict]:
-    return [video.as_row() for video in reader.read_shard(item["shard"], video_ids)]
+def _shard_rows(reader: SnippetReader, video_ids, window: int | None, item: dict) -> list[dict]:
+    videos = reader.read_shard(item["shard"], video_ids)
+    if window:
+        videos = (part for video in videos for part in video.windows(window))
+    return [video.as_row() for video in videos]

@@ -189,8 +189,13 @@ class FrameRenderer:
         return image
 
 
-def encode_video(frames, handle, width: int, height: int, fps: int) -> None:
-    """Encodes RGB frames as H.264 (yuv420p) in an MP4 written to a seekable file object."""
+def encode_video(frames, handle, width: int, height: int, fps: int,
+                 preset: str = "ultrafast") -> None:
+    """Encodes RGB frames as H.264 (yuv420p) in an MP4 written to a seekable file object.
+
+    Other presets than the default give smaller, costlier-to-decode files (CABAC,
+    B-frames, like most published video) but not byte-identical ones.
+    """
     with av.open(handle, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -198,7 +203,7 @@ def encode_video(frames, handle, width: int, height: int, fps: int) -> None:
         # x264's analysis at its default presets was seen to give different bytes for the
         # same frames from run to run; "ultrafast" on one thread keeps a seed's files
         # byte-identical.
-        stream.options = {"crf": "18", "preset": "ultrafast", "threads": "1"}
+        stream.options = {"crf": "18", "preset": preset, "threads": "1"}
         for array in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
         container.mux(stream.encode(None))
