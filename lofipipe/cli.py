@@ -81,14 +81,6 @@ def _size(value: str) -> tuple[int, int]:
     return width, height
 
 
-def _synth_overrides(videos, seconds, classes, size, fps, seed) -> list[dict]:
-    given = {"videos": videos, "seconds": seconds, "classes": classes, "fps": fps,
-             "seed": seed}
-    if size:
-        given["width"], given["height"] = _size(size)
-    return [{"synth": {k: v for k, v in given.items() if v is not None}}]
-
-
 def _run_synth(config: Config, out: Store, command: str) -> None:
     from lofipipe.pipeline.synth import synthesize
     from lofipipe.progress import Progress
@@ -123,20 +115,32 @@ def synth(out, videos, seconds, classes, size, fps, seed, config, storage_option
       lofipipe synth data/synth
       lofipipe synth s3://bucket/synth --videos 100 --seconds 60 --classes 6 --size 224x168
     """
-    config = load_config(None, [config_to_dict(config),
-                                *_synth_overrides(videos, seconds, classes, size, fps, seed)])
+    width, height = _size(size) if size else (None, None)
+    config = _with_options(config, "synth", videos=videos, seconds=seconds, classes=classes,
+                           fps=fps, seed=seed, width=width, height=height)
     _run_synth(config, Store(out, storage_options), _command_line())
+
+
+def _echo_summary(summary, root: Store) -> None:
+    """The progress line of the work done, if any, then the summary lines."""
+    if summary.progress_line:
+        click.echo(summary.progress_line)
+    for line in summary.lines(root):
+        click.echo(line)
+
+
+def _with_options(config: Config, section: str, **given) -> Config:
+    """`config` with a command's own options (those given) set in `section`, re-checked."""
+    chosen = {key: value for key, value in given.items() if value is not None}
+    return load_config(None, [config_to_dict(config), {section: chosen}])
 
 
 def _run_ingest(config: Config, root: Store, videos: str, annotations: str,
                 storage_options: dict, command: str) -> None:
     from lofipipe.pipeline.ingest import run_ingest
 
-    summary = run_ingest(config, root, videos, annotations, storage_options, command)
-    if summary.probe_line:
-        click.echo(summary.probe_line)
-    for line in summary.lines(root):
-        click.echo(line)
+    _echo_summary(run_ingest(config, root, videos, annotations, storage_options, command),
+                  root)
 
 
 @main.command()
@@ -168,11 +172,8 @@ def _run_materialize(config: Config, root: Store, storage_options: dict, command
                      force: bool = False, retry_failed: bool = False) -> None:
     from lofipipe.pipeline.materialize import run_materialize
 
-    summary = run_materialize(config, root, storage_options, command, force, retry_failed)
-    if summary.progress_line:
-        click.echo(summary.progress_line)
-    for line in summary.lines(root):
-        click.echo(line)
+    _echo_summary(run_materialize(config, root, storage_options, command, force,
+                                  retry_failed), root)
 
 
 @main.command()
@@ -196,9 +197,7 @@ def materialize(root, schedule, encoding, retry_failed, force, config, storage_o
       lofipipe materialize s3://bucket/anet --schedule my-schedule.yaml --encoding raw
       lofipipe materialize out/ --schedule demo --retry-failed
     """
-    given = {"schedule": schedule, "encoding": encoding}
-    config = load_config(None, [config_to_dict(config), {"materialize": {
-        k: v for k, v in given.items() if v is not None}}])
+    config = _with_options(config, "materialize", schedule=schedule, encoding=encoding)
     _run_materialize(config, Store(root, storage_options), storage_options, _command_line(),
                      force, retry_failed)
 

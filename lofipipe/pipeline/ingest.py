@@ -46,7 +46,7 @@ class IngestSummary:
     labels: int = 0
     annotation_issues: Counter = field(default_factory=Counter)
     issue_examples: list[str] = field(default_factory=list)
-    probe_line: str = ""
+    progress_line: str = ""
 
     def lines(self, root: Store) -> list[str]:
         failed = sum(self.failed.values())
@@ -132,7 +132,7 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
                 row = _failed_row(item, outcome) if isinstance(outcome, TaskFailure) else outcome
                 rows[item.video_id] = row
                 progress.done(reason_of(row["error"]) if row["status"] == "failed" else None)
-        summary.probe_line = progress.summary()
+        summary.progress_line = progress.summary()
 
     durations = {vid: row.get("duration") if row["status"] == "ok" else None
                  for vid, row in rows.items()}
