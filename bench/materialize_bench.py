@@ -75,7 +75,7 @@ def throughput(paths: list[Path], work: Path, label: str) -> None:
         root = ingest(paths, work / f"throughput-{label}-{encoding}" / "root")
         config = load_config(None, ["materialize.schedule=lofi-anet",
                                     f"materialize.encoding={encoding}",
-                                    "materialize.videos_per_shard=1"])
+                                    f"materialize.videos_per_shard={len(paths) // WORKERS}"])
         started = time.perf_counter()
         run_materialize(config, root, {}, "bench")
         took = time.perf_counter() - started
@@ -102,12 +102,12 @@ def single_vs_naive(paths: list[Path], work: Path) -> None:
           f"(target >= 2x)")
 
 
-def read_vs_decode(paths: list[Path], work: Path) -> None:
+def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
     schedule = PRESETS["lofi-anet"]
     full = schedule.full
     print(f"\n3. full-fidelity snippets ({full.snippets}x{full.frames} frames at {full.size}) "
-          f"of {len(paths)} videos, one process")
-    root = ingest(paths, work / "decode" / "root")
+          f"of {len(paths)} videos of {label}, one process")
+    root = ingest(paths, work / f"decode-{label}" / "root")
     videos = ok_videos(root)
     decoder = SnippetDecoder(schedule)
     started = time.perf_counter()
@@ -117,7 +117,7 @@ def read_vs_decode(paths: list[Path], work: Path) -> None:
     decoding = time.perf_counter() - started
     print(f"   decoding from the source videos: {decoding:6.2f} s")
     for encoding in ("jpeg", "raw"):
-        root = ingest(paths, work / f"read-{encoding}" / "root")
+        root = ingest(paths, work / f"read-{label}-{encoding}" / "root")
         stage = ShardMaterializer(schedule, root, encoding)
         stage.process(ShardJob(0, tuple(ok_videos(root)), ("full",)))
         reader = SnippetReader(root, "full")
@@ -185,7 +185,8 @@ def main() -> None:
         for label, paths in sets.items():
             throughput(paths, work, label)
         single_vs_naive(videos, work)
-        read_vs_decode(videos, work)
+        for label, paths in sets.items():
+            read_vs_decode(paths, work, label)
         peak_memory(short, long, work)
     ray.shutdown()
 

@@ -111,9 +111,9 @@ def test_every_fidelity_written_and_read_back(ingested, tmp_path):
 
 def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
-    _run("materialize", root, "--schedule", "demo", *SHARDS)
+    _run("materialize", root, "--schedule", "demo", "--encoding", "jpeg", *SHARDS)
     raw_root = _fresh_root(ingested, tmp_path / "raw")
-    _run("materialize", raw_root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
+    _run("materialize", raw_root, "--schedule", "demo", *SHARDS)  # raw is the default
     jpeg = next(SnippetReader(Store(str(root)), "full").videos())
     raw = next(SnippetReader(Store(str(raw_root)), "full").videos())
     error = (jpeg.frames.float() - raw.frames.float()).abs().mean()

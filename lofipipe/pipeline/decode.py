@@ -190,10 +190,11 @@ class SnippetDecoder:
         state = pending[p]
         size = state.plan.fidelity.size
         if size not in converted:
-            # AREA averages the source pixels each output pixel covers: the right filter
-            # for the large downscales here.
+            # FFmpeg's bilinear scaler widens its filter with the scale factor, so large
+            # downscales do not alias; of the anti-aliasing filters it was the cheapest on
+            # 720p input (bench/materialize_bench.py).
             image = scalers[size].reformat(frame, width=size, height=size, format="rgb24",
-                                           interpolation="AREA").to_ndarray()
+                                           interpolation="BILINEAR").to_ndarray()
             turns = normal_rotation(frame.rotation or 0) // 90
             converted[size] = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         frames = state.frames.setdefault(

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lofipipe.errors import InputError
-from lofipipe.pipeline.frame_codec import decode_frame
+from lofipipe.pipeline.frame_codec import decode_frames
 from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
 from lofipipe.pipeline.shards import stats_path
 from lofipipe.schemas.tables import ANNOTATIONS
@@ -97,7 +97,7 @@ class SnippetReader:
         """The videos of one shard, in order, one at a time."""
         labels = self._annotations()
         pending: list[pa.RecordBatch] = []
-        with self.root.open(shard) as handle:
+        with self.root.open_arrow(shard) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=_READ_ROWS):
                 ids = batch.column("video_id").to_numpy(zero_copy_only=False)
                 cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1), len(ids)]
@@ -157,14 +157,14 @@ class SnippetReader:
         count, frames_per = table.num_rows, table.column("num_frames")[0].as_py()
         size, encoding = table.column("height")[0].as_py(), table.column("encoding")[0].as_py()
         encoded = table.column("frames").chunk(0).flatten()
-        if encoding == "raw":  # one contiguous buffer of equal-sized frames: no copy
+        if encoding == "raw":  # equal-sized planar frames, back to back: one copy
             offsets = np.frombuffer(encoded.buffers()[1], np.int32)[
                 encoded.offset: encoded.offset + len(encoded) + 1]
             frames = np.frombuffer(encoded.buffers()[2], np.uint8, count=int(offsets[-1] -
-                                   offsets[0]), offset=int(offsets[0]))
+                                   offsets[0]), offset=int(offsets[0])).copy()
         else:
-            frames = np.stack([decode_frame(data.as_py(), encoding, size) for data in encoded])
-        frames = frames.reshape(count, frames_per, size, size, 3)
+            frames = decode_frames([data.as_py() for data in encoded], encoding, size)
+        frames = frames.reshape(count, frames_per, 3, size, size)
 
         def column(name):
             return table.column(name).to_numpy()
@@ -172,7 +172,7 @@ class SnippetReader:
         segments, label_ids = labels.get(video_id, (np.zeros((0, 2)), np.zeros(0, np.int64)))
         return VideoSnippets(
             video_id=video_id, fidelity=table.column("fidelity")[0].as_py(),
-            frames=torch.from_numpy(frames).permute(0, 1, 4, 2, 3).contiguous(),
+            frames=torch.from_numpy(frames),
             start=column("start"), end=column("end"), center=column("center"),
             frame_times=table.column("frame_times").chunk(0).flatten().to_numpy().reshape(
                 count, frames_per),

@@ -99,7 +99,7 @@ class MaterializeConfig:
     """Snippet shards for a schedule's fidelities."""
 
     schedule: str = "demo"  # a preset (lofi-anet, lofi-thumos, multigrid, demo) or .yaml file
-    encoding: Literal["jpeg", "raw"] = "jpeg"  # see bench/materialize_bench.py
+    encoding: Literal["raw", "jpeg"] = "raw"  # see pipeline/frame_codec.py
     jpeg_quality: int = 90
     videos_per_shard: int = 8
     decode_threads: int = 0  # per video; 0 lets FFmpeg choose

@@ -113,8 +113,8 @@ SNIPPETS = TableSchema("snippets", 1, (
     _f("num_frames", pa.int16(), False),
     _f("height", pa.int16(), False),
     _f("width", pa.int16(), False),
-    _f("encoding", pa.string(), False),  # how each of `frames` is stored: jpeg | raw
-    _f("frames", pa.list_(pa.binary())),  # F encoded RGB frames, upright
+    _f("encoding", pa.string(), False),  # raw (planar RGB, 3 x S x S bytes) | jpeg
+    _f("frames", pa.list_(pa.binary())),  # F encoded frames, upright
     _f("source_fingerprint", pa.string()),
 ))
 
