@@ -190,11 +190,11 @@ class SnippetDecoder:
         state = pending[p]
         size = state.plan.fidelity.size
         if size not in converted:
-            # FFmpeg's bilinear scaler widens its filter with the scale factor, so large
-            # downscales do not alias; of the anti-aliasing filters it was the cheapest on
-            # 720p input (bench/materialize_bench.py).
+            # Two-tap bilinear, as OpenCV's INTER_LINEAR that action-recognition pipelines
+            # resize with: FFmpeg's wider (anti-aliasing) filters cost 2-3x as much on 720p
+            # input, more than the rest of the stage together (bench/materialize_bench.py).
             image = scalers[size].reformat(frame, width=size, height=size, format="rgb24",
-                                           interpolation="BILINEAR").to_ndarray()
+                                           interpolation="FAST_BILINEAR").to_ndarray()
             turns = normal_rotation(frame.rotation or 0) // 90
             converted[size] = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         frames = state.frames.setdefault(

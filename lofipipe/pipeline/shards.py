@@ -32,6 +32,7 @@ from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
 
 _BATCH_ROWS = 32  # snippets per record batch, and so per Parquet row group at most
+_SPILL_BYTES = 256 * 2**20  # a video's rows held in memory before they go to local disk
 # Dictionaries and min/max statistics only pay off for the small columns; for the frames
 # they cost a hash and a comparison of every frame's bytes.
 _SMALL_COLUMNS = [name for name in SNIPPETS.column_names if name != "frames"]
@@ -73,34 +74,52 @@ def fidelity_lineage(schedule: Schedule, fidelity: str, encoding: str) -> dict[s
 
 
 class _VideoSpool:
-    """One video's rows of one fidelity, in an Arrow IPC file on local disk."""
+    """One video's rows of one fidelity until the video is done: Arrow batches in memory,
+    moved to an IPC file on local disk once they pass `_SPILL_BYTES` (long videos in
+    stride sampling), so memory stays bounded whatever the video's length."""
 
     def __init__(self):
-        self.file = tempfile.TemporaryFile()
-        self.writer = pa.ipc.new_stream(self.file, SNIPPETS.arrow)
         self.rows: list[dict[str, Any]] = []
+        self.batches: list[pa.RecordBatch] = []
+        self.held = 0
+        self.file = self.writer = None
         self.count = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         self.count += 1
         if len(self.rows) >= _BATCH_ROWS:
-            self.flush()
+            self._flush()
 
-    def flush(self) -> None:
-        if self.rows:
-            self.writer.write_table(SNIPPETS.from_rows(self.rows))
-            self.rows = []
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        for batch in SNIPPETS.from_rows(self.rows).to_batches():
+            self.batches.append(batch)
+            self.held += batch.nbytes
+        self.rows = []
+        if self.held > _SPILL_BYTES:
+            if self.writer is None:
+                self.file = tempfile.TemporaryFile()
+                self.writer = pa.ipc.new_stream(self.file, SNIPPETS.arrow)
+            for batch in self.batches:
+                self.writer.write_batch(batch)
+            self.batches, self.held = [], 0
 
     def copy_to(self, parquet: pq.ParquetWriter) -> None:
-        self.flush()
-        self.writer.close()
-        self.file.seek(0)
-        for batch in pa.ipc.open_stream(self.file):
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.file.seek(0)
+            for batch in pa.ipc.open_stream(self.file):
+                parquet.write_batch(batch)
+        for batch in self.batches:
             parquet.write_batch(batch)
 
     def close(self) -> None:
-        self.file.close()
+        self.batches = []
+        if self.file is not None:
+            self.file.close()
 
 
 @dataclass

@@ -152,18 +152,26 @@ class SnippetReader:
         return self._labels
 
     def _video(self, table: pa.Table, labels) -> VideoSnippets:
-        table = table.sort_by("index").combine_chunks()
+        index = table.column("index").to_numpy()
+        if np.any(np.diff(index) < 0):  # shards are written in order; this is a safeguard
+            table = table.take(np.argsort(index, kind="stable"))
         video_id = table.column("video_id")[0].as_py()
         count, frames_per = table.num_rows, table.column("num_frames")[0].as_py()
         size, encoding = table.column("height")[0].as_py(), table.column("encoding")[0].as_py()
-        encoded = table.column("frames").chunk(0).flatten()
-        if encoding == "raw":  # equal-sized planar frames, back to back: one copy
-            offsets = np.frombuffer(encoded.buffers()[1], np.int32)[
-                encoded.offset: encoded.offset + len(encoded) + 1]
-            frames = np.frombuffer(encoded.buffers()[2], np.uint8, count=int(offsets[-1] -
-                                   offsets[0]), offset=int(offsets[0])).copy()
-        else:
-            frames = decode_frames([data.as_py() for data in encoded], encoding, size)
+        frames = np.empty((count * frames_per, 3, size, size), np.uint8)
+        filled = 0
+        for chunk in table.column("frames").chunks:
+            encoded = chunk.flatten()
+            if encoding == "raw":  # equal-sized planar frames back to back: copied once
+                offsets = np.frombuffer(encoded.buffers()[1], np.int32)[
+                    encoded.offset: encoded.offset + len(encoded) + 1]
+                part = np.frombuffer(encoded.buffers()[2], np.uint8, offset=int(offsets[0]),
+                                     count=int(offsets[-1] - offsets[0]))
+                frames[filled: filled + len(encoded)] = part.reshape(-1, 3, size, size)
+            else:
+                frames[filled: filled + len(encoded)] = decode_frames(
+                    [data.as_py() for data in encoded], encoding, size)
+            filled += len(encoded)
         frames = frames.reshape(count, frames_per, 3, size, size)
 
         def column(name):
@@ -174,8 +182,8 @@ class SnippetReader:
             video_id=video_id, fidelity=table.column("fidelity")[0].as_py(),
             frames=torch.from_numpy(frames),
             start=column("start"), end=column("end"), center=column("center"),
-            frame_times=table.column("frame_times").chunk(0).flatten().to_numpy().reshape(
-                count, frames_per),
+            frame_times=table.column("frame_times").combine_chunks().flatten().to_numpy()
+            .reshape(count, frames_per),
             segments=segments, labels=label_ids)
 
     def stats(self) -> list[dict]:
