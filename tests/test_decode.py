@@ -126,3 +126,30 @@ def test_unreadable_video_is_a_failure(tmp_path):
 
 def test_frame_levels_helper_is_consistent():
     assert [frame_level(i) for i in (0, 1, 31, 32)] == [0, 8, 248, 0]
+
+
+def test_unreferenced_frames_nobody_needs_are_not_decoded(tmp_path, monkeypatch):
+    """Skipping disposable H.264 frames changes nothing in the output."""
+    import lofipipe.pipeline.decode as decode
+
+    path = write_video(tmp_path / "b.mp4", seconds=6, fps=30)  # x264 defaults: B-frames
+    for schedule in (RESIZE, STRIDE, PRESETS["demo"]):
+        skipped = []
+        original = decode._is_disposable
+
+        def counting(data, size, original=original, skipped=skipped):
+            result = original(data, size)
+            skipped.append(result)
+            return result
+
+        monkeypatch.setattr(decode, "_is_disposable", counting)
+        fast = _decode(schedule, path)
+        monkeypatch.setattr(decode, "_nal_length_size", lambda stream: None)
+        full = _decode(schedule, path)
+        monkeypatch.undo()
+        assert len(fast) == len(full) > 0
+        for a, b in zip(fast, full, strict=True):
+            assert (a.fidelity, a.index, a.frame_times) == (b.fidelity, b.index, b.frame_times)
+            assert np.array_equal(a.frames, b.frames)
+        if schedule is RESIZE:
+            assert sum(skipped) > 30  # most of 180 frames are needed by no target
