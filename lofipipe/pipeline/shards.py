@@ -32,7 +32,7 @@ from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
 
 _BATCH_ROWS = 32  # snippets per record batch, and so per Parquet row group at most
-_SPILL_BYTES = 256 * 2**20  # a video's rows held in memory before they go to local disk
+_SPILL_BYTES = 256 * 2**20  # one video's rows held in memory before they go to local disk
 # Dictionaries and min/max statistics only pay off for the small columns; for the frames
 # they cost a hash and a comparison of every frame's bytes.
 _SMALL_COLUMNS = [name for name in SNIPPETS.column_names if name != "frames"]
@@ -75,8 +75,9 @@ def fidelity_lineage(schedule: Schedule, fidelity: str, encoding: str) -> dict[s
 
 class _VideoSpool:
     """One video's rows of one fidelity until the video is done: Arrow batches in memory,
-    moved to an IPC file on local disk once they pass `_SPILL_BYTES` (long videos in
-    stride sampling), so memory stays bounded whatever the video's length."""
+    moved to an IPC file on local disk by `spill` (when the video's spools together pass
+    `_SPILL_BYTES`, as long videos in stride sampling do), so memory stays bounded
+    whatever the video's length."""
 
     def __init__(self):
         self.rows: list[dict[str, Any]] = []
@@ -98,13 +99,14 @@ class _VideoSpool:
             self.batches.append(batch)
             self.held += batch.nbytes
         self.rows = []
-        if self.held > _SPILL_BYTES:
-            if self.writer is None:
-                self.file = tempfile.TemporaryFile()
-                self.writer = pa.ipc.new_stream(self.file, SNIPPETS.arrow)
-            for batch in self.batches:
-                self.writer.write_batch(batch)
-            self.batches, self.held = [], 0
+
+    def spill(self) -> None:
+        if self.writer is None:
+            self.file = tempfile.TemporaryFile()
+            self.writer = pa.ipc.new_stream(self.file, SNIPPETS.arrow)
+        for batch in self.batches:
+            self.writer.write_batch(batch)
+        self.batches, self.held = [], 0
 
     def copy_to(self, parquet: pq.ParquetWriter) -> None:
         self._flush()
@@ -158,6 +160,9 @@ class ShardMaterializer:
                     for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
                                                     fidelities):
                         spools[snippet.fidelity].add(self._row(video, snippet))
+                        if sum(spool.held for spool in spools.values()) > _SPILL_BYTES:
+                            for spool in spools.values():
+                                spool.spill()
                     for name, spool in spools.items():
                         spool.copy_to(writers[name])
                         stats[name]["rows"] += spool.count
