@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
@@ -31,8 +32,10 @@ from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
 
-_BATCH_ROWS = 32  # snippets per record batch, and so per Parquet row group at most
-_SPILL_BYTES = 256 * 2**20  # one video's rows held in memory before they go to local disk
+# A record batch (and so a Parquet row group) closes at this many snippets or bytes.
+_BATCH_ROWS = 32
+_BATCH_BYTES = 8 * 2**20
+_SPILL_BYTES = 128 * 2**20  # one video's rows held in memory before they go to local disk
 # Dictionaries and min/max statistics only pay off for the small columns; for the frames
 # they cost a hash and a comparison of every frame's bytes.
 _SMALL_COLUMNS = [name for name in SNIPPETS.column_names if name != "frames"]
@@ -81,15 +84,17 @@ class _VideoSpool:
 
     def __init__(self):
         self.rows: list[dict[str, Any]] = []
+        self.pending = 0  # bytes of frames in `rows`
         self.batches: list[pa.RecordBatch] = []
         self.held = 0
-        self.file = self.writer = None
+        self.file = self.writer = self.path = None
         self.count = 0
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any], size: int) -> None:
         self.rows.append(row)
         self.count += 1
-        if len(self.rows) >= _BATCH_ROWS:
+        self.pending += size
+        if len(self.rows) >= _BATCH_ROWS or self.pending >= _BATCH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
@@ -98,11 +103,14 @@ class _VideoSpool:
         for batch in SNIPPETS.from_rows(self.rows).to_batches():
             self.batches.append(batch)
             self.held += batch.nbytes
-        self.rows = []
+        self.rows, self.pending = [], 0
 
     def spill(self) -> None:
         if self.writer is None:
-            self.file = tempfile.TemporaryFile()
+            # Native files: Arrow writes and reads them without Python byte strings.
+            handle, self.path = tempfile.mkstemp(suffix=".arrows")
+            os.close(handle)
+            self.file = pa.OSFile(self.path, "wb")
             self.writer = pa.ipc.new_stream(self.file, SNIPPETS.arrow)
         for batch in self.batches:
             self.writer.write_batch(batch)
@@ -112,9 +120,10 @@ class _VideoSpool:
         self._flush()
         if self.writer is not None:
             self.writer.close()
-            self.file.seek(0)
-            for batch in pa.ipc.open_stream(self.file):
-                parquet.write_batch(batch)
+            self.file.close()
+            with pa.OSFile(self.path, "rb") as source:
+                for batch in pa.ipc.open_stream(source):
+                    parquet.write_batch(batch)
         for batch in self.batches:
             parquet.write_batch(batch)
 
@@ -122,6 +131,7 @@ class _VideoSpool:
         self.batches = []
         if self.file is not None:
             self.file.close()
+            os.remove(self.path)
 
 
 @dataclass
@@ -159,10 +169,14 @@ class ShardMaterializer:
                 try:
                     for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
                                                     fidelities):
-                        spools[snippet.fidelity].add(self._row(video, snippet))
+                        row = self._row(video, snippet)
+                        spools[snippet.fidelity].add(row, sum(map(len, row["frames"])))
                         if sum(spool.held for spool in spools.values()) > _SPILL_BYTES:
                             for spool in spools.values():
                                 spool.spill()
+                            # Arrow's allocator keeps freed pages; hand them back, or the
+                            # process grows with every spill of a long video.
+                            pa.default_memory_pool().release_unused()
                     for name, spool in spools.items():
                         spool.copy_to(writers[name])
                         stats[name]["rows"] += spool.count
