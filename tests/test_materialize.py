@@ -185,11 +185,11 @@ def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
         "from lofipipe.pipeline.materialize import ok_videos\n"
         "from lofipipe.schemas.schedule import PRESETS\n"
         "from lofipipe.storage import Store\n"
-        "encode = shards.encode_frame\n"
+        "encode = shards.frames_column\n"
         "def slow(*args):\n"
-        "    time.sleep(0.05)\n"
+        "    time.sleep(0.5)\n"
         "    return encode(*args)\n"
-        "shards.encode_frame = slow\n"
+        "shards.frames_column = slow\n"
         "root = Store(sys.argv[1])\n"
         "videos = tuple(ok_videos(root))\n"
         "stage = shards.ShardMaterializer(PRESETS['demo'], root)\n"
@@ -223,12 +223,12 @@ def test_exception_mid_shard_commits_nothing(ingested, tmp_path, monkeypatch):
 
     def failing(*args):
         calls.append(1)
-        if len(calls) > 100:
+        if len(calls) > 2:
             raise RuntimeError("disk full")
-        return shards.encode_frame.__wrapped__(*args)
+        return shards.frames_column.__wrapped__(*args)
 
-    failing.__wrapped__ = shards.encode_frame
-    monkeypatch.setattr(shards, "encode_frame", failing)
+    failing.__wrapped__ = shards.frames_column
+    monkeypatch.setattr(shards, "frames_column", failing)
     stage = shards.ShardMaterializer(DEMO, root)
     with pytest.raises(RuntimeError, match="disk full"):
         stage.process(shards.ShardJob(0, tuple(ok_videos(root)), ("full", "s-lofi")))

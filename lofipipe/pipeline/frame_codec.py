@@ -12,20 +12,43 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 ENCODINGS = ("raw", "jpeg")
 
 
-def encode_frame(frame: np.ndarray, encoding: str, jpeg_quality: int = 90) -> bytes:
-    """Encodes one RGB frame given as (S, S, 3) uint8."""
+def frames_column(snippets: Sequence[np.ndarray], encoding: str,
+                  jpeg_quality: int = 90) -> pa.ListArray:
+    """The `frames` column of a batch of snippets, each given as (F, S, S, 3) uint8.
+
+    Raw frames are transposed once into one buffer that the column then wraps as it is.
+    """
+    counts = np.array([len(snippet) for snippet in snippets])
+    starts = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
     if encoding == "raw":
-        return np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.uint8).tobytes()
-    if encoding == "jpeg":
-        buffer = io.BytesIO()
-        Image.fromarray(frame).save(buffer, format="JPEG", quality=jpeg_quality)
-        return buffer.getvalue()
-    raise ValueError(f"unknown frame encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+        size = snippets[0].shape[1]
+        buffer = np.empty((int(counts.sum()), 3, size, size), np.uint8)
+        at = 0
+        for snippet in snippets:
+            buffer[at: at + len(snippet)] = snippet.transpose(0, 3, 1, 2)
+            at += len(snippet)
+        offsets = np.arange(len(buffer) + 1, dtype=np.int32) * (3 * size * size)
+        values = pa.Array.from_buffers(pa.binary(), len(buffer),
+                                       [None, pa.py_buffer(offsets), pa.py_buffer(buffer)])
+    elif encoding == "jpeg":
+        values = pa.array([_jpeg(frame, jpeg_quality) for snippet in snippets
+                           for frame in snippet], pa.binary())
+    else:
+        raise ValueError(f"unknown frame encoding {encoding!r} (known: "
+                         f"{', '.join(ENCODINGS)})")
+    return pa.ListArray.from_arrays(starts, values)
+
+
+def _jpeg(frame: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def decode_frames(encoded: Sequence[bytes], encoding: str, size: int) -> np.ndarray:

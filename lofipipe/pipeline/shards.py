@@ -20,12 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lofipipe import __version__
 from lofipipe.pipeline.decode import Snippet, SnippetDecoder
-from lofipipe.pipeline.frame_codec import encode_frame
+from lofipipe.pipeline.frame_codec import frames_column
 from lofipipe.pipeline.probe import VideoFailure
 from lofipipe.schemas.config import config_to_dict
 from lofipipe.schemas.schedule import Schedule
@@ -39,6 +40,7 @@ _SPILL_BYTES = 128 * 2**20  # one video's rows held in memory before they go to 
 # Dictionaries and min/max statistics only pay off for the small columns; for the frames
 # they cost a hash and a comparison of every frame's bytes.
 _SMALL_COLUMNS = [name for name in SNIPPETS.column_names if name != "frames"]
+_FRAMES = SNIPPETS.column_names.index("frames")
 
 
 def shard_path(fidelity: str, shard: int) -> str:
@@ -82,28 +84,34 @@ class _VideoSpool:
     `_SPILL_BYTES`, as long videos in stride sampling do), so memory stays bounded
     whatever the video's length."""
 
-    def __init__(self):
+    def __init__(self, encoding: str, jpeg_quality: int):
+        self.encoding, self.jpeg_quality = encoding, jpeg_quality
         self.rows: list[dict[str, Any]] = []
-        self.pending = 0  # bytes of frames in `rows`
+        self.frames: list[np.ndarray] = []  # of `rows`, (F, S, S, 3) each
+        self.pending = 0  # bytes of `frames`
         self.batches: list[pa.RecordBatch] = []
         self.held = 0
         self.file = self.writer = self.path = None
         self.count = 0
 
-    def add(self, row: dict[str, Any], size: int) -> None:
+    def add(self, row: dict[str, Any], frames: np.ndarray) -> None:
         self.rows.append(row)
+        self.frames.append(frames)
         self.count += 1
-        self.pending += size
+        self.pending += frames.nbytes
         if len(self.rows) >= _BATCH_ROWS or self.pending >= _BATCH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         if not self.rows:
             return
-        for batch in SNIPPETS.from_rows(self.rows).to_batches():
+        table = SNIPPETS.from_rows(self.rows).set_column(
+            _FRAMES, SNIPPETS.arrow.field(_FRAMES),
+            frames_column(self.frames, self.encoding, self.jpeg_quality))
+        for batch in table.to_batches():
             self.batches.append(batch)
             self.held += batch.nbytes
-        self.rows, self.pending = [], 0
+        self.rows, self.frames, self.pending = [], [], 0
 
     def spill(self) -> None:
         if self.writer is None:
@@ -165,12 +173,12 @@ class ShardMaterializer:
                     handle, SNIPPETS.arrow, compression=self._compression(),
                     use_dictionary=_SMALL_COLUMNS, write_statistics=_SMALL_COLUMNS))
             for video in job.videos:
-                spools = {f.name: _VideoSpool() for f in fidelities}
+                spools = {f.name: _VideoSpool(self.encoding, self.jpeg_quality)
+                          for f in fidelities}
                 try:
                     for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
                                                     fidelities):
-                        row = self._row(video, snippet)
-                        spools[snippet.fidelity].add(row, sum(map(len, row["frames"])))
+                        spools[snippet.fidelity].add(self._row(video, snippet), snippet.frames)
                         if sum(spool.held for spool in spools.values()) > _SPILL_BYTES:
                             for spool in spools.values():
                                 spool.spill()
@@ -216,7 +224,5 @@ class ShardMaterializer:
             "start": snippet.start, "end": snippet.end, "center": snippet.center,
             "frame_times": snippet.frame_times, "num_frames": fidelity.frames,
             "height": fidelity.size, "width": fidelity.size, "encoding": self.encoding,
-            "frames": [encode_frame(frame, self.encoding, self.jpeg_quality)
-                       for frame in snippet.frames],
             "source_fingerprint": video.fingerprint,
         }
