@@ -51,14 +51,11 @@ def _jpeg(frame: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def decode_frames(encoded: Sequence[bytes], encoding: str, size: int) -> np.ndarray:
-    """Decodes frames back to one (N, 3, size, size) uint8 array."""
-    if encoding == "raw":
-        return np.frombuffer(b"".join(encoded), np.uint8).reshape(-1, 3, size, size)
-    if encoding == "jpeg":
-        out = np.empty((len(encoded), 3, size, size), np.uint8)
-        for index, data in enumerate(encoded):
-            with Image.open(io.BytesIO(data)) as image:
-                out[index] = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
-        return out
-    raise ValueError(f"unknown frame encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+def decode_jpeg_frames(encoded: Sequence[bytes], size: int) -> np.ndarray:
+    """Decodes JPEG frames to one (N, 3, size, size) uint8 array (raw frames need no
+    decoding: the reader copies them straight out of the column's buffer)."""
+    out = np.empty((len(encoded), 3, size, size), np.uint8)
+    for index, data in enumerate(encoded):
+        with Image.open(io.BytesIO(data)) as image:
+            out[index] = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+    return out

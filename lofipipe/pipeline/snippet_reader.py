@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lofipipe.errors import InputError
-from lofipipe.pipeline.frame_codec import decode_frames
+from lofipipe.pipeline.frame_codec import decode_jpeg_frames
 from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
 from lofipipe.pipeline.shards import stats_path
 from lofipipe.schemas.tables import ANNOTATIONS
@@ -168,9 +168,11 @@ class SnippetReader:
                 part = np.frombuffer(encoded.buffers()[2], np.uint8, offset=int(offsets[0]),
                                      count=int(offsets[-1] - offsets[0]))
                 frames[filled: filled + len(encoded)] = part.reshape(-1, 3, size, size)
+            elif encoding == "jpeg":
+                frames[filled: filled + len(encoded)] = decode_jpeg_frames(
+                    [data.as_py() for data in encoded], size)
             else:
-                frames[filled: filled + len(encoded)] = decode_frames(
-                    [data.as_py() for data in encoded], encoding, size)
+                raise InputError(f"video {video_id}: unknown frame encoding {encoding!r}")
             filled += len(encoded)
         frames = frames.reshape(count, frames_per, 3, size, size)
 
