@@ -1,0 +1,1 @@
+"""Video encoders (plain PyTorch), chosen by name from `registry.ENCODERS`."""

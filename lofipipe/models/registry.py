@@ -1,0 +1,58 @@
+"""Encoders by name, each with the input it expects: frames per snippet, size, and the
+normalization of its pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lofipipe.errors import ConfigError
+from lofipipe.models.tiny import TinyVideoNet
+from lofipipe.models.tsm import TSMResNet
+
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder is and what it takes."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    frames: int  # per snippet
+    size: int  # input pixels (square) at full fidelity
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "tiny": EncoderSpec("tiny", TinyVideoNet, 8, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    # TSM-ResNet with 8-frame snippets at 224, ImageNet normalization (LoFi, Sec. 4.1).
+    "tsm_r18": EncoderSpec("tsm_r18", lambda: TSMResNet(18, 8), 8, 224, *_IMAGENET),
+    "tsm_r50": EncoderSpec("tsm_r50", lambda: TSMResNet(50, 8), 8, 224, *_IMAGENET),
+}
+
+
+class Encoder(nn.Module):
+    """An encoder with its normalization: uint8 snippets (B, F, 3, S, S) -> (B, dim)."""
+
+    def __init__(self, spec: EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.net = spec.build()
+        self.dim = self.net.dim
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 1, 3, 1, 1) * 255)
+
+    def forward(self, snippets: torch.Tensor) -> torch.Tensor:
+        return self.net((snippets.float() - self.mean) / self.std)
+
+
+def build_encoder(name: str) -> Encoder:
+    """A freshly initialised encoder by registry name."""
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
+    return Encoder(ENCODERS[name])
