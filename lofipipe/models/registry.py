@@ -3,8 +3,11 @@ normalization of its pixels."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,3 +59,13 @@ def build_encoder(name: str) -> Encoder:
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
     return Encoder(ENCODERS[name])
+
+
+def encoder_fingerprint(spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any]) -> str:
+    """A short hash of what features depend on: architecture, weights (the checkpoint's
+    SHA-256, or a note that they are random with their seed) and preprocessing (input
+    fidelity and normalization)."""
+    record = {"encoder": spec.name, "frames": spec.frames, "mean": spec.mean,
+              "std": spec.std, "weights": weights, "fidelity": dict(fidelity)}
+    text = json.dumps(record, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

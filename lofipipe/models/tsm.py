@@ -31,33 +31,39 @@ def temporal_shift(x: torch.Tensor, frames: int, divisor: int = SHIFT_DIVISOR) -
 
 
 class _Block(nn.Module):
-    """A ResNet basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) block with the shift."""
+    """A ResNet basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) block with the shift.
+
+    Parameter names follow torchvision's ResNet (conv1, bn1, ..., downsample), so plain
+    ResNet and TSM checkpoints map onto it by name.
+    """
 
     def __init__(self, inputs: int, width: int, stride: int, bottleneck: bool, frames: int):
         super().__init__()
-        self.frames = frames
-        outputs = width * 4 if bottleneck else width
+        self.frames, self.bottleneck = frames, bottleneck
+        self.outputs = width * 4 if bottleneck else width
         if bottleneck:
-            layers = [nn.Conv2d(inputs, width, 1, bias=False), nn.BatchNorm2d(width),
-                      nn.ReLU(inplace=True),
-                      nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
-                      nn.ReLU(inplace=True),
-                      nn.Conv2d(width, outputs, 1, bias=False), nn.BatchNorm2d(outputs)]
+            self.conv1 = nn.Conv2d(inputs, width, 1, bias=False)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+            self.conv3 = nn.Conv2d(width, self.outputs, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(self.outputs)
         else:
-            layers = [nn.Conv2d(inputs, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width),
-                      nn.ReLU(inplace=True),
-                      nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)]
-        self.body = nn.Sequential(*layers)
-        self.downsample = None
-        if stride != 1 or inputs != outputs:
-            self.downsample = nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False),
-                                            nn.BatchNorm2d(outputs))
+            self.conv1 = nn.Conv2d(inputs, width, 3, stride, 1, bias=False)
+            self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn1, self.bn2 = nn.BatchNorm2d(width), nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.outputs = outputs
+        self.downsample = None
+        if stride != 1 or inputs != self.outputs:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inputs, self.outputs, 1, stride, bias=False),
+                nn.BatchNorm2d(self.outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.body(temporal_shift(x, self.frames)) + identity)
+        out = self.relu(self.bn1(self.conv1(temporal_shift(x, self.frames))))
+        out = self.bn2(self.conv2(out))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(self.relu(out)))
+        return self.relu(out + identity)
 
 
 class TSMResNet(nn.Module):
@@ -69,23 +75,26 @@ class TSMResNet(nn.Module):
         super().__init__()
         blocks, bottleneck = self.LAYOUTS[depth]
         self.frames = frames
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
-        layers, inputs = [], 64
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inputs = 64
         for stage, count in enumerate(blocks):
-            width = 64 * 2**stage
+            layer = []
             for index in range(count):
-                block = _Block(inputs, width, 2 if stage and index == 0 else 1, bottleneck,
-                               frames)
-                layers.append(block)
+                block = _Block(inputs, 64 * 2**stage, 2 if stage and index == 0 else 1,
+                               bottleneck, frames)
+                layer.append(block)
                 inputs = block.outputs
-        self.layers = nn.Sequential(*layers)
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))
         self.dim = inputs
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         batch, frames = clips.shape[:2]
         if frames != self.frames:
             raise ValueError(f"TSM-ResNet built for {self.frames} frames got {frames}")
-        x = self.layers(self.stem(clips.flatten(0, 1)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(clips.flatten(0, 1)))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         per_frame = x.mean(dim=(2, 3)).view(batch, frames, self.dim)
         return per_frame.mean(dim=1)
