@@ -22,7 +22,8 @@ def test_shift_keeps_clips_apart():
     assert out[0, 1, 0] == 0 and out[1, 0, 1] == 0  # no value crosses from clip to clip
 
 
-@pytest.mark.parametrize("name, dim", [("tiny", 64), ("tsm_r18", 512), ("tsm_r50", 2048)])
+@pytest.mark.parametrize("name, dim", [("tiny", 64), ("tsm_r18", 512), ("tsm_r50", 2048),
+                                       ("vit_s", 384), ("vit_b", 768)])
 def test_encoders_shape_and_determinism(name, dim):
     torch.manual_seed(0)
     encoder = build_encoder(name).eval()
@@ -47,3 +48,68 @@ def test_parameter_counts_match_the_resnets():
 def test_unknown_encoder():
     with pytest.raises(ConfigError, match="unknown encoder 'vit_x'"):
         build_encoder("vit_x")
+
+
+def test_vit_sizes_match_videomae_v2():
+    from lofipipe.models.vit import VIT_SIZES, VideoViT
+
+    counts = {}
+    for size, shape in VIT_SIZES.items():
+        with torch.device("meta"):  # no memory for the billion parameters of vit_g
+            counts[size] = sum(p.numel() for p in VideoViT(*shape).parameters())
+    # ~22M, 86M, 304M and 1.01B, as published for VideoMAE-v2 ViT-S/B/L/g.
+    assert counts == {"s": 21_884_544, "b": 86_236_416, "l": 303_885_312,
+                      "g": 1_012_173_952}
+
+
+def test_losa_trains_adapters_only_and_starts_as_the_backbone():
+    torch.manual_seed(0)
+    encoder = build_encoder("vit_s", losa=True)
+    snippets = torch.randint(0, 256, (5, 16, 3, 32, 32), dtype=torch.uint8)  # 5 snippets
+    backbone = encoder.net.backbone
+    with torch.no_grad():
+        plain = backbone((snippets.float() - encoder.mean) / encoder.std)
+    assert torch.allclose(encoder(snippets), plain, atol=1e-5)  # gates start closed
+
+    encoder.net.gates.data.fill_(0.5)
+    encoder(snippets).square().mean().backward()
+    assert all(p.grad is None for p in backbone.parameters())
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)
+    assert sum(p.numel() for p in trainable) < 0.05 * sum(p.numel() for p in
+                                                         backbone.parameters())
+    assert encoder.net.gates.grad.abs().sum() > 0
+
+
+def test_losa_only_on_vits():
+    with pytest.raises(ConfigError, match="LoSA adapters run beside a ViT"):
+        build_encoder("tsm_r18", losa=True)
+
+
+_STEP = """
+import sys, torch
+from lofipipe.models.registry import build_encoder
+torch.manual_seed(0)
+encoder = build_encoder("vit_s", losa=sys.argv[1] == "losa")
+encoder.train()
+if sys.argv[1] == "losa":
+    encoder.net.gates.data.fill_(0.5)
+snippets = torch.randint(0, 256, (8, 16, 3, 96, 96), dtype=torch.uint8)
+baseline = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS"))
+encoder(snippets).square().mean().backward()
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(peak - baseline)
+"""
+
+
+def test_losa_step_needs_less_memory_than_fine_tuning():
+    """Peak memory of one training step above the loaded model, fresh process each."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for mode in ("losa", "full"):
+        out = subprocess.run([sys.executable, "-c", _STEP, mode], capture_output=True,
+                             text=True, timeout=300, check=True)
+        peaks[mode] = int(out.stdout.strip().splitlines()[-1])
+    assert peaks["losa"] < 0.5 * peaks["full"], peaks

@@ -40,7 +40,7 @@ def test_published_layouts_load(tmp_path, layout):
     checkpoint = {
         "plain": {**trained, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)},
         "tsm": _tsm_release_layout(trained),
-        "videomae": {"model": {f"backbone.{k}": v for k, v in trained.items()}},
+        "videomae": {"module": trained, "epoch": 799},
         "lofipipe": {"encoder": trained, "step": torch.tensor(10)},
     }[layout]
     torch.save(checkpoint, tmp_path / "w.pth")

@@ -15,6 +15,7 @@ from torch import nn
 from lofipipe.errors import ConfigError
 from lofipipe.models.tiny import TinyVideoNet
 from lofipipe.models.tsm import TSMResNet
+from lofipipe.models.vit import VIT_SIZES, LoSA, VideoViT
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -36,16 +37,23 @@ ENCODERS: dict[str, EncoderSpec] = {
     # TSM-ResNet with 8-frame snippets at 224, ImageNet normalization (LoFi, Sec. 4.1).
     "tsm_r18": EncoderSpec("tsm_r18", lambda: TSMResNet(18, 8), 8, 224, *_IMAGENET),
     "tsm_r50": EncoderSpec("tsm_r50", lambda: TSMResNet(50, 8), 8, 224, *_IMAGENET),
+    # VideoMAE-v2 ViTs: 16-frame clips at 224, ImageNet normalization.
+    **{f"vit_{size}": EncoderSpec(f"vit_{size}", lambda shape=shape: VideoViT(*shape), 16,
+                                  224, *_IMAGENET)
+       for size, shape in VIT_SIZES.items()},
 }
 
 
 class Encoder(nn.Module):
-    """An encoder with its normalization: uint8 snippets (B, F, 3, S, S) -> (B, dim)."""
+    """An encoder with its normalization: uint8 snippets (B, F, 3, S, S) -> (B, dim).
 
-    def __init__(self, spec: EncoderSpec):
+    With LoSA adapters the B snippets are one video's, in time order.
+    """
+
+    def __init__(self, spec: EncoderSpec, losa: bool = False):
         super().__init__()
-        self.spec = spec
-        self.net = spec.build()
+        self.spec, self.losa = spec, losa
+        self.net = LoSA(spec.build()) if losa else spec.build()
         self.dim = self.net.dim
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 1, 3, 1, 1) * 255)
@@ -54,11 +62,14 @@ class Encoder(nn.Module):
         return self.net((snippets.float() - self.mean) / self.std)
 
 
-def build_encoder(name: str) -> Encoder:
-    """A freshly initialised encoder by registry name."""
+def build_encoder(name: str, losa: bool = False) -> Encoder:
+    """A freshly initialised encoder by registry name, optionally carrying LoSA adapters
+    (ViTs only)."""
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
-    return Encoder(ENCODERS[name])
+    if losa and not name.startswith("vit_"):
+        raise ConfigError(f"{name}: LoSA adapters run beside a ViT backbone (vit_s ... vit_g)")
+    return Encoder(ENCODERS[name], losa)
 
 
 def encoder_fingerprint(spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any]) -> str:

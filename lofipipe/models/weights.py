@@ -21,7 +21,7 @@ from lofipipe.errors import InputError, one_line
 from lofipipe.storage import Store
 
 # Wrappers that training code puts around a model's own parameter names.
-_PREFIXES = ("module.", "base_model.", "backbone.")
+_PREFIXES = ("module.", "base_model.")
 # Classifier heads of the published checkpoints: not part of an encoder.
 _HEADS = ("fc.", "new_fc.", "head.", "classifier.")
 _NESTING = ("state_dict", "model", "module", "encoder")

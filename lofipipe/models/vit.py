@@ -1,0 +1,153 @@
+"""Video ViTs in the VideoMAE-v2 style, and LoSA adapters that run beside them.
+
+The ViT embeds 2x16x16 tubelets of a 16-frame clip, adds fixed sine-cosine positions and
+runs pre-norm transformer blocks; a clip's feature is the mean of its last tokens.
+Parameter names follow VideoMAE (patch_embed.proj, blocks.N.attn.qkv, ..., fc_norm).
+
+LoSA (Gupta et al., WACV 2025) keeps the backbone frozen and run without gradients, taps
+the outputs of chosen intermediate blocks, and trains small temporal adapters over the
+sequence of a video's snippets: short-range ones (a depthwise convolution over neighbouring
+snippets) and long-range ones (self-attention over all snippets). A learned gate per adapter
+adds its output to the backbone's feature; gates start closed (and get gradients from
+the adapters' random start), so an untrained LoSA encoder gives the backbone's features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TUBELET, PATCH = 2, 16
+
+
+def sincos_positions(count: int, dim: int) -> torch.Tensor:
+    """Fixed 1D sine-cosine position codes (count, dim), as VideoMAE uses."""
+    position = torch.arange(count, dtype=torch.float64)[:, None]
+    scale = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    codes = torch.zeros(count, dim, dtype=torch.float64)
+    codes[:, 0::2] = torch.sin(position * scale)
+    codes[:, 1::2] = torch.cos(position * scale)[:, : dim // 2]
+    return codes.float()
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), _Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), _Mlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VideoViT(nn.Module):
+    """A video ViT: float clips (B, F, 3, H, W) -> features (B, dim)."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_hidden: int, frames: int = 16):
+        super().__init__()
+        self.frames, self.dim = frames, dim
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(3, dim, (TUBELET, PATCH, PATCH),
+                                          (TUBELET, PATCH, PATCH))
+        self.blocks = nn.ModuleList(_Block(dim, heads, mlp_hidden) for _ in range(depth))
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def tokens(self, clips: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
+        return x + sincos_positions(x.shape[1], self.dim).to(x)
+
+    def features(self, clips: torch.Tensor, taps: tuple[int, ...] = ()
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The clip features (B, dim) and the mean token of each tapped block (B, dim)."""
+        x, tapped = self.tokens(clips), []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if index in taps:
+                tapped.append(x.mean(dim=1))
+        return self.fc_norm(x.mean(dim=1)), tapped
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.features(clips)[0]
+
+
+# VideoMAE-v2 sizes: (dim, depth, heads, MLP hidden).
+VIT_SIZES = {
+    "s": (384, 12, 6, 1536),
+    "b": (768, 12, 12, 3072),
+    "l": (1024, 24, 16, 4096),
+    "g": (1408, 40, 16, 6144),
+}
+
+
+class _TemporalAdapter(nn.Module):
+    """A bottleneck adapter mixing one tapped feature along a video's snippets."""
+
+    def __init__(self, dim: int, hidden: int, long_range: bool):
+        super().__init__()
+        self.down, self.up = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.long_range = long_range
+        if long_range:
+            self.mix = nn.MultiheadAttention(hidden, num_heads=4, batch_first=True)
+        else:
+            self.mix = nn.Conv1d(hidden, hidden, 3, padding=1, groups=hidden)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        """(L, dim) features of a video's L snippets, in time order -> (L, dim)."""
+        x = nn.functional.gelu(self.down(sequence))
+        if self.long_range:
+            x = x + self.mix(x[None], x[None], x[None], need_weights=False)[0][0]
+        else:
+            x = x + self.mix(x.T[None])[0].T
+        return self.up(nn.functional.gelu(x))
+
+
+class LoSA(nn.Module):
+    """A frozen video backbone with LoSA adapters: (L, F, 3, H, W) snippets of one video,
+    in time order -> (L, dim) features. Only the adapters and their gates train."""
+
+    def __init__(self, backbone: VideoViT, taps: tuple[int, ...] | None = None,
+                 hidden: int = 64):
+        super().__init__()
+        depth = len(backbone.blocks)
+        self.taps = taps or tuple(sorted({depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1,
+                                          depth - 1}))
+        self.backbone = backbone.requires_grad_(False)
+        self.dim, self.frames = backbone.dim, backbone.frames
+        self.short = nn.ModuleList(_TemporalAdapter(self.dim, hidden, False) for _ in self.taps)
+        self.long = nn.ModuleList(_TemporalAdapter(self.dim, hidden, True) for _ in self.taps)
+        self.gates = nn.Parameter(torch.zeros(2, len(self.taps)))
+
+    def forward(self, snippets: torch.Tensor) -> torch.Tensor:
+        self.backbone.eval()
+        with torch.no_grad():
+            feature, tapped = self.backbone.features(snippets, self.taps)
+        gates = torch.tanh(self.gates)
+        for index, tap in enumerate(tapped):
+            feature = feature + gates[0, index] * self.short[index](tap) \
+                + gates[1, index] * self.long[index](tap)
+        return feature
+
