@@ -202,6 +202,63 @@ def materialize(root, schedule, encoding, retry_failed, force, config, storage_o
                      force, retry_failed)
 
 
+def _run_extract(config: Config, root: Store, storage_options: dict, command: str) -> None:
+    from lofipipe.pipeline.extract import run_extract
+
+    _echo_summary(run_extract(config, root, storage_options, command), root)
+
+
+@main.command()
+@click.argument("root")
+@click.option("--encoder", help="Encoder name: tiny, tsm_r18, tsm_r50, vit_s, vit_b, vit_l, "
+                                "vit_g.")
+@click.option("--checkpoint", help="Weights URL (any storage); without it, random weights.")
+@click.option("--losa", is_flag=True, default=None, help="ViTs: add LoSA adapters.")
+@click.option("--schedule", help="Schedule whose full-fidelity shards are read.")
+@click.option("--export", help="Folder URL for <video_id>.npy (T, C) files and JSON sidecars.")
+@click.option("--workers", type=int, help="Encoder actors (default: one per GPU or CPU).")
+@common_options
+def extract(root, encoder, checkpoint, losa, schedule, export, workers, config,
+            storage_options):
+    """Encode the full-fidelity snippet shards of ROOT into
+    ROOT/features/<encoder fingerprint>/, one Parquet row per video.
+
+    The fingerprint covers the architecture, the weights and the preprocessing, so a new
+    checkpoint writes new features beside the old ones; parts already done for a
+    fingerprint are skipped.
+
+    \b
+    Examples:
+      lofipipe extract out/ --encoder tiny --schedule demo
+      lofipipe extract s3://bucket/anet --encoder tsm_r18 --schedule lofi-anet \\
+          --checkpoint s3://bucket/ckpt/tsm_r18_k400.pth --export s3://bucket/anet/npy
+    """
+    config = _with_options(config, "extract", encoder=encoder, checkpoint=checkpoint,
+                           losa=losa, export=export, workers=workers)
+    config = _with_options(config, "materialize", schedule=schedule)
+    _run_extract(config, Store(root, storage_options), storage_options, _command_line())
+
+
+@main.command()
+@click.argument("root")
+@common_options
+def features(root, config, storage_options):
+    """List the feature sets under ROOT/features/ with their lineage, counts and sizes.
+
+    \b
+    Examples:
+      lofipipe features out/
+    """
+    from lofipipe.pipeline.extract import list_features
+
+    found = list_features(Store(root, storage_options))
+    for item in found:
+        click.echo(f"{item['fingerprint']}  {item['encoder']:14s} {item['videos']:6d} videos "
+                   f"{item['bytes'] / 2**20:9.1f} MiB  weights {item['weights']}  schedule "
+                   f"{item['schedule']}  checkpoint {item['checkpoint'] or '-'}")
+    click.echo(f"{len(found)} feature sets")
+
+
 @main.command()
 @click.argument("root")
 @click.option("--fidelity", required=True, help="Fidelity name, e.g. full or t-lofi.")
@@ -258,6 +315,8 @@ def demo(directory, config, storage_options):
                 storage_options, command)
     click.echo(f"== materialize ({config.materialize.schedule}) -> {root.url_of('shards')}")
     _run_materialize(config, root, storage_options, command)
+    click.echo(f"== extract ({config.extract.encoder}) -> {root.url_of('features')}")
+    _run_extract(config, root, storage_options, command)
     click.echo(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {root.url}")
 
 

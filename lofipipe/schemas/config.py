@@ -111,6 +111,23 @@ class MaterializeConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Features from an encoder over the full-fidelity snippets."""
+
+    encoder: str = "tiny"  # a name from lofipipe.models.registry.ENCODERS
+    checkpoint: str | None = None  # weights URL; None: random weights from `seed`
+    losa: bool = False  # ViTs: run LoSA adapters beside the frozen backbone
+    batch_size: int = 32  # snippets per forward pass
+    workers: int = 0  # encoder actors; 0: one per GPU, else one per CPU
+    export: str | None = None  # folder URL for <video_id>.npy files (ActionFormer, OpenTAD)
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "batch_size", "must be at least 1")
+        _check(self.workers >= 0, "workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything lofipipe can be configured with."""
 
@@ -118,6 +135,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
 
 
 # Building -----------------------------------------------------------------------------------
