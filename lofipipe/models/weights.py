@@ -89,4 +89,7 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], name: str)
         if value.shape != expected[key].shape:
             raise InputError(f"{name}: {key} has shape {tuple(value.shape)}, the model "
                              f"expects {tuple(expected[key].shape)}")
-    model.load_state_dict(mapped, strict=True)
+    # A model on the meta device (a check of names and shapes) takes the tensors as they
+    # are; a real one copies them into its own.
+    model.load_state_dict(mapped, strict=True,
+                          assign=any(p.is_meta for p in model.parameters()))

@@ -32,15 +32,18 @@ def build_weighted_encoder(name: str, losa: bool, checkpoint: str | None,
     torch.manual_seed(seed)
     encoder = build_encoder(name, losa)
     if checkpoint:
-        state, _ = read_checkpoint(checkpoint, options)
-        label = checkpoint.rsplit("/", 1)[-1]
-        try:
-            load_weights(encoder.net, state, label)
-        except InputError:
-            if not losa:
-                raise
-            load_weights(encoder.net.backbone, state, label)  # backbone-only weights
+        _load(encoder, read_checkpoint(checkpoint, options)[0], checkpoint, losa)
     return encoder
+
+
+def _load(encoder: Encoder, state, checkpoint: str, losa: bool) -> None:
+    label = checkpoint.rsplit("/", 1)[-1]
+    try:
+        load_weights(encoder.net, state, label)
+    except InputError:
+        if not losa:
+            raise
+        load_weights(encoder.net.backbone, state, label)  # backbone-only weights
 
 
 @dataclass
@@ -88,7 +91,10 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
         raise ConfigError(f"{spec.name} takes {spec.frames}-frame snippets, the {schedule.name} "
                           f"schedule's full fidelity has {fidelity.frames}")
     if settings.checkpoint:
-        _, digest = read_checkpoint(settings.checkpoint, storage_options)
+        state, digest = read_checkpoint(settings.checkpoint, storage_options)
+        with torch.device("meta"):  # checks names and shapes without the memory
+            _load(build_encoder(spec.name, settings.losa), state, settings.checkpoint,
+                  settings.losa)
         weights = f"sha256:{digest}"
     else:
         weights = f"random:seed={settings.seed}"

@@ -1,0 +1,135 @@
+"""Feature extraction on a real local Ray: equality with an in-process forward, export,
+regeneration with a new checkpoint, incremental reruns, S3."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lofipipe.cli import main
+from lofipipe.models.registry import build_encoder
+from lofipipe.pipeline.features import read_features
+from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.storage import Store
+
+pytestmark = pytest.mark.ray
+
+SYNTH = ["--set", "synth.videos=4", "--set", "synth.seconds=10", "--set", "synth.width=64",
+         "--set", "synth.height=48", "--set", "synth.fps=10",
+         "--set", "synth.actions_per_video=[1, 2]", "--set", "synth.action_seconds=[1.5, 3]"]
+SHARDS = ["--set", "materialize.videos_per_shard=2"]
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def materialized(tmp_path_factory, ray_local):
+    base = tmp_path_factory.mktemp("extract")
+    _run("synth", base / "data", *SYNTH)
+    _run("ingest", base / "root", "--videos", base / "data/videos",
+         "--annotations", base / "data/annotations.json")
+    _run("materialize", base / "root", "--schedule", "demo", *SHARDS)
+    return base
+
+
+def _fresh(materialized, tmp_path):
+    shutil.copytree(materialized / "root", tmp_path / "root")
+    return tmp_path / "root"
+
+
+def _fingerprint(output):
+    return re.search(r"^features (\w+): ", output, re.MULTILINE).group(1)
+
+
+def test_features_equal_an_in_process_forward(materialized, tmp_path):
+    root = _fresh(materialized, tmp_path)
+    output = _run("extract", root, "--encoder", "tiny", "--schedule", "demo",
+                  "--export", tmp_path / "npy")
+    assert "WARNING: no checkpoint given" in output
+    fingerprint = _fingerprint(output)
+    features = read_features(Store(str(root)), fingerprint)
+    assert sorted(features) == [f"synth_{i:04d}" for i in range(4)]
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny").eval()
+    for video in SnippetReader(Store(str(root)), "full").videos():
+        with torch.no_grad():
+            direct = encoder(video.frames).numpy()
+        values, spans = features[video.video_id]
+        assert values.shape == (32, 64)
+        assert np.allclose(values, direct, atol=1e-5)
+        assert np.allclose(spans[:, 0], video.start) and np.allclose(spans[:, 1], video.end)
+        exported = np.load(tmp_path / "npy" / f"{video.video_id}.npy")
+        assert exported.shape == (32, 64) and exported.dtype == np.float32
+        assert np.allclose(exported, values)
+        sidecar = json.loads((tmp_path / "npy" / f"{video.video_id}.json").read_text())
+        assert np.allclose(sidecar["snippet_center"], video.center)
+        assert sidecar["feature_stride_s"] == pytest.approx(10 / 32)
+        assert sidecar["clip_length_frames"] == 8
+    lineage = json.loads((root / f"features/{fingerprint}/lineage.json").read_text())
+    assert lineage["encoder"] == "tiny" and lineage["weights"] == "random:seed=0"
+
+    again = _run("extract", root, "--encoder", "tiny", "--schedule", "demo")
+    assert "(0 written, 2 already done)" in again and _fingerprint(again) == fingerprint
+
+
+def test_a_new_checkpoint_regenerates_beside_the_old(materialized, tmp_path):
+    root = _fresh(materialized, tmp_path)
+    first = _fingerprint(_run("extract", root, "--encoder", "tiny", "--schedule", "demo"))
+    before = {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()}
+    torch.manual_seed(7)
+    adapted = build_encoder("tiny")
+    torch.save({"encoder": adapted.net.state_dict()}, tmp_path / "adapted.pth")
+    output = _run("extract", root, "--encoder", "tiny", "--schedule", "demo",
+                  "--checkpoint", tmp_path / "adapted.pth")
+    second = _fingerprint(output)
+    assert second != first and "RANDOM" not in output
+    assert {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()} == before
+    old, new = (read_features(Store(str(root)), f) for f in (first, second))
+    assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])
+    listing = _run("features", root)
+    assert first in listing and second in listing and "2 feature sets" in listing
+    assert "adapted.pth" in listing
+
+
+def test_encoder_and_schedule_must_agree(materialized, tmp_path):
+    root = _fresh(materialized, tmp_path)
+    result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "vit_s",
+                                       "--schedule", "demo"])
+    assert result.exit_code == 2
+    assert "vit_s takes 16-frame snippets, the demo schedule's full fidelity has 8" in \
+        result.output
+    bad = tmp_path / "bad.pth"
+    torch.save({"state_dict": build_encoder("tsm_r18").net.state_dict()}, bad)
+    result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "tiny",
+                                       "--schedule", "demo", "--checkpoint", str(bad)])
+    assert result.exit_code == 1 and "bad.pth: does not fit the model: missing" in \
+        result.output
+
+
+@pytest.mark.s3
+def test_extract_on_s3(materialized, tmp_path, s3_bucket):
+    bucket, options = s3_bucket
+    root = Store(f"s3://{bucket}/root", options)
+    for path in sorted((materialized / "root").rglob("*")):
+        if path.is_file():
+            root.write_bytes(str(path.relative_to(materialized / "root")), path.read_bytes())
+    pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
+    output = _run("extract", root.url, "--encoder", "tiny", "--schedule", "demo",
+                  "--export", f"s3://{bucket}/npy", *pairs)
+    fingerprint = _fingerprint(output)
+    remote = read_features(root, fingerprint)
+    local_root = _fresh(materialized, tmp_path)
+    _run("extract", local_root, "--encoder", "tiny", "--schedule", "demo")
+    local = read_features(Store(str(local_root)), fingerprint)
+    assert sorted(remote) == sorted(local)
+    for video_id, (values, _) in remote.items():
+        assert np.allclose(values, local[video_id][0], atol=1e-5)
+    assert Store(f"s3://{bucket}/npy", options).exists("synth_0000.npy")
