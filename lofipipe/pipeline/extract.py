@@ -69,7 +69,9 @@ class ExtractSummary:
 class _ExtractActor:
     """Hosts one extractor (and so one loaded model) in a Ray actor."""
 
-    def __init__(self, extractor: FeatureExtractor):
+    def __init__(self, extractor: FeatureExtractor, threads: int):
+        # Ray pins a worker to one thread unless told; an actor gets the CPUs it holds.
+        torch.set_num_threads(threads)
         self.extractor = extractor
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -129,14 +131,15 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
         extractor = FeatureExtractor(root, fidelity.name, factory, fingerprint,
                                      settings.batch_size, settings.export, storage_options)
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = settings.workers or gpus or cluster_cpus()
+        actors = min(settings.workers or gpus or cluster_cpus(), len(todo))
+        cpus = 1 if gpus else max(1, cluster_cpus() // actors)
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         items = [{"shard": shard} for shard, _ in todo]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            _ExtractActor, fn_constructor_args=(extractor,),
-            compute=ray.data.ActorPoolStrategy(size=min(actors, len(items))),
-            num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)
+            _ExtractActor, fn_constructor_args=(extractor, cpus),
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0, num_cpus=cpus)
         with Progress("extract", sum(count for _, count in todo)) as progress:
             for row in dataset.iter_rows():
                 stats = json.loads(row["stats"])
