@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_helpers import SHARDS, run, synth_and_ingest
 from click.testing import CliRunner
 
 from lofipipe.cli import main
@@ -18,25 +19,13 @@ from lofipipe.storage import Store
 
 pytestmark = pytest.mark.ray
 
-SYNTH = ["--set", "synth.videos=4", "--set", "synth.seconds=10", "--set", "synth.width=64",
-         "--set", "synth.height=48", "--set", "synth.fps=10",
-         "--set", "synth.actions_per_video=[1, 2]", "--set", "synth.action_seconds=[1.5, 3]"]
-SHARDS = ["--set", "materialize.videos_per_shard=2"]
-
-
-def _run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory, ray_local):
     base = tmp_path_factory.mktemp("extract")
-    _run("synth", base / "data", *SYNTH)
-    _run("ingest", base / "root", "--videos", base / "data/videos",
-         "--annotations", base / "data/annotations.json")
-    _run("materialize", base / "root", "--schedule", "demo", *SHARDS)
+    synth_and_ingest(base, 4)
+    run("materialize", base / "root", "--schedule", "demo", *SHARDS)
     return base
 
 
@@ -51,7 +40,7 @@ def _fingerprint(output):
 
 def test_features_equal_an_in_process_forward(materialized, tmp_path):
     root = _fresh(materialized, tmp_path)
-    output = _run("extract", root, "--encoder", "tiny", "--schedule", "demo",
+    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
                   "--export", tmp_path / "npy")
     assert "WARNING: no checkpoint given" in output
     fingerprint = _fingerprint(output)
@@ -76,25 +65,25 @@ def test_features_equal_an_in_process_forward(materialized, tmp_path):
     lineage = json.loads((root / f"features/{fingerprint}/lineage.json").read_text())
     assert lineage["encoder"] == "tiny" and lineage["weights"] == "random:seed=0"
 
-    again = _run("extract", root, "--encoder", "tiny", "--schedule", "demo")
+    again = run("extract", root, "--encoder", "tiny", "--schedule", "demo")
     assert "(0 written, 2 already done)" in again and _fingerprint(again) == fingerprint
 
 
 def test_a_new_checkpoint_regenerates_beside_the_old(materialized, tmp_path):
     root = _fresh(materialized, tmp_path)
-    first = _fingerprint(_run("extract", root, "--encoder", "tiny", "--schedule", "demo"))
+    first = _fingerprint(run("extract", root, "--encoder", "tiny", "--schedule", "demo"))
     before = {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()}
     torch.manual_seed(7)
     adapted = build_encoder("tiny")
     torch.save({"encoder": adapted.net.state_dict()}, tmp_path / "adapted.pth")
-    output = _run("extract", root, "--encoder", "tiny", "--schedule", "demo",
+    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
                   "--checkpoint", tmp_path / "adapted.pth")
     second = _fingerprint(output)
     assert second != first and "RANDOM" not in output
     assert {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()} == before
     old, new = (read_features(Store(str(root)), f) for f in (first, second))
     assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])
-    listing = _run("features", root)
+    listing = run("features", root)
     assert first in listing and second in listing and "2 feature sets" in listing
     assert "adapted.pth" in listing
 
@@ -122,12 +111,12 @@ def test_extract_on_s3(materialized, tmp_path, s3_bucket):
         if path.is_file():
             root.write_bytes(str(path.relative_to(materialized / "root")), path.read_bytes())
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
-    output = _run("extract", root.url, "--encoder", "tiny", "--schedule", "demo",
+    output = run("extract", root.url, "--encoder", "tiny", "--schedule", "demo",
                   "--export", f"s3://{bucket}/npy", *pairs)
     fingerprint = _fingerprint(output)
     remote = read_features(root, fingerprint)
     local_root = _fresh(materialized, tmp_path)
-    _run("extract", local_root, "--encoder", "tiny", "--schedule", "demo")
+    run("extract", local_root, "--encoder", "tiny", "--schedule", "demo")
     local = read_features(Store(str(local_root)), fingerprint)
     assert sorted(remote) == sorted(local)
     for video_id, (values, _) in remote.items():

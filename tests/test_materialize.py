@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cli_helpers import SHARDS, run, synth_and_ingest
 from click.testing import CliRunner
 
 from lofipipe.cli import main
@@ -23,26 +24,14 @@ from lofipipe.storage import Store
 
 pytestmark = pytest.mark.ray
 
-SYNTH = ["--set", "synth.videos=5", "--set", "synth.seconds=10", "--set", "synth.width=64",
-         "--set", "synth.height=48", "--set", "synth.fps=10",
-         "--set", "synth.actions_per_video=[1, 2]", "--set", "synth.action_seconds=[1.5, 3]"]
-SHARDS = ["--set", "materialize.videos_per_shard=2"]
 DEMO = PRESETS["demo"]
-
-
-def _run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory, ray_local):
     """A small synthetic dataset, ingested; each test copies the root it needs."""
     base = tmp_path_factory.mktemp("materialize")
-    _run("synth", base / "data", *SYNTH)
-    _run("ingest", base / "root", "--videos", base / "data/videos",
-         "--annotations", base / "data/annotations.json")
+    synth_and_ingest(base, 5)
     return base
 
 
@@ -58,7 +47,7 @@ def _shard_files(root):
 
 def test_every_fidelity_written_and_read_back(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
-    output = _run("materialize", root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
+    output = run("materialize", root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
     assert "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 160 snippets" \
         in output
     assert "t-lofi: 3 shards" in output and "40 snippets" in output
@@ -111,9 +100,9 @@ def test_every_fidelity_written_and_read_back(ingested, tmp_path):
 
 def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
-    _run("materialize", root, "--schedule", "demo", "--encoding", "jpeg", *SHARDS)
+    run("materialize", root, "--schedule", "demo", "--encoding", "jpeg", *SHARDS)
     raw_root = _fresh_root(ingested, tmp_path / "raw")
-    _run("materialize", raw_root, "--schedule", "demo", *SHARDS)  # raw is the default
+    run("materialize", raw_root, "--schedule", "demo", *SHARDS)  # raw is the default
     jpeg = next(SnippetReader(Store(str(root)), "full").videos())
     raw = next(SnippetReader(Store(str(raw_root)), "full").videos())
     error = (jpeg.frames.float() - raw.frames.float()).abs().mean()
@@ -124,37 +113,37 @@ def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):
 
 def test_rerun_skips_committed_and_redoes_the_rest(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
-    _run("materialize", root, "--schedule", "demo", *SHARDS)
+    run("materialize", root, "--schedule", "demo", *SHARDS)
     stamps = {p: os.stat(root / p).st_mtime_ns for p in _shard_files(root)}
 
-    again = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    again = run("materialize", root, "--schedule", "demo", *SHARDS)
     assert "full: 3 shards (0 written, 3 already done)" in again
     assert {p: os.stat(root / p).st_mtime_ns for p in _shard_files(root)} == stamps
 
     (root / "shards/t-lofi/part-00001.stats.json").unlink()  # as if killed before commit
-    third = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    third = run("materialize", root, "--schedule", "demo", *SHARDS)
     assert "t-lofi: 3 shards (1 written, 2 already done)" in third
     assert "full: 3 shards (0 written, 3 already done)" in third
     changed = [p for p in _shard_files(root) if os.stat(root / p).st_mtime_ns != stamps[p]]
     assert changed == ["shards/t-lofi/part-00001.parquet", "shards/t-lofi/part-00001.stats.json"]
 
-    forced = _run("materialize", root, "--schedule", "demo", "--force", *SHARDS)
+    forced = run("materialize", root, "--schedule", "demo", "--force", *SHARDS)
     assert "full: 3 shards (3 written, 0 already done)" in forced
 
 
 def test_failed_video_is_recorded_and_neighbours_are_intact(ingested, tmp_path):
     clean = _fresh_root(ingested, tmp_path / "clean")
-    _run("materialize", clean, "--schedule", "demo", *SHARDS)
+    run("materialize", clean, "--schedule", "demo", *SHARDS)
 
     data = tmp_path / "data"
     shutil.copytree(ingested / "data", data)
     root = tmp_path / "root"
-    _run("ingest", root, "--videos", data / "videos", "--annotations",
+    run("ingest", root, "--videos", data / "videos", "--annotations",
          data / "annotations.json")
     broken = data / "videos/synth_0002.mp4"
     good_bytes = broken.read_bytes()
     broken.write_bytes(b"\x00" * 1000)  # damaged after ingest probed it
-    output = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    output = run("materialize", root, "--schedule", "demo", *SHARDS)
     assert "full: 3 shards (3 written, 0 already done), 4 videos ok, 1 failed (decode_error 1)" \
         in output
     stats = json.loads((root / "shards/full/part-00001.stats.json").read_text())
@@ -171,9 +160,9 @@ def test_failed_video_is_recorded_and_neighbours_are_intact(ingested, tmp_path):
             assert np.array_equal(video.frame_times, theirs[video_id].frame_times)
 
     broken.write_bytes(good_bytes)
-    skipped = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    skipped = run("materialize", root, "--schedule", "demo", *SHARDS)
     assert "1 failed" in skipped  # failures are not retried silently...
-    retried = _run("materialize", root, "--schedule", "demo", "--retry-failed", *SHARDS)
+    retried = run("materialize", root, "--schedule", "demo", "--retry-failed", *SHARDS)
     assert "full: 3 shards (1 written, 2 already done), 5 videos ok, 0 failed" in retried
 
 
@@ -209,7 +198,7 @@ def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
     assert _shard_files(root) == []
     with pytest.raises(Exception, match="no committed shards"):
         SnippetReader(Store(str(root)), "full").shards()
-    output = _run("materialize", root, "--schedule", "demo", *SHARDS)
+    output = run("materialize", root, "--schedule", "demo", *SHARDS)
     assert "full: 3 shards (3 written, 0 already done)" in output
     assert not list((root / "shards").rglob(".part-*"))  # the leftovers were cleared
 
@@ -243,7 +232,7 @@ def test_stride_schedule_and_too_short_video(ingested, tmp_path):
         "sampling: stride\nfps: 10\nstride: 5\n"
         "full: {name: full, snippets: 4, frames: 4, size: 32}\n"
         "train:\n  - {name: half, snippets: 2, frames: 4, size: 32}\n")
-    output = _run("materialize", root, "--schedule", schedule, *SHARDS)
+    output = run("materialize", root, "--schedule", schedule, *SHARDS)
     assert "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 100 snippets" \
         in output  # 100 frames at 10 fps: (100 - 4) // 5 + 1 snippets per video
     assert "half: 3 shards" in output and "50 snippets" in output
@@ -272,8 +261,8 @@ def test_impossible_schedules_are_clear_errors(tmp_path, text, message):
 
 def test_inspect_writes_a_contact_sheet(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
-    _run("materialize", root, "--schedule", "demo", *SHARDS)
-    output = _run("inspect", root, "--fidelity", "t-lofi", "--video", "synth_0001",
+    run("materialize", root, "--schedule", "demo", *SHARDS)
+    output = run("inspect", root, "--fidelity", "t-lofi", "--video", "synth_0001",
                   "--out", tmp_path / "sheet.png", "--rows", "4")
     assert "video synth_0001, 8 snippets of 8 frames at 64 px" in output
     from PIL import Image
@@ -294,21 +283,21 @@ def test_materialize_on_s3(ingested, tmp_path, s3_bucket):
     raw.write_bytes("annotations.json", (ingested / "data/annotations.json").read_bytes())
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
     root_url = f"s3://{bucket}/root"
-    _run("ingest", root_url, "--videos", f"s3://{bucket}/raw/videos", "--annotations",
+    run("ingest", root_url, "--videos", f"s3://{bucket}/raw/videos", "--annotations",
          f"s3://{bucket}/raw/annotations.json", *pairs)
-    output = _run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
+    output = run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
     assert "full: 3 shards (3 written, 0 already done), 5 videos ok" in output
     root = Store(root_url, options)
     assert root.list("shards/full") == [f"shards/full/part-0000{i}.{kind}" for i in range(3)
                                         for kind in ("parquet", "stats.json")]
     local = _fresh_root(ingested, tmp_path)
-    _run("materialize", local, "--schedule", "demo", *SHARDS)
+    run("materialize", local, "--schedule", "demo", *SHARDS)
     remote_videos = list(SnippetReader(root, "s-lofi").videos())
     local_videos = list(SnippetReader(Store(str(local)), "s-lofi").videos())
     assert [v.video_id for v in remote_videos] == [v.video_id for v in local_videos]
     for remote, here in zip(remote_videos, local_videos, strict=True):
         assert np.array_equal(remote.frames, here.frames)
-    again = _run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
+    again = run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
     assert "full: 3 shards (0 written, 3 already done)" in again
 
 
