@@ -180,6 +180,8 @@ class Store:
 
     def exists(self, relpath: str) -> bool:
         with self._errors("check", relpath):
+            # Other processes (Ray workers) write here: never answer from a cached listing.
+            self.fs.invalidate_cache(self.path(relpath))
             return self.fs.exists(self.path(relpath))
 
     def open(self, relpath: str, mode: str = "rb") -> IO:
@@ -225,6 +227,7 @@ class Store:
         """Like `list`, with each file's fsspec info (size, mtime or ETag)."""
         base = self.path(relpath)
         with self._errors("list", relpath):
+            self.fs.invalidate_cache(base)  # see `exists`
             if not self.fs.isdir(base):
                 return []
             found = self.fs.find(base, maxdepth=None if recursive else 1, detail=True)

@@ -2,6 +2,7 @@ import os
 
 import pyarrow as pa
 import pytest
+import s3fs
 
 from lofipipe.errors import StorageError
 from lofipipe.storage import REDACTED, Store, list_files, parse_storage_options, redact
@@ -112,6 +113,19 @@ def test_s3_commit_semantics(s3_bucket):
     store.write_bytes("shards/part-00000.parquet", b"done too")
     assert store.list("shards") == ["shards/part-00000.parquet", "shards/part-00001.parquet"]
     assert store.read_bytes("shards/part-00001.parquet") == b"done"
+
+
+@pytest.mark.s3
+def test_s3_listing_sees_what_other_processes_wrote(s3_bucket):
+    bucket, options = s3_bucket
+    store = Store(f"s3://{bucket}/fresh", options)
+    store.write_bytes("parts/a.json", b"{}")
+    assert store.list("parts") == ["parts/a.json"]  # now in s3fs's listing cache
+    assert not store.exists("parts/b.json")
+    other = s3fs.S3FileSystem(skip_instance_cache=True, **options)  # as a Ray worker has
+    other.pipe_file(f"{bucket}/fresh/parts/b.json", b"{}")
+    assert store.list("parts") == ["parts/a.json", "parts/b.json"]
+    assert store.exists("parts/b.json")
 
 
 @pytest.mark.s3
