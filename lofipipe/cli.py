@@ -214,14 +214,18 @@ def _run_extract(config: Config, root: Store, storage_options: dict, command: st
                                 "vit_g.")
 @click.option("--checkpoint", help="Weights URL (any storage); without it, random weights.")
 @click.option("--losa", is_flag=True, default=None, help="ViTs: add LoSA adapters.")
-@click.option("--schedule", help="Schedule whose full-fidelity shards are read.")
+@click.option("--schedule", help="Schedule whose full-fidelity snippets are encoded.")
+@click.option("--from", "source", type=click.Choice(["shards", "videos"]),
+              help="Read the full-fidelity shards (default) or decode the ingested videos "
+                   "directly, without shards.")
 @click.option("--export", help="Folder URL for <video_id>.npy (T, C) files and JSON sidecars.")
 @click.option("--workers", type=int, help="Encoder actors (default: one per GPU or CPU).")
 @common_options
-def extract(root, encoder, checkpoint, losa, schedule, export, workers, config,
+def extract(root, encoder, checkpoint, losa, schedule, source, export, workers, config,
             storage_options):
-    """Encode the full-fidelity snippet shards of ROOT into
-    ROOT/features/<encoder fingerprint>/, one Parquet row per video.
+    """Encode the full-fidelity snippets of ROOT's videos into
+    ROOT/features/<encoder fingerprint>/, one Parquet row per video, reading them from the
+    snippet shards or (--from videos) decoding the ingested videos.
 
     The fingerprint covers the architecture, the weights and the preprocessing, so a new
     checkpoint writes new features beside the old ones; parts already done for a
@@ -232,9 +236,10 @@ def extract(root, encoder, checkpoint, losa, schedule, export, workers, config,
       lofipipe extract out/ --encoder tiny --schedule demo
       lofipipe extract s3://bucket/anet --encoder tsm_r18 --schedule lofi-anet \\
           --checkpoint s3://bucket/ckpt/tsm_r18_k400.pth --export s3://bucket/anet/npy
+      lofipipe extract out/ --encoder tsm_r18 --schedule lofi-anet --from videos
     """
     config = _with_options(config, "extract", encoder=encoder, checkpoint=checkpoint,
-                           losa=losa, export=export, workers=workers)
+                           losa=losa, source=source, export=export, workers=workers)
     config = _with_options(config, "materialize", schedule=schedule)
     _run_extract(config, Store(root, storage_options), storage_options, _command_line())
 
@@ -288,6 +293,91 @@ def inspect(root, fidelity, video_id, out, rows, config, storage_options):
         sheet.save(handle, format="PNG")
     click.echo(f"wrote {out}: video {video.video_id}, {len(video.start)} snippets of "
                f"{video.frames.shape[1]} frames at {video.frames.shape[-1]} px")
+
+
+def _run_train(config: Config, root: Store, storage_options: dict, command: str) -> None:
+    from lofipipe.pipeline.train import run_train
+
+    _echo_summary(run_train(config, root, storage_options, command), root)
+
+
+@main.command()
+@click.argument("root")
+@click.option("--mode", type=click.Choice(["head"]),
+              help="head: the TAL head on extracted features.")
+@click.option("--features", help="Feature fingerprint (lofipipe features ROOT lists them).")
+@click.option("--run", "run_name", help="Run name: outputs go to ROOT/runs/NAME/.")
+@click.option("--workers", type=int, help="Data-parallel Ray Train workers (default 1).")
+@click.option("--epochs", type=int, help="Training epochs (default 30).")
+@common_options
+def train(root, mode, features, run_name, workers, epochs, config, storage_options):
+    """Train the TAL head on Ray Train workers: AdamW with warm-up and cosine decay, the
+    validation mAP after every epoch, a checkpoint after every epoch.
+
+    Writes ROOT/runs/NAME/{config.yaml, checkpoints/, metrics.parquet, predictions.json,
+    report.png}. A worker that dies restarts the workers from the newest checkpoint, and
+    rerunning the same command resumes the run.
+
+    \b
+    Examples:
+      lofipipe train out/ --mode head --features 3f2a9c0d1e4b5a6c --run r1 --workers 2
+      lofipipe train s3://bucket/anet --mode head --features 3f2a9c0d1e4b5a6c --run r1 \\
+          --set train.lr=1e-4 --set train.tiou=0.3:0.7:0.1
+    """
+    config = _with_options(config, "train", mode=mode, features=features, run=run_name,
+                           workers=workers, epochs=epochs)
+    _run_train(config, Store(root, storage_options), storage_options, _command_line())
+
+
+@main.command(name="eval")
+@click.option("--gt", "gt_url", required=True,
+              help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "
+                   "(folder or glob), or a lofipipe annotations.parquet.")
+@click.option("--pred", "pred_url", required=True,
+              help="Predictions .json in ActivityNet format: results -> video -> "
+                   "[{segment, label, score}].")
+@click.option("--subset", help="Evaluate only this subset's videos, e.g. validation.")
+@click.option("--tiou", default="0.5:0.95:0.05", show_default=True,
+              help="tIoU thresholds: start:stop:step (stop included) or a comma list "
+                   "(THUMOS-14: 0.3:0.7:0.1).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]),
+              default="table", show_default=True)
+@click.option("--per-class", is_flag=True, help="Table format: also list AP per class.")
+@common_options
+def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config,
+             storage_options):
+    """Mean average precision of temporal detections against ground truth, per tIoU
+    threshold, their average, and per class, as the ActivityNet detection protocol
+    computes them.
+
+    \b
+    Examples:
+      lofipipe eval --gt activity_net.v1-3.min.json --pred predictions.json \\
+          --subset validation
+      lofipipe eval --gt thumos14/annotations/ --pred out/runs/r1/predictions.json \\
+          --subset test --tiou 0.3:0.7:0.1 --format json
+    """
+    import json
+
+    from lofipipe.evaluation.detection import evaluate as detection_map
+    from lofipipe.evaluation.detection import parse_thresholds
+    from lofipipe.evaluation.files import match_video_ids, read_ground_truth, read_predictions
+
+    thresholds = parse_thresholds(tiou)
+    truth, videos = read_ground_truth(gt_url, storage_options, subset)
+    predictions = match_video_ids(read_predictions(pred_url, storage_options), videos)
+    result = detection_map(truth, predictions, thresholds)
+    if output_format == "json":
+        click.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    outside = sum(p.video_id not in videos for p in predictions)
+    click.echo(f"{len(videos)} videos, {result.instances} ground-truth segments of "
+               f"{len(result.per_class)} classes, {result.predictions} predictions"
+               + (f" ({outside} for videos outside the ground truth: false positives)"
+                  if outside else "")
+               + (f" ({result.ignored} of labels not in the ground truth: ignored)"
+                  if result.ignored else ""))
+    click.echo(result.table(per_class))
 
 
 @main.command()

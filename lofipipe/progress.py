@@ -38,6 +38,10 @@ class Progress:
         if self.failures:
             self._bar.set_postfix(failed=sum(self.failures.values()), refresh=False)
 
+    def write(self, line: str) -> None:
+        """Prints a line above the bar."""
+        self._bar.write(line, file=sys.stderr)
+
     @property
     def seconds(self) -> float:
         return time.monotonic() - self.started

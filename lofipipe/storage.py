@@ -306,10 +306,11 @@ class Store:
     def write_text(self, relpath: str, text: str) -> None:
         self.write_bytes(relpath, text.encode("utf-8"))
 
-    def write_table(self, relpath: str, table: pa.Table) -> None:
+    def write_table(self, relpath: str, table: pa.Table, row_group_size: int | None = None
+                    ) -> None:
         """Writes a Parquet file (readable by pyarrow, fastparquet, pandas and duckdb)."""
         with self.writer(relpath) as handle:
-            pq.write_table(table, handle, compression="zstd")
+            pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
 
     def remove(self, relpath: str) -> None:
         with self._errors("remove", relpath), contextlib.suppress(FileNotFoundError):

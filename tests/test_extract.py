@@ -4,8 +4,12 @@ regeneration with a new checkpoint, incremental reruns, S3."""
 import json
 import re
 import shutil
+from pathlib import Path
 
+import fastparquet
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from cli_helpers import SHARDS, run, synth_and_ingest
@@ -62,11 +66,22 @@ def test_features_equal_an_in_process_forward(materialized, tmp_path):
         assert np.allclose(sidecar["snippet_center"], video.center)
         assert sidecar["feature_stride_s"] == pytest.approx(10 / 32)
         assert sidecar["clip_length_frames"] == 8
+    part = root / f"features/{fingerprint}/part-00000.parquet"
+    assert pq.ParquetFile(part).num_row_groups == 2  # one per video
+    assert list(fastparquet.ParquetFile(str(part)).to_pandas()["video_id"]) == [
+        "synth_0000", "synth_0001"]
     lineage = json.loads((root / f"features/{fingerprint}/lineage.json").read_text())
     assert lineage["encoder"] == "tiny" and lineage["weights"] == "random:seed=0"
 
     again = run("extract", root, "--encoder", "tiny", "--schedule", "demo")
     assert "(0 written, 2 already done)" in again and _fingerprint(again) == fingerprint
+    # The dataset shrinks to one shard: the feature part of the shard that left goes too.
+    run("materialize", root, "--schedule", "demo", "--set", "materialize.videos_per_shard=4")
+    shrunk = run("extract", root, "--encoder", "tiny", "--schedule", "demo")
+    assert "1 parts from shards (1 written, 0 already done), 4 videos" in shrunk
+    assert sorted(p.name for p in (root / f"features/{fingerprint}").glob("part-*")) == [
+        "part-00000.parquet", "part-00000.stats.json"]
+    assert sorted(read_features(Store(str(root)), fingerprint)) == sorted(features)
 
 
 def test_a_new_checkpoint_regenerates_beside_the_old(materialized, tmp_path):
@@ -88,6 +103,59 @@ def test_a_new_checkpoint_regenerates_beside_the_old(materialized, tmp_path):
     assert "adapted.pth" in listing
 
 
+def _assert_same_features(left: dict, right: dict) -> None:
+    assert sorted(left) == sorted(right)
+    for video_id, (values, spans) in left.items():
+        assert np.allclose(values, right[video_id][0], atol=1e-5)
+        assert np.allclose(spans, right[video_id][1])
+
+
+def test_from_videos_needs_no_shards_and_equals_raw_shards(materialized, tmp_path):
+    shards_root = _fresh(materialized, tmp_path / "a")
+    from_shards = run("extract", shards_root, "--encoder", "tiny", "--schedule", "demo",
+                      *SHARDS)
+    videos_root = _fresh(materialized, tmp_path / "b")
+    shutil.rmtree(videos_root / "shards")
+    from_videos = run("extract", videos_root, "--encoder", "tiny", "--schedule", "demo",
+                      "--from", "videos", *SHARDS, "--export", tmp_path / "npy")
+    assert "2 parts from videos (2 written, 0 already done), 4 videos, 0 failed" in from_videos
+    fingerprint = _fingerprint(from_videos)
+    assert fingerprint == _fingerprint(from_shards)  # the same pixels, the same features
+    _assert_same_features(read_features(Store(str(videos_root)), fingerprint),
+                          read_features(Store(str(shards_root)), fingerprint))
+    sidecar = json.loads((tmp_path / "npy/synth_0001.json").read_text())
+    assert sidecar["shape"] == [32, 64] and sidecar["clip_length_frames"] == 8
+
+    again = run("extract", videos_root, "--encoder", "tiny", "--schedule", "demo",
+                "--from", "videos", *SHARDS)
+    assert "(0 written, 2 already done)" in again
+
+
+def test_from_videos_a_broken_video_fails_alone(materialized, tmp_path):
+    clean_root = _fresh(materialized, tmp_path / "clean")
+    clean = run("extract", clean_root, "--encoder", "tiny", "--schedule", "demo",
+                "--from", "videos", *SHARDS)
+    root = _fresh(materialized, tmp_path / "broken")
+    manifest = pq.read_table(root / "manifest/videos.parquet").to_pylist()
+    broken = next(row["uri"] for row in manifest if row["video_id"] == "synth_0002")
+    copy = tmp_path / "synth_0002.mp4"
+    copy.write_bytes(Path(broken).read_bytes()[:3000])  # cut short after ingest checked it
+    rows = [{**row, "uri": str(copy)} if row["video_id"] == "synth_0002" else row
+            for row in manifest]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(
+        root / "manifest/videos.parquet")), root / "manifest/videos.parquet")
+    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
+                 "--from", "videos", *SHARDS)
+    assert re.search(r"3 videos, 1 failed \((decode_error|too_short) 1\)", output), output
+    fingerprint = _fingerprint(output)
+    features = read_features(Store(str(root)), fingerprint)
+    expected = read_features(Store(str(clean_root)), _fingerprint(clean))
+    del expected["synth_0002"]
+    _assert_same_features(features, expected)
+    stats = json.loads((root / f"features/{fingerprint}/part-00001.stats.json").read_text())
+    assert list(stats["failed"]) == ["synth_0002"] and "\n" not in stats["failed"]["synth_0002"]
+
+
 def test_encoder_and_schedule_must_agree(materialized, tmp_path):
     root = _fresh(materialized, tmp_path)
     result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "vit_s",
@@ -95,6 +163,11 @@ def test_encoder_and_schedule_must_agree(materialized, tmp_path):
     assert result.exit_code == 2
     assert "vit_s takes 16-frame snippets, the demo schedule's full fidelity has 8" in \
         result.output
+    result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "tiny",
+                                       "--schedule", "lofi-anet"])
+    assert result.exit_code == 2
+    assert "holds snippets of schedule 'demo', not of 'lofi-anet': pass --schedule demo" \
+        in result.output
     bad = tmp_path / "bad.pth"
     torch.save({"state_dict": build_encoder("tsm_r18").net.state_dict()}, bad)
     result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "tiny",

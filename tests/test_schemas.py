@@ -32,6 +32,14 @@ SAMPLE_ROWS = {
          "values": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "snippet_start": [0.0, 1.0],
          "snippet_end": [1.0, 2.0], "source_fingerprint": "cd" * 16},
     ],
+    "metrics": [
+        {"kind": "step", "epoch": 1, "step": 1, "loss": 1.5, "cls_loss": 1.0,
+         "reg_loss": 0.5, "lr": 1e-4, "val_average_map": None, "val_map": None,
+         "seconds": 0.1},
+        {"kind": "epoch", "epoch": 1, "step": 1, "loss": 1.5, "cls_loss": 1.0,
+         "reg_loss": 0.5, "lr": 1e-4, "val_average_map": 0.25, "val_map": [0.5, 0.0],
+         "seconds": 0.3},
+    ],
     "errors": [
         {"stage": "ingest", "video_id": "v2", "uri": "/d/v2.mp4", "reason": "empty_file",
          "error": "empty_file: empty file (0 bytes)", "attempts": 1},

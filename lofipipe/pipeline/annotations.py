@@ -47,23 +47,30 @@ class RawAnnotations:
     segments: tuple[RawSegment, ...]
 
 
-def _number(value: Any, where: str, what: str) -> float:
+def finite_number(value: Any, where: str, what: str) -> float:
+    """`value` as a float, or an `InputError` at `where` if it is not a finite number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
             value):
         raise InputError(f"{where}: {what} must be a finite number, got {value!r}")
     return float(value)
 
 
-def parse_activitynet(text: str, name: str) -> RawAnnotations:
-    """Parses an ActivityNet-1.3 style document (`database` -> video -> annotations)."""
+def json_mapping(text: str, name: str, key: str) -> Mapping[str, Any]:
+    """The mapping under `key` of a JSON document (ActivityNet's `database` of videos, or
+    `results` of a prediction file), or an `InputError` naming the file."""
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{name}: not valid JSON (line {error.lineno}: {error.msg})") from None
-    if not isinstance(document, Mapping) or not isinstance(document.get("database"), Mapping):
-        raise InputError(f"{name}: expected an object with a 'database' mapping of videos")
+    if not isinstance(document, Mapping) or not isinstance(document.get(key), Mapping):
+        raise InputError(f"{name}: expected an object with a '{key}' mapping of videos")
+    return document[key]
+
+
+def parse_activitynet(text: str, name: str) -> RawAnnotations:
+    """Parses an ActivityNet-1.3 style document (`database` -> video -> annotations)."""
     videos, segments = {}, []
-    for key, entry in document["database"].items():
+    for key, entry in json_mapping(text, name, "database").items():
         where = f"{name}: database[{key!r}]"
         if not isinstance(entry, Mapping):
             raise InputError(f"{where}: expected an object, got {type(entry).__name__}")
@@ -72,7 +79,7 @@ def parse_activitynet(text: str, name: str) -> RawAnnotations:
             raise InputError(f"{where}.subset: expected a string, got {subset!r}")
         duration = entry.get("duration")
         if duration is not None:
-            duration = _number(duration, f"{where}.duration", "duration")
+            duration = finite_number(duration, f"{where}.duration", "duration")
         videos[key] = RawVideo(subset, duration)
         annotations = entry.get("annotations", [])
         if not isinstance(annotations, list):
@@ -87,8 +94,8 @@ def parse_activitynet(text: str, name: str) -> RawAnnotations:
                                  f"got {segment!r}")
             if not isinstance(label, str) or not label.strip():
                 raise InputError(f"{at}.label: expected a non-empty string, got {label!r}")
-            start = _number(segment[0], f"{at}.segment", "start")
-            end = _number(segment[1], f"{at}.segment", "end")
+            start = finite_number(segment[0], f"{at}.segment", "start")
+            end = finite_number(segment[1], f"{at}.segment", "end")
             segments.append(RawSegment(key, label.strip(), start, end, at))
     return RawAnnotations("activitynet", videos, tuple(segments))
 

@@ -1,13 +1,15 @@
-"""The extract graph: committed snippet shards -> a Ray Data pool of encoder actors ->
-features/<fingerprint>/, incrementally."""
+"""The extract graph: committed snippet shards (or the manifest's videos, decoded) -> a Ray
+Data pool of encoder actors -> features/<fingerprint>/, incrementally."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -17,11 +19,19 @@ from lofipipe import __version__
 from lofipipe.errors import ConfigError, InputError
 from lofipipe.models.registry import ENCODERS, Encoder, build_encoder, encoder_fingerprint
 from lofipipe.models.weights import load_weights, read_checkpoint
-from lofipipe.pipeline.features import LINEAGE, FeatureExtractor, part_stats_path
+from lofipipe.pipeline.features import (
+    LINEAGE,
+    FeatureExtractor,
+    PartJob,
+    part_path,
+    part_stats_path,
+)
+from lofipipe.pipeline.materialize import ok_videos
+from lofipipe.pipeline.shards import SourceVideo, fidelity_lineage, shard_groups
 from lofipipe.pipeline.snippet_reader import SnippetReader
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config, config_to_dict
-from lofipipe.schemas.schedule import load_schedule
+from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.storage import Store, redact
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
 
@@ -49,20 +59,29 @@ def _load(encoder: Encoder, state, checkpoint: str, losa: bool) -> None:
 @dataclass
 class ExtractSummary:
     fingerprint: str
+    source: str
     parts: int = 0
     written: int = 0
     skipped: int = 0
     videos: int = 0
+    failed: Counter = field(default_factory=Counter)
     random_weights: bool = False
     progress_line: str = ""
+
+    def add(self, stats: Mapping[str, Any]) -> None:
+        self.videos += len(stats["videos"])
+        self.failed.update(error.split(":", 1)[0] for error in stats["failed"].values())
 
     def lines(self, root: Store) -> list[str]:
         out = []
         if self.random_weights:
             out.append("WARNING: no checkpoint given: these features come from RANDOM weights")
-        out.append(f"features {self.fingerprint}: {self.parts} parts ({self.written} written, "
-                   f"{self.skipped} already done), {self.videos} videos, under "
-                   f"{root.url_of('features/' + self.fingerprint)}")
+        failed = sum(self.failed.values())
+        reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.failed.items()))
+        out.append(f"features {self.fingerprint}: {self.parts} parts from {self.source} "
+                   f"({self.written} written, {self.skipped} already done), {self.videos} "
+                   f"videos, {failed} failed" + (f" ({reasons})" if reasons else "")
+                   + f", under {root.url_of('features/' + self.fingerprint)}")
         return out
 
 
@@ -75,13 +94,48 @@ class _ExtractActor:
         self.extractor = extractor
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"stats": json.dumps(self.extractor.process(row["shard"]))}
+        job = PartJob(row["part"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])),
+                      row["shard"])
+        return {"stats": json.dumps(self.extractor.process(job))}
+
+
+def _plan_parts(config: Config, root: Store, schedule: Schedule
+                ) -> tuple[list[PartJob], dict[int, dict[str, str]], str]:
+    """Every part's job and source fingerprints, and how its pixels were stored."""
+    if config.extract.source == "videos":
+        groups = shard_groups(ok_videos(root), config.materialize.videos_per_shard)
+        jobs = [PartJob(part, group) for part, group in enumerate(groups)]
+        return jobs, {job.part: {v.video_id: v.fingerprint for v in job.videos}
+                      for job in jobs}, "raw"
+    jobs, sources, encodings = [], {}, set()
+    expected = json.loads(json.dumps(fidelity_lineage(schedule, schedule.full.name, "")))
+    for shard in SnippetReader(root, schedule.full.name).shards():
+        stats = json.loads(root.read_text(shard.replace(".parquet", ".stats.json")))
+        lineage = {**stats["lineage"], "encoding": ""}
+        if lineage != expected:
+            raise ConfigError(
+                f"{root.url_of(shard)} holds snippets of schedule {lineage['schedule']!r}, "
+                f"not of {schedule.name!r}: pass --schedule {lineage['schedule']}, or "
+                f"materialize {schedule.name} first")
+        jobs.append(PartJob(stats["shard"], shard=shard))
+        sources[stats["shard"]] = stats["source_fingerprints"]
+        encodings.add(stats["lineage"]["encoding"])
+    return jobs, sources, "+".join(sorted(encodings))
+
+
+def _remove_stale(root: Store, fingerprint: str, parts: int) -> None:
+    """Parts past the current count (the dataset shrank): marker first, then the data."""
+    for name in root.list(f"features/{fingerprint}", pattern="part-*.stats.json"):
+        part = int(name.rsplit("/", 1)[-1][len("part-"):][:5])
+        if part >= parts:
+            root.remove(part_stats_path(fingerprint, part))
+            root.remove(part_path(fingerprint, part))
 
 
 def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
                 command: str) -> ExtractSummary:
-    """Extracts features of every committed full-fidelity shard not yet done for this
-    encoder fingerprint."""
+    """Extracts features of every part (a shard's videos) not yet done for this encoder
+    fingerprint, from the full-fidelity shards or by decoding the videos."""
     settings = config.extract
     if settings.encoder not in ENCODERS:
         raise ConfigError(f"extract.encoder: unknown encoder {settings.encoder!r} "
@@ -100,54 +154,67 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
         weights = f"sha256:{digest}"
     else:
         weights = f"random:seed={settings.seed}"
+    jobs, sources, pixels = _plan_parts(config, root, schedule)
     name = spec.name + ("+losa" if settings.losa else "")
+    # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
     preprocessing = {**config_to_dict(fidelity), "sampling": schedule.sampling,
-                     "fps": schedule.fps, "stride": schedule.stride, "losa": settings.losa}
+                     "fps": schedule.fps, "stride": schedule.stride, "losa": settings.losa,
+                     "pixels": pixels}
     fingerprint = encoder_fingerprint(spec, weights, preprocessing)
-    reader = SnippetReader(root, fidelity.name)
-    shards = reader.shards()
-    summary = ExtractSummary(fingerprint, parts=len(shards), random_weights=not
-                             settings.checkpoint)
+    summary = ExtractSummary(fingerprint, settings.source, parts=len(jobs),
+                             random_weights=not settings.checkpoint)
     todo = []
-    for shard in shards:
-        part = int(shard.rsplit("part-", 1)[1][:5])
-        marker = part_stats_path(fingerprint, part)
-        shard_stats = json.loads(root.read_text(shard.replace(".parquet", ".stats.json")))
-        if root.exists(marker) and json.loads(root.read_text(marker))[
-                "source_fingerprints"] == shard_stats["source_fingerprints"]:
+    for job in jobs:
+        marker = part_stats_path(fingerprint, job.part)
+        done = json.loads(root.read_text(marker)) if root.exists(marker) else None
+        if done is not None and done["source_fingerprints"] == sources[job.part]:
             summary.skipped += 1
-            summary.videos += len(shard_stats["videos"])
+            summary.add(done)
         else:
-            todo.append((shard, len(shard_stats["videos"])))
+            todo.append(job)
     root.write_text(f"features/{fingerprint}/{LINEAGE}", json.dumps({
         "fingerprint": fingerprint, "encoder": name, "weights": weights,
         "checkpoint": redact(settings.checkpoint or "", storage_options) or None,
         "schedule": schedule.name, "fidelity": preprocessing, "mean": spec.mean,
         "std": spec.std, "lofipipe_version": __version__, "command": command}, indent=1))
+    _remove_stale(root, fingerprint, max((job.part + 1 for job in jobs), default=0))
     if todo:
-        ensure_ray(config.ray)
-        factory = functools.partial(build_weighted_encoder, spec.name, settings.losa,
-                                    settings.checkpoint, dict(storage_options), settings.seed)
-        extractor = FeatureExtractor(root, fidelity.name, factory, fingerprint,
-                                     settings.batch_size, settings.export, storage_options)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        actors = min(settings.workers or gpus or cluster_cpus(), len(todo))
-        cpus = 1 if gpus else max(1, cluster_cpus() // actors)
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        items = [{"shard": shard} for shard, _ in todo]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            _ExtractActor, fn_constructor_args=(extractor, cpus),
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if gpus else 0, num_cpus=cpus)
-        with Progress("extract", sum(count for _, count in todo)) as progress:
-            for row in dataset.iter_rows():
-                stats = json.loads(row["stats"])
-                progress.done(count=stats["rows"])
-                summary.written += 1
-                summary.videos += stats["rows"]
-        summary.progress_line = progress.summary()
+        summary.progress_line = _run_jobs(config, root, storage_options, schedule,
+                                          fingerprint, todo, sources, summary)
     return summary
+
+
+def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
+              schedule: Schedule, fingerprint: str, todo: list[PartJob],
+              sources: Mapping[int, Mapping[str, str]], summary: ExtractSummary) -> str:
+    settings = config.extract
+    ensure_ray(config.ray)
+    factory = functools.partial(build_weighted_encoder, settings.encoder, settings.losa,
+                                settings.checkpoint, dict(storage_options), settings.seed)
+    extractor = FeatureExtractor(root, schedule, factory, fingerprint, settings.batch_size,
+                                 settings.export, config.materialize.decode_threads,
+                                 storage_options)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = min(settings.workers or gpus or cluster_cpus(), len(todo))
+    cpus = 1 if gpus else max(1, cluster_cpus() // actors)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    items = [{"part": job.part, "shard": job.shard,
+              "videos": json.dumps([dataclasses.asdict(v) for v in job.videos])}
+             for job in todo]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
+        _ExtractActor, fn_constructor_args=(extractor, cpus),
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if gpus else 0, num_cpus=cpus)
+    with Progress("extract", sum(len(sources[job.part]) for job in todo)) as progress:
+        for row in dataset.iter_rows():
+            stats = json.loads(row["stats"])
+            summary.written += 1
+            summary.add(stats)
+            progress.done(count=len(stats["videos"]))
+            for error in stats["failed"].values():
+                progress.done(failed_reason=error.split(":", 1)[0])
+    return progress.summary()
 
 
 def list_features(root: Store) -> list[dict[str, Any]]:

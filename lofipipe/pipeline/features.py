@@ -1,12 +1,14 @@
-"""Feature extraction stage: an encoder over the full-fidelity snippets of each video.
+"""Feature extraction stage: an encoder over the full-fidelity snippets of each video, read
+from the snippet shards or decoded straight from the source videos.
 
     ROOT/features/<fingerprint>/lineage.json           what the features depend on
-    ROOT/features/<fingerprint>/part-NNNNN.parquet     one row per video (FEATURES schema)
+    ROOT/features/<fingerprint>/part-NNNNN.parquet     a row (and row group) per video
     ROOT/features/<fingerprint>/part-NNNNN.stats.json  commit marker, written last
     <export>/<video_id>.npy + <video_id>.json          (T, C) float32 for ActionFormer/OpenTAD
 
-Part N holds the videos of snippet shard N, so a rerun skips parts whose marker matches the
-shard's source fingerprints, and a new checkpoint (a new fingerprint) writes beside the old
+Part N holds the videos of snippet shard N (the same `videos_per_shard` groups in video_id
+order, whichever the source), so a rerun skips parts whose marker matches the source
+fingerprints of those videos, and a new checkpoint (a new fingerprint) writes beside the old
 features without touching them.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +24,11 @@ import numpy as np
 import torch
 
 from lofipipe import __version__
-from lofipipe.pipeline.snippet_reader import SnippetReader, VideoSnippets
+from lofipipe.pipeline.decode import SnippetDecoder
+from lofipipe.pipeline.probe import VideoFailure
+from lofipipe.pipeline.shards import SourceVideo
+from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
 
@@ -37,27 +43,51 @@ def part_stats_path(fingerprint: str, part: int) -> str:
     return f"features/{fingerprint}/part-{part:05d}.stats.json"
 
 
+@dataclass(frozen=True)
+class PartJob:
+    """One feature part: the videos of snippet shard `part`, read from its committed
+    `shard`, or (when `shard` is empty) decoded straight from their source files."""
+
+    part: int
+    videos: tuple[SourceVideo, ...] = ()
+    shard: str = ""
+
+
+@dataclass
+class _Encoded:
+    video_id: str
+    values: np.ndarray  # (L, C) float32
+    start: np.ndarray  # (L,) seconds
+    end: np.ndarray
+    clip_frames: int
+
+    @property
+    def center(self) -> np.ndarray:
+        return (self.start + self.end) / 2
+
+
 @dataclass
 class FeatureExtractor:
-    """Encodes the videos of one snippet shard and writes their feature part.
+    """Encodes the videos of one part and writes their feature part.
 
     Args:
         root: where `shards/` and `features/` live.
-        fidelity: the shard fidelity to read (the schedule's full one).
+        schedule: the snippets' schedule; its full fidelity is what the encoder takes.
         encoder: a callable building the (weighted) encoder, run in the worker.
         fingerprint: the encoder fingerprint naming the output folder.
         batch_size: snippets per forward pass (a LoSA encoder takes a video at once).
         export: folder URL for per-video .npy files, or None.
+        decode_threads: per video, when decoding source videos (0: FFmpeg's choice).
     """
 
     root: Store
-    fidelity: str
+    schedule: Schedule
     encoder: Any
     fingerprint: str
     batch_size: int = 32
     export: str | None = None
+    decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    resources = {"num_cpus": 1}
 
     def __post_init__(self):
         self._model = None
@@ -70,53 +100,98 @@ class FeatureExtractor:
                 self._model = self._model.cuda()
         return self._model
 
-    def encode(self, video: VideoSnippets) -> np.ndarray:
-        """The (L, C) float32 features of a video's snippets."""
+    def _step(self) -> int | None:
+        """Snippets per forward pass; None: a whole video at once (LoSA)."""
+        return None if getattr(self.model, "losa", False) else self.batch_size
+
+    def encode(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
+        """The (L, C) float32 features of a video's snippets, given as uint8
+        [B, F, 3, S, S] batches in time order."""
         model = self.model
         device = next(model.parameters()).device
-        size = len(video.frames) if getattr(model, "losa", False) else self.batch_size
         outputs = []
         with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
-            for first in range(0, len(video.frames), size):
-                batch = video.frames[first: first + size].to(device, non_blocking=True)
-                outputs.append(model(batch).float().cpu())
+            for batch in batches:
+                outputs.append(model(batch.to(device, non_blocking=True)).float().cpu())
         return torch.cat(outputs).numpy().astype(np.float32)
 
-    def process(self, shard: str) -> dict[str, Any]:
-        """Writes the feature part of one snippet shard; returns its stats."""
-        part = int(shard.rsplit("part-", 1)[1][:5])
-        reader = SnippetReader(self.root, self.fidelity)
-        stats = json.loads(self.root.read_text(shard.replace(".parquet", ".stats.json")))
+    def process(self, job: PartJob) -> dict[str, Any]:
+        """Writes the feature part of one job; returns its stats."""
+        failed: dict[str, str] = {}
+        if job.shard:
+            shard_stats = json.loads(self.root.read_text(
+                job.shard.replace(".parquet", ".stats.json")))
+            sources = shard_stats["source_fingerprints"]
+            failed.update(shard_stats["failed"])  # failed to decode when materialized
+            encoded = self._read(job.shard)
+        else:
+            sources = {video.video_id: video.fingerprint for video in job.videos}
+            encoded = self._decode(job.videos, failed)
         rows = []
-        for video in reader.read_shard(shard):
-            values = self.encode(video)
-            fingerprint = stats["source_fingerprints"].get(video.video_id)
+        for video in encoded:
             rows.append({
                 "video_id": video.video_id, "encoder_fingerprint": self.fingerprint,
-                "num_snippets": len(values), "dim": values.shape[1],
-                "values": values.ravel(), "snippet_start": video.start,
-                "snippet_end": video.end, "source_fingerprint": fingerprint})
+                "num_snippets": len(video.values), "dim": video.values.shape[1],
+                "values": video.values.ravel(), "snippet_start": video.start,
+                "snippet_end": video.end, "source_fingerprint": sources.get(video.video_id)})
             if self.export:
-                self._export(video, values)
-        self.root.write_table(part_path(self.fingerprint, part), FEATURES.from_rows(rows))
-        record = {"part": part, "shard": shard, "videos": [r["video_id"] for r in rows],
-                  "rows": len(rows), "source_fingerprints": stats["source_fingerprints"],
+                self._export(video)
+        # One row group per video: a trainer reads one video's features without the rest.
+        self.root.write_table(part_path(self.fingerprint, job.part), FEATURES.from_rows(rows),
+                              row_group_size=1)
+        record = {"part": job.part, "source": job.shard or "videos",
+                  "videos": [r["video_id"] for r in rows], "rows": len(rows),
+                  "failed": failed, "source_fingerprints": sources,
                   "lofipipe_version": __version__}
-        self.root.write_text(part_stats_path(self.fingerprint, part),
+        self.root.write_text(part_stats_path(self.fingerprint, job.part),
                              json.dumps(record, indent=1))
         return record
 
-    def _export(self, video: VideoSnippets, values: np.ndarray) -> None:
+    def _read(self, shard: str) -> Iterator[_Encoded]:
+        for video in SnippetReader(self.root, self.schedule.full.name).read_shard(shard):
+            step = self._step() or len(video.frames)
+            values = self.encode(video.frames.split(step))
+            yield _Encoded(video.video_id, values, video.start, video.end,
+                           int(video.frames.shape[1]))
+
+    def _decode(self, videos: Iterable[SourceVideo], failed: dict[str, str]
+                ) -> Iterator[_Encoded]:
+        decoder = SnippetDecoder(self.schedule, self.storage_options, self.decode_threads)
+        fidelity = self.schedule.full
+        for video in videos:
+            spans: list[tuple[float, float]] = []
+
+            def batches(video=video, spans=spans):
+                pending: list[np.ndarray] = []
+                for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
+                                                (fidelity,)):
+                    spans.append((snippet.start, snippet.end))
+                    pending.append(snippet.frames.transpose(0, 3, 1, 2))  # as shards hold
+                    if len(pending) == self._step():
+                        yield torch.from_numpy(np.stack(pending))
+                        pending = []
+                if pending:
+                    yield torch.from_numpy(np.stack(pending))
+
+            try:
+                values = self.encode(batches())
+            except VideoFailure as failure:
+                failed[video.video_id] = f"{failure.reason}: {failure}"
+                continue
+            times = np.array(spans, np.float64)
+            yield _Encoded(video.video_id, values, times[:, 0], times[:, 1], fidelity.frames)
+
+    def _export(self, video: _Encoded) -> None:
         out = Store(self.export, self.storage_options)
         buffer = io.BytesIO()
-        np.save(buffer, values)
+        np.save(buffer, video.values)
         out.write_bytes(f"{video.video_id}.npy", buffer.getvalue())
         centers = video.center.tolist()
         stride = float(np.median(np.diff(centers))) if len(centers) > 1 else None
         out.write_text(f"{video.video_id}.json", json.dumps({
-            "video_id": video.video_id, "shape": list(values.shape),
+            "video_id": video.video_id, "shape": list(video.values.shape),
             "feature_stride_s": stride, "fps": (1.0 / stride) if stride else None,
-            "clip_length_frames": int(video.frames.shape[1]),
+            "clip_length_frames": video.clip_frames,
             "snippet_start": video.start.tolist(), "snippet_end": video.end.tolist(),
             "snippet_center": centers, "encoder_fingerprint": self.fingerprint}))
 

@@ -27,6 +27,7 @@ from lofipipe.pipeline.shards import (
     ShardMaterializer,
     SourceVideo,
     fidelity_lineage,
+    shard_groups,
     shard_path,
     stats_path,
 )
@@ -100,8 +101,7 @@ def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
               retry_failed: bool = False) -> tuple[list[ShardJob], dict[str, list[dict]]]:
     """The shard jobs still to run, and the stats of shards already done, per fidelity."""
     jobs, done = [], {f.name: [] for f in schedule.fidelities}
-    for shard, first in enumerate(range(0, len(videos), videos_per_shard)):
-        group = tuple(videos[first: first + videos_per_shard])
+    for shard, group in enumerate(shard_groups(videos, videos_per_shard)):
         fingerprints = {video.video_id: video.fingerprint for video in group}
         todo = []
         for fidelity in schedule.fidelities:

@@ -71,6 +71,14 @@ class ShardJob:
     fidelities: tuple[str, ...]
 
 
+def shard_groups(videos: list[SourceVideo], videos_per_shard: int
+                 ) -> list[tuple[SourceVideo, ...]]:
+    """The videos of each shard index: `videos_per_shard` at a time in the given (video_id)
+    order. Feature parts follow the same groups, whether read from shards or decoded."""
+    return [tuple(videos[first: first + videos_per_shard])
+            for first in range(0, len(videos), videos_per_shard)]
+
+
 def fidelity_lineage(schedule: Schedule, fidelity: str, encoding: str) -> dict[str, Any]:
     """What a shard's snippets depend on besides the source videos."""
     return {"schedule": schedule.name, "sampling": schedule.sampling, "fps": schedule.fps,

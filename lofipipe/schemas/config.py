@@ -115,6 +115,7 @@ class ExtractConfig:
     """Features from an encoder over the full-fidelity snippets."""
 
     encoder: str = "tiny"  # a name from lofipipe.models.registry.ENCODERS
+    source: Literal["shards", "videos"] = "shards"  # full-fidelity shards, or decode videos
     checkpoint: str | None = None  # weights URL; None: random weights from `seed`
     losa: bool = False  # ViTs: run LoSA adapters beside the frozen backbone
     batch_size: int = 32  # snippets per forward pass
@@ -128,6 +129,63 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class HeadConfig:
+    """The TAL head and its inference (ActionFormer's defaults where it has them)."""
+
+    dim: int = 256  # width of the projection and the pyramid
+    levels: int = 6  # pyramid levels, strides 1, 2, 4, ...
+    window: int = 0  # stride sampling: snippets per window; 0: the schedule's full L
+    nms_sigma: float = 0.5  # Gaussian soft-NMS
+    max_segments: int = 100  # kept per video
+    pre_nms_topk: int = 2000  # candidates per level
+
+    def __post_init__(self):
+        _check(self.dim >= 1, "dim", "must be at least 1")
+        _check(1 <= self.levels <= 6, "levels", "must be between 1 and 6")
+        _check(self.window >= 0, "window", "must be >= 0")
+        _check(self.nms_sigma > 0, "nms_sigma", "must be positive")
+        _check(self.max_segments >= 1, "max_segments", "must be at least 1")
+        _check(self.pre_nms_topk >= 1, "pre_nms_topk", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run: Ray Train workers, AdamW with warm-up and cosine decay."""
+
+    mode: Literal["head"] = "head"  # head: the TAL head on extracted features
+    features: str | None = None  # the feature fingerprint (lofipipe features ROOT lists them)
+    run: str | None = None  # runs/<run>/; rerunning a run resumes it
+    workers: int = 1  # data-parallel Ray Train workers
+    epochs: int = 30
+    warmup_epochs: float = 5.0
+    batch_size: int = 16  # videos (or windows) per step over all workers
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    clip_grad_norm: float = 1.0
+    train_subset: str = "training"
+    val_subset: str = "validation"
+    tiou: str = "0.5:0.95:0.05"  # validation thresholds; THUMOS-14: 0.3:0.7:0.1
+    keep_checkpoints: int = 2
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    seed: int = 0
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self):
+        _check(self.workers >= 1, "workers", "must be at least 1")
+        _check(self.epochs >= 1, "epochs", "must be at least 1")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        _check(self.batch_size >= self.workers, "batch_size",
+               f"must be at least the number of workers ({self.workers})")
+        _check(self.lr > 0, "lr", "must be positive")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
+        _check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        _check(self.run is None or (self.run.replace("-", "").replace("_", "").replace(
+            ".", "").isalnum() and not self.run.startswith(".")), "run",
+            f"use letters, digits, '-', '_' and '.' (a folder name), got {self.run!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything lofipipe can be configured with."""
 
@@ -136,6 +194,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # Building -----------------------------------------------------------------------------------

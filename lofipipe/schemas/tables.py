@@ -142,6 +142,19 @@ FEATURES = TableSchema("features", 1, (
     _f("source_fingerprint", pa.string()),
 ))
 
+METRICS = TableSchema("metrics", 1, (
+    _f("kind", pa.string(), False),  # step | epoch | resume (from the epoch's checkpoint)
+    _f("epoch", pa.int32(), False),  # 1-based
+    _f("step", pa.int64(), False),  # optimizer steps done
+    _f("loss", pa.float64()),  # mean over the steps of an epoch row
+    _f("cls_loss", pa.float64()),
+    _f("reg_loss", pa.float64()),
+    _f("lr", pa.float64()),
+    _f("val_average_map", pa.float64()),  # epoch rows
+    _f("val_map", pa.list_(pa.float64())),  # at each of the run's tIoU thresholds
+    _f("seconds", pa.float64()),  # wall time of the step or epoch
+))
+
 ERRORS = TableSchema("errors", 1, (
     _f("stage", pa.string(), False),  # ingest | annotations | materialize | extract | train
     _f("video_id", pa.string()),
@@ -151,4 +164,4 @@ ERRORS = TableSchema("errors", 1, (
     _f("attempts", pa.int32()),
 ))
 
-ALL = (MANIFEST, ANNOTATIONS, SNIPPETS, FEATURES, ERRORS)
+ALL = (MANIFEST, ANNOTATIONS, SNIPPETS, FEATURES, METRICS, ERRORS)

@@ -27,6 +27,10 @@ def ensure_ray(config: RayConfig) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
+        # Worker processes log at ERROR: Ray Train's helper actors otherwise warn every
+        # few seconds that the state API is off (it needs the dashboard, not installed).
+        # Failures still reach the driver as exceptions and as lofipipe's own output.
+        logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"),
     )
 
 

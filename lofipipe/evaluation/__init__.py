@@ -1,0 +1,1 @@
+"""Temporal action detection metrics: ActivityNet-style mAP over tIoU thresholds."""

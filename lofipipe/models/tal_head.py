@@ -1,0 +1,197 @@
+"""An anchor-free temporal action localization head in the manner of ActionFormer (Zhang
+et al., ECCV 2022), the head LoSA and AdaTAD train.
+
+Features [B, C, T] of a video's snippets are projected, then built into a temporal pyramid
+whose level l has stride 2^l. Every point of every level classifies the actions present
+at it (sigmoid focal loss) and regresses its distances to the action's start and end in
+units of its stride (DIoU loss). A ground-truth action is assigned to the points near its
+center (center sampling) on the level whose regression range fits its extent; padding
+past a video's end is masked everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ActionFormer's defaults: regression ranges per level (in input snippets), a center
+# sampling radius of 1.5 strides, focal loss alpha 0.25 / gamma 2, prior probability 0.01.
+REGRESSION_RANGES = ((0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10_000))
+CENTER_RADIUS = 1.5
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+PRIOR = 0.01
+
+
+class _ChannelNorm(nn.Module):
+    """LayerNorm over channels at each time step ([B, C, T]), blind to padding."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class _MaskedConv(nn.Module):
+    """conv1d -> norm -> ReLU, then zero past the end of each video."""
+
+    def __init__(self, dim_in: int, dim_out: int, stride: int = 1, norm: bool = True):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv1d(dim_in, dim_out, 3, stride=stride, padding=1, bias=not norm)
+        self.norm = _ChannelNorm(dim_out) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stride > 1:
+            mask = mask[:, :: self.stride]
+        return F.relu(self.norm(self.conv(x))) * mask[:, None, :], mask
+
+
+class _PredictionHead(nn.Module):
+    """Shared over levels: two masked convs then a 1x3 conv to `outputs` per point."""
+
+    def __init__(self, dim: int, outputs: int, bias: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList([_MaskedConv(dim, dim), _MaskedConv(dim, dim)])
+        self.out = nn.Conv1d(dim, outputs, 3, padding=1)
+        nn.init.constant_(self.out.bias, bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x, _ = layer(x, mask)
+        return self.out(x)
+
+
+@dataclass
+class HeadOutput:
+    """Per level: class logits [B, T_l, K], distances [B, T_l, 2] (in strides), mask
+    [B, T_l]; and each level's stride."""
+
+    logits: list[torch.Tensor]
+    offsets: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    strides: list[int]
+
+
+class TALHead(nn.Module):
+    """Features [B, C, T] and a validity mask [B, T] -> per-level classes and boundaries.
+
+    Args:
+        in_dim: feature channels C.
+        num_classes: K.
+        dim: width of the projection and the pyramid.
+        levels: pyramid levels; the longest input should be a multiple of 2^(levels-1).
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, dim: int = 256, levels: int = 6):
+        super().__init__()
+        self.num_classes, self.levels = num_classes, levels
+        self.embed = nn.ModuleList([_MaskedConv(in_dim, dim), _MaskedConv(dim, dim)])
+        self.pyramid = nn.ModuleList([_MaskedConv(dim, dim, stride=2)
+                                      for _ in range(levels - 1)])
+        self.classify = _PredictionHead(dim, num_classes, -math.log((1 - PRIOR) / PRIOR))
+        self.regress = _PredictionHead(dim, 2)
+        self.scales = nn.Parameter(torch.ones(levels))
+
+    @property
+    def multiple(self) -> int:
+        """Inputs are padded to a multiple of this many snippets."""
+        return 2 ** (self.levels - 1)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> HeadOutput:
+        mask = mask.to(features.dtype)
+        x = features * mask[:, None, :]
+        for layer in self.embed:
+            x, mask = layer(x, mask)
+        levels, masks = [x], [mask]
+        for layer in self.pyramid:
+            x, mask = layer(x, mask)
+            levels.append(x)
+            masks.append(mask)
+        logits, offsets = [], []
+        for index, (x, mask) in enumerate(zip(levels, masks, strict=True)):
+            logits.append(self.classify(x, mask).transpose(1, 2))
+            distance = F.relu(self.scales[index] * self.regress(x, mask))
+            offsets.append(distance.transpose(1, 2))
+        return HeadOutput(logits, offsets, [m > 0 for m in masks],
+                          [2 ** i for i in range(self.levels)])
+
+
+def point_positions(length: int, stride: int, device=None) -> torch.Tensor:
+    """Positions (in input snippets) of a level's points: every `stride`-th snippet."""
+    return torch.arange(0, length, device=device, dtype=torch.float32) * stride
+
+
+def assign_targets(segments: torch.Tensor, labels: torch.Tensor, lengths: Sequence[int],
+                   strides: Sequence[int], num_classes: int,
+                   ranges: Sequence[tuple[float, float]] = REGRESSION_RANGES,
+                   radius: float = CENTER_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of one video's points over all levels, concatenated.
+
+    Args:
+        segments: [N, 2] ground truth in input snippet units.
+        labels: [N] class ids.
+        lengths: points per level.
+
+    Returns:
+        classes [P, K] one-hot (zero rows for background) and distances [P, 2] to the
+        assigned action's start and end, in units of the point's stride.
+    """
+    positions = torch.cat([point_positions(n, s) for n, s in zip(lengths, strides,
+                                                                  strict=True)])
+    stride = torch.cat([torch.full((n,), float(s)) for n, s in zip(lengths, strides,
+                                                                  strict=True)])
+    low = torch.cat([torch.full((n,), float(ranges[i][0])) for i, n in enumerate(lengths)])
+    high = torch.cat([torch.full((n,), float(ranges[i][1])) for i, n in enumerate(lengths)])
+    classes = torch.zeros(len(positions), num_classes)
+    distances = torch.zeros(len(positions), 2)
+    if len(segments) == 0:
+        return classes, distances
+    segments = segments.float()
+    left = positions[:, None] - segments[None, :, 0]
+    right = segments[None, :, 1] - positions[:, None]
+    center = segments.mean(dim=1)[None, :]
+    reach = radius * stride[:, None]
+    near_left = positions[:, None] - torch.maximum(center - reach, segments[None, :, 0])
+    near_right = torch.minimum(center + reach, segments[None, :, 1]) - positions[:, None]
+    inside = torch.minimum(near_left, near_right) > 0
+    extent = torch.maximum(left, right)
+    fits = (extent >= low[:, None]) & (extent <= high[:, None])
+    length = (segments[:, 1] - segments[:, 0])[None, :].expand(len(positions), -1).clone()
+    length[~(inside & fits)] = math.inf
+    shortest, chosen = length.min(dim=1)
+    positive = torch.isfinite(shortest)
+    classes[positive] = F.one_hot(labels[chosen[positive]], num_classes).float()
+    picked = torch.stack([left, right], dim=2)[torch.arange(len(positions)), chosen]
+    distances[positive] = picked[positive] / stride[positive, None]
+    return classes, distances
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor,
+                       alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+    """Summed focal loss (Lin et al., 2017) of independent sigmoid classes."""
+    probability = torch.sigmoid(logits)
+    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_true = probability * targets + (1 - probability) * (1 - targets)
+    weight = alpha * targets + (1 - alpha) * (1 - targets)
+    return (weight * (1 - p_true) ** gamma * cross_entropy).sum()
+
+
+def diou_loss_1d(predicted: torch.Tensor, target: torch.Tensor,
+                 eps: float = 1e-8) -> torch.Tensor:
+    """Summed 1D distance-IoU loss (Zheng et al., 2020) of [P, 2] (start, end) distances
+    from the same points: 1 - IoU + (center distance / enclosing length)^2."""
+    pred_left, pred_right = predicted[:, 0], predicted[:, 1]
+    left, right = target[:, 0], target[:, 1]
+    overlap = torch.minimum(pred_left, left) + torch.minimum(pred_right, right)
+    union = pred_left + pred_right + left + right - overlap
+    iou = overlap / union.clamp(min=eps)
+    enclosing = torch.maximum(pred_left, left) + torch.maximum(pred_right, right)
+    center_gap = 0.5 * (pred_right - pred_left - right + left)
+    return (1 - iou + (center_gap / (enclosing + eps)) ** 2).sum()

@@ -1,0 +1,192 @@
+"""The train graph: a Ray Train (`TorchTrainer`) job of data-parallel workers, each
+running `training.head_trainer.HeadTrainer` on its slice of every global batch.
+
+Checkpoints, metrics, predictions and the report go to `ROOT/runs/<run>/` on any storage.
+A worker that dies restarts the worker group from the newest checkpoint (`FailureConfig`),
+and rerunning the same command resumes the run the same way; the resolved config saved in
+`runs/<run>/config.yaml` must then still agree on everything that shapes the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import yaml
+
+from lofipipe.errors import ConfigError, InputError
+from lofipipe.evaluation.detection import map_table, parse_thresholds
+from lofipipe.progress import Progress
+from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
+from lofipipe.schemas.schedule import load_schedule
+from lofipipe.schemas.tables import METRICS
+from lofipipe.storage import Store
+from lofipipe.training.checkpoints import latest_epoch
+from lofipipe.training.feature_set import FeatureSet
+from lofipipe.training.head_trainer import HeadJob, HeadTrainer, predictions_path
+from lofipipe.workers.runtime import cluster_cpus, ensure_ray
+
+# Settings a resumed run may change: they do not alter what it computes.
+_RESUMABLE_CHANGES = {"workers", "max_failures", "keep_checkpoints"}
+
+
+@dataclass
+class TrainSummary:
+    run: str
+    epochs: int
+    resumed_from: int
+    workers: int
+    seconds: float
+    table: str
+    progress_line: str = ""
+
+    def lines(self, root: Store) -> list[str]:
+        out = [f"run {self.run}: {self.epochs} epochs on {self.workers} workers in "
+               f"{self.seconds:.1f} s" + (f" (resumed after epoch {self.resumed_from})"
+                                          if self.resumed_from else ""),
+               "validation mAP (%) after the last epoch:", self.table,
+               f"checkpoints, metrics.parquet, predictions.json and report.png under "
+               f"{root.url_of('runs/' + self.run)}"]
+        return out
+
+
+def _worker(job: HeadJob) -> None:
+    """Runs in each Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    trainer = HeadTrainer(job, context.get_world_rank(), context.get_world_size(),
+                          wrap=ray.train.torch.prepare_model, log=lambda line: None)
+    trainer.run()  # the driver shows its epochs from the run's metrics
+
+
+def _check_resume(root: Store, config: Config) -> None:
+    saved_path = f"runs/{config.train.run}/config.yaml"
+    if not root.exists(saved_path):
+        return
+    saved = (yaml.safe_load(root.read_text(saved_path)) or {}).get("train", {})
+    current = config_to_dict(config.train)
+    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES
+                     and saved.get(k) != current[k])
+    if changed:
+        raise ConfigError(f"run {config.train.run!r} exists with other settings "
+                          f"({', '.join(f'train.{k}' for k in changed)}): resume it with "
+                          f"its own settings, or choose a new --run name")
+
+
+def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
+              command: str) -> TrainSummary:
+    """Trains (or resumes) the head of `config.train.run` on Ray Train workers."""
+    settings = config.train
+    if not settings.run:
+        raise ConfigError("train.run: name the run (--run NAME)")
+    if not settings.features:
+        raise ConfigError(f"train.features: name the feature fingerprint (--features; "
+                          f"lofipipe features {root.url} lists them)")
+    data = FeatureSet(root, settings.features)
+    train_videos = data.videos(settings.train_subset)
+    val_videos = data.videos(settings.val_subset)
+    for subset, videos in ((settings.train_subset, train_videos),
+                           (settings.val_subset, val_videos)):
+        if len(videos) < settings.workers:
+            raise InputError(f"features {settings.features}: {len(videos)} annotated videos "
+                             f"of subset {subset!r}, fewer than the {settings.workers} "
+                             f"workers")
+    if not data.label_names:
+        raise InputError(f"no annotations under {root.url}: run lofipipe ingest with "
+                         f"--annotations")
+    thresholds = parse_thresholds(settings.tiou)
+    schedule = load_schedule(data.lineage["schedule"])
+    window = 0
+    if schedule.sampling == "stride":
+        window = settings.head.window or schedule.full.snippets
+    _check_resume(root, config)
+    root.write_text(f"runs/{settings.run}/config.yaml", config_to_yaml(config, command))
+    done = latest_epoch(root, settings.run)
+    started = time.monotonic()
+    if done < settings.epochs or not root.exists(predictions_path(settings.run)):
+        _train_on_ray(config, root, settings, train_videos, val_videos, thresholds, window)
+    last = [r for r in _epoch_rows(root, settings.run) if r["kind"] == "epoch"][-1]
+    if not root.exists(predictions_path(settings.run)):
+        raise InputError(f"run {settings.run} ended without its predictions")
+    return TrainSummary(settings.run, settings.epochs, done, settings.workers,
+                        time.monotonic() - started, map_table(thresholds, last["val_map"]))
+
+
+def _train_on_ray(config: Config, root: Store, settings, train_videos: list[str],
+                  val_videos: list[str], thresholds: tuple[float, ...], window: int) -> None:
+    ensure_ray(config.ray)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    threads = max(1, cluster_cpus() // settings.workers)
+    job = HeadJob(root, settings.run, settings.features, settings, train_videos, val_videos,
+                  thresholds, window, 1 if gpus else threads)
+    _fit(job, gpus > 0, threads)
+
+
+def _epoch_rows(root: Store, run: str) -> list[dict[str, Any]]:
+    path = f"runs/{run}/metrics.parquet"
+    if not root.exists(path):
+        return []
+    rows = METRICS.check(root.read_table(path), root.url_of(path)).to_pylist()
+    return [r for r in rows if r["kind"] != "step"]
+
+
+def _fit(job: HeadJob, use_gpu: bool, threads: int) -> None:
+    """Runs the TorchTrainer while showing epochs done from the run's metrics."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    settings = job.settings
+    trainer = TorchTrainer(
+        lambda: _worker(job),
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else
+                                     {"CPU": threads}),
+        run_config=RunConfig(
+            name=f"lofipipe-{job.run}-{os.getpid()}",
+            # Ray keeps only its own run state here: lofipipe writes the checkpoints.
+            storage_path=os.path.join(tempfile.gettempdir(), "lofipipe-ray-train"),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            # Ray Train's INFO lines (process groups, DDP wrapping) and its warnings that
+            # the state API is off (lofipipe starts Ray without the dashboard) are noise.
+            logging_config=LoggingConfig(log_level="ERROR")))
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the calling thread
+            failure.append(error)
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    with Progress("train", settings.epochs, unit="epoch") as progress:
+        rows = _epoch_rows(job.root, job.run)
+        seen = len(rows)
+        progress.done(count=sum(row["kind"] == "epoch" for row in rows))
+        while thread.is_alive():
+            thread.join(timeout=2.0)
+            rows = _epoch_rows(job.root, job.run)
+            for row in rows[seen:]:
+                if row["kind"] == "resume":
+                    progress.write(f"worker group restarted: resumed after epoch "
+                                   f"{row['epoch']} from its checkpoint")
+                    continue
+                progress.write(
+                    f"epoch {row['epoch']}/{settings.epochs}: loss {row['loss']:.4f}, val "
+                    f"mAP@{job.thresholds[0]:.2f} {100 * row['val_map'][0]:5.2f}, average "
+                    f"{100 * row['val_average_map']:5.2f} ({row['seconds']:.1f} s)")
+                progress.done()
+            seen = max(seen, len(rows))
+    if failure:
+        raise InputError(f"training run {job.run} failed: "
+                         f"{str(failure[0]).strip().splitlines()[-1]}") from None

@@ -1,0 +1,187 @@
+"""Features of one fingerprint as training samples: one video's [T, C] matrix read from
+its Parquet row group on demand, its ground truth in snippet units, windows of long
+videos, and padded batches for the TAL head."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from lofipipe.errors import InputError
+from lofipipe.models.tal_head import assign_targets
+from lofipipe.pipeline.features import LINEAGE, part_path
+from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
+from lofipipe.schemas.tables import ANNOTATIONS, FEATURES
+from lofipipe.storage import Store
+
+_CACHE_BYTES = 1 << 30  # decoded features a worker keeps between epochs
+
+
+@dataclass
+class VideoFeatures:
+    """One video's (or window's) features and ground truth."""
+
+    video_id: str
+    values: np.ndarray  # [T, C] float32
+    start: np.ndarray  # [T] snippet start, seconds
+    end: np.ndarray  # [T]
+    segments: np.ndarray  # [N, 2] seconds
+    labels: np.ndarray  # [N] label ids
+    first: int = 0  # index of values[0] among the video's snippets
+
+    @property
+    def grid(self) -> tuple[float, float]:
+        """(time of snippet 0's center, seconds between snippet centers) of the video."""
+        centers = (self.start + self.end) / 2
+        step = float(np.median(np.diff(centers))) if len(centers) > 1 else float(
+            self.end[0] - self.start[0])
+        return float(centers[0]) - self.first * step, step
+
+    def to_snippets(self, seconds: np.ndarray) -> np.ndarray:
+        """Times in seconds -> positions in this window's snippet units."""
+        origin, step = self.grid
+        return (seconds - origin) / step - self.first
+
+    def to_seconds(self, positions: np.ndarray) -> np.ndarray:
+        origin, step = self.grid
+        return origin + (positions + self.first) * step
+
+    def window(self, first: int, length: int, min_inside: float = 0.5) -> VideoFeatures:
+        """Snippets [first, first + length), with the actions at least `min_inside` of
+        whose length lies inside (clipped to the window)."""
+        last = min(first + length, len(self.values))
+        span = self.start[first], self.end[last - 1]
+        keep, clipped = [], []
+        for index, (begin, finish) in enumerate(self.segments):
+            inside = min(finish, span[1]) - max(begin, span[0])
+            if inside > 0 and inside >= min_inside * (finish - begin):
+                keep.append(index)
+                clipped.append((max(begin, span[0]), min(finish, span[1])))
+        return VideoFeatures(self.video_id, self.values[first:last], self.start[first:last],
+                             self.end[first:last], np.array(clipped, np.float64).reshape(-1, 2),
+                             self.labels[keep], self.first + first)
+
+
+class FeatureSet:
+    """The videos of one feature fingerprint under `root`, with their annotations."""
+
+    def __init__(self, root: Store, fingerprint: str):
+        self.root, self.fingerprint = root, fingerprint
+        folder = f"features/{fingerprint}"
+        if not root.exists(f"{folder}/{LINEAGE}"):
+            raise InputError(f"no features {fingerprint!r} under {root.url_of('features')} "
+                             f"(lofipipe features {root.url} lists them)")
+        self.lineage = json.loads(root.read_text(f"{folder}/{LINEAGE}"))
+        self.index: dict[str, tuple[int, int]] = {}  # video_id -> (part, row group)
+        for name in root.list(folder, pattern="part-*.stats.json"):
+            stats = json.loads(root.read_text(name))
+            for row, video_id in enumerate(stats["videos"]):
+                self.index[video_id] = (stats["part"], row)
+        if not self.index:
+            raise InputError(f"features {fingerprint} hold no videos yet: run lofipipe "
+                             f"extract to the end")
+        rows = ANNOTATIONS.check(root.read_table(ANNOTATIONS_PATH),
+                                 root.url_of(ANNOTATIONS_PATH)).to_pylist() \
+            if root.exists(ANNOTATIONS_PATH) else []
+        names = {row["label_id"]: row["label"] for row in rows}
+        self.label_names = [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+        self.subsets: dict[str, str] = {}
+        self.truth: dict[str, list[dict]] = {}
+        for row in rows:
+            self.subsets[row["video_id"]] = row["subset"]
+            self.truth.setdefault(row["video_id"], []).append(row)
+        self._files: dict[int, pq.ParquetFile] = {}
+        self._cache: OrderedDict[str, VideoFeatures] = OrderedDict()
+        self._cached = 0
+
+    def __getstate__(self):
+        return {**self.__dict__, "_files": {}, "_cache": OrderedDict(), "_cached": 0}
+
+    def videos(self, subset: str | None = None) -> list[str]:
+        """Video ids with features (and annotations of `subset`, if given), sorted."""
+        return sorted(v for v in self.index if subset is None or self.subsets.get(v) == subset)
+
+    @property
+    def dim(self) -> int:
+        return int(self.read(next(iter(sorted(self.index)))).values.shape[1])
+
+    def read(self, video_id: str) -> VideoFeatures:
+        """One video's features (from its row group) and ground truth."""
+        if video_id in self._cache:
+            self._cache.move_to_end(video_id)
+            return self._cache[video_id]
+        part, row = self.index[video_id]
+        if part not in self._files:
+            self._files[part] = pq.ParquetFile(self.root.open_arrow(
+                part_path(self.fingerprint, part)))
+        table = FEATURES.check(self._files[part].read_row_group(row),
+                               self.root.url_of(part_path(self.fingerprint, part)))
+        record = table.to_pylist()[0]
+        truth = self.truth.get(video_id, [])
+        video = VideoFeatures(
+            video_id, np.asarray(record["values"], np.float32).reshape(
+                record["num_snippets"], record["dim"]),
+            np.asarray(record["snippet_start"]), np.asarray(record["snippet_end"]),
+            np.array([[r["start"], r["end"]] for r in truth], np.float64).reshape(-1, 2),
+            np.array([r["label_id"] for r in truth], np.int64))
+        self._cache[video_id] = video
+        self._cached += video.values.nbytes
+        while self._cached > _CACHE_BYTES and len(self._cache) > 1:
+            _, dropped = self._cache.popitem(last=False)
+            self._cached -= dropped.values.nbytes
+        return video
+
+
+def training_window(video: VideoFeatures, length: int, rng: np.random.Generator
+                    ) -> VideoFeatures:
+    """A random window of `length` snippets of a longer video (the whole video otherwise)."""
+    if len(video.values) <= length:
+        return video
+    return video.window(int(rng.integers(0, len(video.values) - length + 1)), length)
+
+
+def inference_windows(video: VideoFeatures, length: int) -> list[VideoFeatures]:
+    """Windows covering the video, overlapping by half, the last one ending at its end."""
+    count = len(video.values)
+    if count <= length:
+        return [video]
+    starts = list(range(0, count - length, length // 2)) + [count - length]
+    return [video.window(first, length, min_inside=0.0) for first in starts]
+
+
+@dataclass
+class Batch:
+    features: torch.Tensor  # [B, C, T] padded
+    mask: torch.Tensor  # [B, T] bool
+    classes: torch.Tensor  # [B, P, K] over all pyramid points
+    distances: torch.Tensor  # [B, P, 2]
+
+
+def collate(videos: Sequence[VideoFeatures], num_classes: int, levels: int) -> Batch:
+    """Pads to a common length (a multiple of the coarsest stride) and assigns targets."""
+    multiple = 2 ** (levels - 1)
+    longest = max(len(v.values) for v in videos)
+    length = max(multiple, -(-longest // multiple) * multiple)
+    lengths, size = [], length
+    for _ in range(levels):
+        lengths.append(size)
+        size = -(-size // 2)
+    strides = [2 ** i for i in range(levels)]
+    features = torch.zeros(len(videos), videos[0].values.shape[1], length)
+    mask = torch.zeros(len(videos), length, dtype=torch.bool)
+    classes, distances = [], []
+    for index, video in enumerate(videos):
+        features[index, :, : len(video.values)] = torch.from_numpy(video.values.T)
+        mask[index, : len(video.values)] = True
+        target_classes, target_distances = assign_targets(
+            torch.from_numpy(video.to_snippets(video.segments)), torch.from_numpy(
+                video.labels), lengths, strides, num_classes)
+        classes.append(target_classes)
+        distances.append(target_distances)
+    return Batch(features, mask, torch.stack(classes), torch.stack(distances))
