@@ -202,10 +202,12 @@ def materialize(root, schedule, encoding, retry_failed, force, config, storage_o
                      force, retry_failed)
 
 
-def _run_extract(config: Config, root: Store, storage_options: dict, command: str) -> None:
+def _run_extract(config: Config, root: Store, storage_options: dict, command: str):
     from lofipipe.pipeline.extract import run_extract
 
-    _echo_summary(run_extract(config, root, storage_options, command), root)
+    summary = run_extract(config, root, storage_options, command)
+    _echo_summary(summary, root)
+    return summary
 
 
 @main.command()
@@ -406,8 +408,30 @@ def demo(directory, config, storage_options):
     click.echo(f"== materialize ({config.materialize.schedule}) -> {root.url_of('shards')}")
     _run_materialize(config, root, storage_options, command)
     click.echo(f"== extract ({config.extract.encoder}) -> {root.url_of('features')}")
-    _run_extract(config, root, storage_options, command)
+    features = _run_extract(config, root, storage_options, command).fingerprint
+    config = _demo_training(config, features)
+    click.echo(f"== train the head ({config.train.run}) -> {root.url_of('runs')}")
+    _run_train(config, root, storage_options, command)
     click.echo(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {root.url}")
+
+
+# The demo's training, sized for its 18 training videos of 32 snippets; a --set of any of
+# these keys wins.
+_DEMO_TRAIN = {"run": "demo", "epochs": 30, "batch_size": 2, "warmup_epochs": 2.0,
+               "head": {"dim": 128}}
+
+
+def _demo_training(config: Config, features: str) -> Config:
+    defaults = config_to_dict(Config().train)
+    chosen = config_to_dict(config.train)
+
+    def merge(demo: dict, default: dict, current: dict) -> dict:
+        return {key: merge(value, default[key], current[key]) if isinstance(value, dict)
+                else (value if current[key] == default[key] else current[key])
+                for key, value in demo.items()}
+
+    return _with_options(config, "train", features=features,
+                         **merge(_DEMO_TRAIN, defaults, chosen))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,6 +53,9 @@ def test_demo_makes_and_ingests_a_dataset(ray_local, tmp_path):
     assert "synth: 4 videos" in result.output
     assert "status: 4 ok, 0 failed" in result.output
     assert "demo finished in" in result.output
+    assert "run demo: 30 epochs on 1 workers" in result.output
+    assert "validation mAP (%) after the last epoch" in result.output
+    assert (tmp_path / "demo/root/runs/demo/predictions.json").exists()
     rows = pq.read_table(tmp_path / "demo/root/manifest/videos.parquet").to_pylist()
     assert [r["video_id"] for r in rows] == [f"synth_{i:04d}" for i in range(4)]
     assert {r["subset"] for r in rows} == {"training", "validation"}
@@ -70,7 +73,8 @@ def test_demo_as_a_user_runs_it(tmp_path):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "status: 6 ok, 0 failed" in result.stdout
-    assert "probe:" in result.stderr  # the live progress line
+    assert "run demo: 30 epochs" in result.stdout
+    assert "probe:" in result.stderr and "train:" in result.stderr  # live progress lines
 
 
 def test_saved_config_never_holds_credentials(tmp_path):

@@ -9,6 +9,7 @@ from cli_helpers import run
 from click.testing import CliRunner
 
 from lofipipe.cli import main
+from lofipipe.evaluation.baseline import class_prior_baseline
 from lofipipe.evaluation.detection import (
     ANET_TIOU,
     Segment,
@@ -158,3 +159,12 @@ def test_eval_errors_are_one_line(tmp_path):
                                            *map(str, args)])
         assert result.exit_code != 0 and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_class_prior_baseline():
+    training = [Segment("t1", "A", 0, 2), Segment("t1", "A", 5, 9), Segment("t2", "B", 1, 2)]
+    found = class_prior_baseline(training, {"v": (0.0, 6.0)})
+    by_class = {label: [(s.start, s.end, s.score) for s in found if s.label == label]
+                for label in ("A", "B")}
+    assert by_class["A"] == [(0.0, 3.0, 2 / 3), (1.5, 4.5, 2 / 3), (3.0, 6.0, 2 / 3)]
+    assert len(by_class["B"]) == 11 and by_class["B"][-1] == (5.0, 6.0, 1 / 3)

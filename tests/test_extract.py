@@ -56,11 +56,11 @@ def test_features_equal_an_in_process_forward(materialized, tmp_path):
         with torch.no_grad():
             direct = encoder(video.frames).numpy()
         values, spans = features[video.video_id]
-        assert values.shape == (32, 64)
+        assert values.shape == (32, 128)
         assert np.allclose(values, direct, atol=1e-5)
         assert np.allclose(spans[:, 0], video.start) and np.allclose(spans[:, 1], video.end)
         exported = np.load(tmp_path / "npy" / f"{video.video_id}.npy")
-        assert exported.shape == (32, 64) and exported.dtype == np.float32
+        assert exported.shape == (32, 128) and exported.dtype == np.float32
         assert np.allclose(exported, values)
         sidecar = json.loads((tmp_path / "npy" / f"{video.video_id}.json").read_text())
         assert np.allclose(sidecar["snippet_center"], video.center)
@@ -124,7 +124,7 @@ def test_from_videos_needs_no_shards_and_equals_raw_shards(materialized, tmp_pat
     _assert_same_features(read_features(Store(str(videos_root)), fingerprint),
                           read_features(Store(str(shards_root)), fingerprint))
     sidecar = json.loads((tmp_path / "npy/synth_0001.json").read_text())
-    assert sidecar["shape"] == [32, 64] and sidecar["clip_length_frames"] == 8
+    assert sidecar["shape"] == [32, 128] and sidecar["clip_length_frames"] == 8
 
     again = run("extract", videos_root, "--encoder", "tiny", "--schedule", "demo",
                 "--from", "videos", *SHARDS)

@@ -188,3 +188,20 @@ def test_training_on_s3(s3_bucket, ray_local):
         assert root.exists(f"runs/s3run/{name}"), name
     assert options["secret"] not in root.read_text("runs/s3run/config.yaml")
     assert latest_checkpoint(root, "s3run")["epoch"] == 2
+
+
+def test_windows_for_long_videos(tmp_path):
+    """Stride sampling: training on random 16-snippet windows of 32-snippet videos,
+    predicting over half-overlapping windows merged into one list per video."""
+    root = Store(str(tmp_path))
+    write_feature_set(root, videos=8)
+    videos = ["video_000", "video_001", "video_002", "video_003"]
+    job = _job(root, videos)
+    job.window = 16
+    trainer = HeadTrainer(job, log=lambda line: None)
+    trainer.run()
+    last = [r for r in trainer.rows if r["kind"] == "epoch"][-1]
+    assert last["val_map"][0] > 0.8, last["val_map"]
+    found = trainer.predict(trainer.data.read("video_000"))
+    assert len(found) <= 100
+    assert all(0.0 <= p["segment"][0] < p["segment"][1] <= 16.0 for p in found)

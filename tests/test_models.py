@@ -22,7 +22,7 @@ def test_shift_keeps_clips_apart():
     assert out[0, 1, 0] == 0 and out[1, 0, 1] == 0  # no value crosses from clip to clip
 
 
-@pytest.mark.parametrize("name, dim", [("tiny", 64), ("tsm_r18", 512), ("tsm_r50", 2048),
+@pytest.mark.parametrize("name, dim", [("tiny", 128), ("tsm_r18", 512), ("tsm_r50", 2048),
                                        ("vit_s", 384), ("vit_b", 768)])
 def test_encoders_shape_and_determinism(name, dim):
     torch.manual_seed(0)

@@ -2,12 +2,18 @@
 
 import io
 import os
+from dataclasses import replace
 
 import pytest
 import torch
 
 from lofipipe.errors import InputError
-from lofipipe.models.registry import ENCODERS, build_encoder, encoder_fingerprint
+from lofipipe.models.registry import (
+    ENCODERS,
+    architecture_digest,
+    build_encoder,
+    encoder_fingerprint,
+)
 from lofipipe.models.weights import load_weights, read_checkpoint
 from lofipipe.storage import Store
 
@@ -92,6 +98,11 @@ def test_fingerprint_follows_weights_and_preprocessing():
     assert base != encoder_fingerprint(spec, "sha256:bb", fidelity)
     assert base != encoder_fingerprint(spec, "sha256:aa", {**fidelity, "size": 112})
     assert base != encoder_fingerprint(ENCODERS["tsm_r50"], "sha256:aa", fidelity)
+    assert base != encoder_fingerprint(replace(spec, revision=2), "sha256:aa", fidelity)
+    with torch.device("meta"):
+        plain, losa = build_encoder("vit_s"), build_encoder("vit_s", losa=True)
+    assert architecture_digest(plain) != architecture_digest(losa)
+    assert base != encoder_fingerprint(spec, "sha256:aa", fidelity, architecture_digest(plain))
 
 
 @pytest.mark.s3

@@ -30,10 +30,14 @@ class EncoderSpec:
     size: int  # input pixels (square) at full fidelity
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # Raised whenever what the encoder computes changes, so its features get a new
+    # fingerprint (parameter shapes are hashed too, but not the forward pass).
+    revision: int = 1
 
 
 ENCODERS: dict[str, EncoderSpec] = {
-    "tiny": EncoderSpec("tiny", TinyVideoNet, 8, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "tiny": EncoderSpec("tiny", TinyVideoNet, 8, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                        revision=2),  # 2: spatial maximum, 128-d
     # TSM-ResNet with 8-frame snippets at 224, ImageNet normalization (LoFi, Sec. 4.1).
     "tsm_r18": EncoderSpec("tsm_r18", lambda: TSMResNet(18, 8), 8, 224, *_IMAGENET),
     "tsm_r50": EncoderSpec("tsm_r50", lambda: TSMResNet(50, 8), 8, 224, *_IMAGENET),
@@ -72,11 +76,20 @@ def build_encoder(name: str, losa: bool = False) -> Encoder:
     return Encoder(ENCODERS[name], losa)
 
 
-def encoder_fingerprint(spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any]) -> str:
-    """A short hash of what features depend on: architecture, weights (the checkpoint's
-    SHA-256, or a note that they are random with their seed) and preprocessing (input
-    fidelity and normalization)."""
-    record = {"encoder": spec.name, "frames": spec.frames, "mean": spec.mean,
+def architecture_digest(model: nn.Module) -> str:
+    """A hash of a model's parameter and buffer names and shapes (works on the meta
+    device, so no memory is spent)."""
+    shapes = [(name, list(value.shape)) for name, value in model.state_dict().items()]
+    return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+
+
+def encoder_fingerprint(spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any],
+                        architecture: str = "") -> str:
+    """A short hash of what features depend on: architecture (name, revision and
+    `architecture_digest`), weights (the checkpoint's SHA-256, or a note that they are
+    random with their seed) and preprocessing (input fidelity and normalization)."""
+    record = {"encoder": spec.name, "revision": spec.revision,
+              "architecture": architecture, "frames": spec.frames, "mean": spec.mean,
               "std": spec.std, "weights": weights, "fidelity": dict(fidelity)}
     text = json.dumps(record, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -17,7 +17,13 @@ import torch
 
 from lofipipe import __version__
 from lofipipe.errors import ConfigError, InputError
-from lofipipe.models.registry import ENCODERS, Encoder, build_encoder, encoder_fingerprint
+from lofipipe.models.registry import (
+    ENCODERS,
+    Encoder,
+    architecture_digest,
+    build_encoder,
+    encoder_fingerprint,
+)
 from lofipipe.models.weights import load_weights, read_checkpoint
 from lofipipe.pipeline.features import (
     LINEAGE,
@@ -146,11 +152,11 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
     if fidelity.frames != spec.frames:
         raise ConfigError(f"{spec.name} takes {spec.frames}-frame snippets, the {schedule.name} "
                           f"schedule's full fidelity has {fidelity.frames}")
+    with torch.device("meta"):  # names and shapes without the memory
+        skeleton = build_encoder(spec.name, settings.losa)
     if settings.checkpoint:
         state, digest = read_checkpoint(settings.checkpoint, storage_options)
-        with torch.device("meta"):  # checks names and shapes without the memory
-            _load(build_encoder(spec.name, settings.losa), state, settings.checkpoint,
-                  settings.losa)
+        _load(skeleton, state, settings.checkpoint, settings.losa)
         weights = f"sha256:{digest}"
     else:
         weights = f"random:seed={settings.seed}"
@@ -160,7 +166,8 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
     preprocessing = {**config_to_dict(fidelity), "sampling": schedule.sampling,
                      "fps": schedule.fps, "stride": schedule.stride, "losa": settings.losa,
                      "pixels": pixels}
-    fingerprint = encoder_fingerprint(spec, weights, preprocessing)
+    fingerprint = encoder_fingerprint(spec, weights, preprocessing,
+                                      architecture_digest(skeleton))
     summary = ExtractSummary(fingerprint, settings.source, parts=len(jobs),
                              random_weights=not settings.checkpoint)
     todo = []

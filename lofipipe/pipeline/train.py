@@ -22,7 +22,13 @@ import ray
 import yaml
 
 from lofipipe.errors import ConfigError, InputError
-from lofipipe.evaluation.detection import map_table, parse_thresholds
+from lofipipe.evaluation.baseline import class_prior_baseline
+from lofipipe.evaluation.detection import (
+    DetectionResult,
+    evaluate,
+    map_table,
+    parse_thresholds,
+)
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import load_schedule
@@ -45,16 +51,28 @@ class TrainSummary:
     workers: int
     seconds: float
     table: str
+    baseline: DetectionResult
     progress_line: str = ""
 
     def lines(self, root: Store) -> list[str]:
-        out = [f"run {self.run}: {self.epochs} epochs on {self.workers} workers in "
-               f"{self.seconds:.1f} s" + (f" (resumed after epoch {self.resumed_from})"
-                                          if self.resumed_from else ""),
-               "validation mAP (%) after the last epoch:", self.table,
-               f"checkpoints, metrics.parquet, predictions.json and report.png under "
-               f"{root.url_of('runs/' + self.run)}"]
-        return out
+        first = self.baseline.thresholds[0]
+        return [f"run {self.run}: {self.epochs} epochs on {self.workers} workers in "
+                f"{self.seconds:.1f} s" + (f" (resumed after epoch {self.resumed_from})"
+                                           if self.resumed_from else ""),
+                "validation mAP (%) after the last epoch:", self.table,
+                f"trivial baseline (class priors at every position, no features): "
+                f"mAP@{first:.2f} {100 * self.baseline.mAP[0]:.2f}, average "
+                f"{100 * self.baseline.average_mAP:.2f}",
+                f"checkpoints, metrics.parquet, predictions.json and report.png under "
+                f"{root.url_of('runs/' + self.run)}"]
+
+
+def _baseline(data: FeatureSet, train_videos: list[str], val_videos: list[str],
+              thresholds: tuple[float, ...]) -> DetectionResult:
+    spans = {v: (float(data.read(v).start[0]), float(data.read(v).end[-1]))
+             for v in val_videos}
+    return evaluate(data.ground_truth(val_videos), class_prior_baseline(
+        data.ground_truth(train_videos), spans), thresholds)
 
 
 def _worker(job: HeadJob) -> None:
@@ -118,7 +136,8 @@ def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
     if not root.exists(predictions_path(settings.run)):
         raise InputError(f"run {settings.run} ended without its predictions")
     return TrainSummary(settings.run, settings.epochs, done, settings.workers,
-                        time.monotonic() - started, map_table(thresholds, last["val_map"]))
+                        time.monotonic() - started, map_table(thresholds, last["val_map"]),
+                        _baseline(data, train_videos, val_videos, thresholds))
 
 
 def _train_on_ray(config: Config, root: Store, settings, train_videos: list[str],

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lofipipe.errors import InputError
+from lofipipe.evaluation.detection import Segment
 from lofipipe.models.tal_head import assign_targets
 from lofipipe.pipeline.features import LINEAGE, part_path
 from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
@@ -106,6 +107,15 @@ class FeatureSet:
     def videos(self, subset: str | None = None) -> list[str]:
         """Video ids with features (and annotations of `subset`, if given), sorted."""
         return sorted(v for v in self.index if subset is None or self.subsets.get(v) == subset)
+
+    def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
+        """The annotated actions of these videos, for evaluation."""
+        out = []
+        for video_id in video_ids:
+            video = self.read(video_id)
+            out += [Segment(video_id, self.label_names[label], float(a), float(b))
+                    for (a, b), label in zip(video.segments, video.labels, strict=True)]
+        return out
 
     @property
     def dim(self) -> int:

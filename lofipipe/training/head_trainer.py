@@ -218,11 +218,7 @@ class HeadTrainer:
             return {}, None
         predictions = {k: v for part in gathered for k, v in part.items()}
         predictions = {k: predictions[k] for k in sorted(predictions)}
-        truth = []
-        for video_id in self.job.val_videos:
-            video = self.data.read(video_id)
-            truth += [Segment(video_id, self.labels[label], float(a), float(b))
-                      for (a, b), label in zip(video.segments, video.labels, strict=True)]
+        truth = self.data.ground_truth(self.job.val_videos)
         found = [Segment(video_id, p["label"], *p["segment"], p["score"])
                  for video_id, items in predictions.items() for p in items]
         return predictions, evaluate(truth, found, self.job.thresholds)
