@@ -303,32 +303,60 @@ def _run_train(config: Config, root: Store, storage_options: dict, command: str)
     _echo_summary(run_train(config, root, storage_options, command), root)
 
 
+def _run_recipe(config: Config, root: Store, storage_options: dict, command: str) -> None:
+    from lofipipe.pipeline.recipe import run_lofi_recipe
+
+    _echo_summary(run_lofi_recipe(config, root, storage_options, command), root)
+
+
 @main.command()
 @click.argument("root")
-@click.option("--mode", type=click.Choice(["head"]),
-              help="head: the TAL head on extracted features.")
-@click.option("--features", help="Feature fingerprint (lofipipe features ROOT lists them).")
+@click.option("--mode", type=click.Choice(["head", "lofi", "losa"]),
+              help="head: the TAL head on extracted features; lofi: encoder and head end to "
+                   "end on the schedule's reduced-fidelity shards; losa: a frozen ViT's LoSA "
+                   "adapters and the head on the full-fidelity shards.")
+@click.option("--features", help="head: feature fingerprint (lofipipe features lists them).")
+@click.option("--schedule", help="lofi, losa: the schedule the shards were materialized with.")
+@click.option("--encoder", help="lofi, losa: encoder name (tiny, tsm_r18, ..., vit_s, ...).")
+@click.option("--checkpoint", help="lofi, losa: the encoder's starting weights (any URL).")
+@click.option("--recipe", type=click.Choice(["lofi"]),
+              help="lofi: LoFi end to end (runs NAME-lofi), full-fidelity features from the "
+                   "adapted encoder, then a head from scratch on them (NAME-head).")
 @click.option("--run", "run_name", help="Run name: outputs go to ROOT/runs/NAME/.")
 @click.option("--workers", type=int, help="Data-parallel Ray Train workers (default 1).")
 @click.option("--epochs", type=int, help="Training epochs (default 30).")
 @common_options
-def train(root, mode, features, run_name, workers, epochs, config, storage_options):
-    """Train the TAL head on Ray Train workers: AdamW with warm-up and cosine decay, the
-    validation mAP after every epoch, a checkpoint after every epoch.
+def train(root, mode, features, schedule, encoder, checkpoint, recipe, run_name, workers,
+          epochs, config, storage_options):
+    """Train on Ray Train workers: the TAL head on features (--mode head), or an encoder
+    and the head end to end on reduced-fidelity snippet shards (--mode lofi). AdamW with
+    warm-up and cosine decay, the validation mAP after every epoch, a checkpoint after
+    every epoch.
 
     Writes ROOT/runs/NAME/{config.yaml, checkpoints/, metrics.parquet, predictions.json,
-    report.png}. A worker that dies restarts the workers from the newest checkpoint, and
-    rerunning the same command resumes the run.
+    report.png}, and in lofi mode the adapted encoder.pt that extract --checkpoint loads.
+    A worker that dies restarts the workers from the newest checkpoint, and rerunning the
+    same command resumes the run.
 
     \b
     Examples:
       lofipipe train out/ --mode head --features 3f2a9c0d1e4b5a6c --run r1 --workers 2
       lofipipe train s3://bucket/anet --mode head --features 3f2a9c0d1e4b5a6c --run r1 \\
           --set train.lr=1e-4 --set train.tiou=0.3:0.7:0.1
+      lofipipe train out/ --mode lofi --schedule lofi-anet --encoder tsm_r18 \\
+          --checkpoint s3://bucket/ckpt/tsm_r18_k400.pth --run lofi1 --workers 4
+      lofipipe train out/ --recipe lofi --schedule lofi-anet --encoder tsm_r18 \\
+          --checkpoint s3://bucket/ckpt/tsm_r18_k400.pth --run anet
     """
-    config = _with_options(config, "train", mode=mode, features=features, run=run_name,
-                           workers=workers, epochs=epochs)
-    _run_train(config, Store(root, storage_options), storage_options, _command_line())
+    config = _with_options(config, "train", mode=mode, features=features, encoder=encoder,
+                           checkpoint=checkpoint, run=run_name, workers=workers,
+                           epochs=epochs)
+    config = _with_options(config, "materialize", schedule=schedule)
+    store = Store(root, storage_options)
+    if recipe:
+        _run_recipe(config, store, storage_options, _command_line())
+    else:
+        _run_train(config, store, storage_options, _command_line())
 
 
 @main.command(name="eval")
@@ -410,15 +438,19 @@ def demo(directory, config, storage_options):
     click.echo(f"== extract ({config.extract.encoder}) -> {root.url_of('features')}")
     features = _run_extract(config, root, storage_options, command).fingerprint
     config = _demo_training(config, features)
-    click.echo(f"== train the head ({config.train.run}) -> {root.url_of('runs')}")
+    click.echo(f"== train the head on the frozen encoder's features ({config.train.run}) -> "
+               f"{root.url_of('runs')}")
     _run_train(config, root, storage_options, command)
+    click.echo(f"== the LoFi recipe ({config.train.run}-lofi, then {config.train.run}-head) "
+               f"-> {root.url_of('runs')}")
+    _run_recipe(config, root, storage_options, command)
     click.echo(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {root.url}")
 
 
 # The demo's training, sized for its 18 training videos of 32 snippets; a --set of any of
 # these keys wins.
 _DEMO_TRAIN = {"run": "demo", "epochs": 30, "batch_size": 2, "warmup_epochs": 2.0,
-               "head": {"dim": 128}}
+               "encoder": "tiny", "encoder_epochs": 10, "head": {"dim": 128}}
 
 
 def _demo_training(config: Config, features: str) -> Config:

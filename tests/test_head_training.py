@@ -21,7 +21,8 @@ from lofipipe.schemas.config import load_config
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_checkpoint
 from lofipipe.training.feature_set import FeatureSet, inference_windows
-from lofipipe.training.head_trainer import HeadJob, HeadTrainer, lr_factor
+from lofipipe.training.head_trainer import HeadTrainer
+from lofipipe.training.trainer import TrainJob, lr_factor
 
 SMALL = ["--set", "train.head.dim=32", "--set", "train.head.levels=3",
          "--set", "train.batch_size=4", "--set", "train.warmup_epochs=1"]
@@ -33,8 +34,8 @@ def _job(root, videos, epochs=60, **changes):
                                   "train.warmup_epochs=2", "train.run=unit",
                                   f"train.features={FINGERPRINT}",
                                   *(f"train.{k}={v}" for k, v in changes.items())]).train
-    return HeadJob(root, "unit", FINGERPRINT, settings, videos, videos,
-                   parse_thresholds(settings.tiou), threads=2)
+    return TrainJob(root, "unit", settings, videos, videos, parse_thresholds(settings.tiou),
+                    threads=2)
 
 
 def test_feature_set_reads_one_video_and_its_truth(tmp_path):

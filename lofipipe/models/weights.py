@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lofipipe.errors import InputError, one_line
+from lofipipe.models.registry import Encoder, build_encoder
 from lofipipe.storage import Store
 
 # Wrappers that training code puts around a model's own parameter names.
@@ -93,3 +94,25 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], name: str)
     # are; a real one copies them into its own.
     model.load_state_dict(mapped, strict=True,
                           assign=any(p.is_meta for p in model.parameters()))
+
+
+def build_weighted_encoder(name: str, losa: bool, checkpoint: str | None,
+                           options: Mapping[str, Any], seed: int) -> Encoder:
+    """The encoder with its checkpoint's weights, or random ones drawn from `seed`."""
+    torch.manual_seed(seed)
+    encoder = build_encoder(name, losa)
+    if checkpoint:
+        load_encoder_weights(encoder, read_checkpoint(checkpoint, options)[0], checkpoint, losa)
+    return encoder
+
+
+def load_encoder_weights(encoder: Encoder, state, checkpoint: str, losa: bool) -> None:
+    """Loads a checkpoint's state into `encoder` (a LoSA encoder also takes backbone-only
+    weights)."""
+    label = checkpoint.rsplit("/", 1)[-1]
+    try:
+        load_weights(encoder.net, state, label)
+    except InputError:
+        if not losa:
+            raise
+        load_weights(encoder.net.backbone, state, label)  # backbone-only weights

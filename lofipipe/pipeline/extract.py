@@ -16,15 +16,18 @@ import ray
 import torch
 
 from lofipipe import __version__
-from lofipipe.errors import ConfigError, InputError
+from lofipipe.errors import ConfigError
 from lofipipe.models.registry import (
     ENCODERS,
-    Encoder,
     architecture_digest,
     build_encoder,
     encoder_fingerprint,
 )
-from lofipipe.models.weights import load_weights, read_checkpoint
+from lofipipe.models.weights import (
+    build_weighted_encoder,
+    load_encoder_weights,
+    read_checkpoint,
+)
 from lofipipe.pipeline.features import (
     LINEAGE,
     FeatureExtractor,
@@ -40,26 +43,6 @@ from lofipipe.schemas.config import Config, config_to_dict
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.storage import Store, redact
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
-
-
-def build_weighted_encoder(name: str, losa: bool, checkpoint: str | None,
-                           options: Mapping[str, Any], seed: int) -> Encoder:
-    """The encoder with its checkpoint's weights, or random ones drawn from `seed`."""
-    torch.manual_seed(seed)
-    encoder = build_encoder(name, losa)
-    if checkpoint:
-        _load(encoder, read_checkpoint(checkpoint, options)[0], checkpoint, losa)
-    return encoder
-
-
-def _load(encoder: Encoder, state, checkpoint: str, losa: bool) -> None:
-    label = checkpoint.rsplit("/", 1)[-1]
-    try:
-        load_weights(encoder.net, state, label)
-    except InputError:
-        if not losa:
-            raise
-        load_weights(encoder.net.backbone, state, label)  # backbone-only weights
 
 
 @dataclass
@@ -156,7 +139,7 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
         skeleton = build_encoder(spec.name, settings.losa)
     if settings.checkpoint:
         state, digest = read_checkpoint(settings.checkpoint, storage_options)
-        _load(skeleton, state, settings.checkpoint, settings.losa)
+        load_encoder_weights(skeleton, state, settings.checkpoint, settings.losa)
         weights = f"sha256:{digest}"
     else:
         weights = f"random:seed={settings.seed}"

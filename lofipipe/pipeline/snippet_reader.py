@@ -15,10 +15,9 @@ import pyarrow.parquet as pq
 import torch
 
 from lofipipe.errors import InputError
+from lofipipe.pipeline.annotation_index import AnnotationIndex
 from lofipipe.pipeline.frame_codec import decode_jpeg_frames
-from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
 from lofipipe.pipeline.shards import stats_path
-from lofipipe.schemas.tables import ANNOTATIONS
 from lofipipe.storage import Store
 
 
@@ -70,7 +69,14 @@ class SnippetReader:
 
     def __init__(self, root: Store, fidelity: str):
         self.root, self.fidelity = root, fidelity
-        self._labels: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self._index: AnnotationIndex | None = None
+        self._shard_of: dict[str, str] | None = None
+
+    @property
+    def annotations(self) -> AnnotationIndex:
+        if self._index is None:
+            self._index = AnnotationIndex(self.root)
+        return self._index
 
     def shards(self) -> list[str]:
         """Paths of the committed shards (those with their stats marker), in order."""
@@ -92,10 +98,21 @@ class SnippetReader:
         for video in self.videos(video_ids):
             yield from video.windows(length, stride)
 
+    def read_video(self, video_id: str) -> VideoSnippets:
+        """One video's snippets, reading only the row groups that hold them."""
+        if self._shard_of is None:
+            self._shard_of = {video: shard for shard, stats in zip(
+                self.shards(), self.stats(), strict=True) for video in stats["videos"]}
+        if video_id not in self._shard_of:
+            raise InputError(f"no snippets of video {video_id!r} at fidelity "
+                             f"{self.fidelity!r}")
+        with self.root.open_arrow(self._shard_of[video_id]) as handle:
+            table = pq.read_table(handle, filters=[("video_id", "=", video_id)])
+        return self._video(table)
+
     def read_shard(self, shard: str, video_ids: set[str] | None = None
                    ) -> Iterator[VideoSnippets]:
         """The videos of one shard, in order, one at a time."""
-        labels = self._annotations()
         pending: list[pa.RecordBatch] = []
         with self.root.open_arrow(shard) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=_READ_ROWS):
@@ -105,18 +122,17 @@ class SnippetReader:
                     part = batch.slice(first, last - first)
                     if pending and pending[0].column("video_id")[0] != part.column(
                             "video_id")[0]:
-                        yield from self._finish(pending, labels, video_ids)
+                        yield from self._finish(pending, video_ids)
                         pending = []
                     pending.append(part)
         if pending:
-            yield from self._finish(pending, labels, video_ids)
+            yield from self._finish(pending, video_ids)
 
-    def _finish(self, parts: list[pa.RecordBatch], labels, video_ids
-                ) -> Iterator[VideoSnippets]:
+    def _finish(self, parts: list[pa.RecordBatch], video_ids) -> Iterator[VideoSnippets]:
         table = pa.Table.from_batches(parts)
         video_id = table.column("video_id")[0].as_py()
         if video_ids is None or video_id in video_ids:
-            yield self._video(table, labels)
+            yield self._video(table)
 
     def dataset(self, video_ids: set[str] | None = None, window: int | None = None):
         """The same videos (or windows of `window` snippets) as a Ray Dataset, one row each
@@ -127,31 +143,11 @@ class SnippetReader:
         return ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(
             functools.partial(_shard_rows, self, video_ids, window))
 
-    def _annotation_rows(self) -> list[dict]:
-        if not self.root.exists(ANNOTATIONS_PATH):
-            return []
-        return ANNOTATIONS.check(self.root.read_table(ANNOTATIONS_PATH),
-                                 self.root.url_of(ANNOTATIONS_PATH)).to_pylist()
-
     def label_names(self) -> list[str]:
         """Label names by label id."""
-        names = {row["label_id"]: row["label"] for row in self._annotation_rows()}
-        return [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+        return self.annotations.label_names
 
-    def _annotations(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        if self._labels is None:
-            self._labels = {}
-            grouped: dict[str, list] = {}
-            for row in self._annotation_rows():
-                grouped.setdefault(row["video_id"], []).append(row)
-            if grouped:
-                self._labels = {
-                    video_id: (np.array([[r["start"], r["end"]] for r in rs], np.float64),
-                               np.array([r["label_id"] for r in rs], np.int64))
-                    for video_id, rs in grouped.items()}
-        return self._labels
-
-    def _video(self, table: pa.Table, labels) -> VideoSnippets:
+    def _video(self, table: pa.Table) -> VideoSnippets:
         index = table.column("index").to_numpy()
         if np.any(np.diff(index) < 0):  # shards are written in order; this is a safeguard
             table = table.take(np.argsort(index, kind="stable"))
@@ -179,7 +175,7 @@ class SnippetReader:
         def column(name):
             return table.column(name).to_numpy()
 
-        segments, label_ids = labels.get(video_id, (np.zeros((0, 2)), np.zeros(0, np.int64)))
+        segments, label_ids = self.annotations.segments(video_id)
         return VideoSnippets(
             video_id=video_id, fidelity=table.column("fidelity")[0].as_py(),
             frames=torch.from_numpy(frames),

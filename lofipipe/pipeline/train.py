@@ -1,5 +1,5 @@
 """The train graph: a Ray Train (`TorchTrainer`) job of data-parallel workers, each
-running `training.head_trainer.HeadTrainer` on its slice of every global batch.
+running a `training.trainer.Trainer` on its slice of every global batch.
 
 Checkpoints, metrics, predictions and the report go to `ROOT/runs/<run>/` on any storage.
 A worker that dies restarts the worker group from the newest checkpoint (`FailureConfig`),
@@ -9,6 +9,7 @@ and rerunning the same command resumes the run the same way; the resolved config
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 import yaml
 
 from lofipipe.errors import ConfigError, InputError
@@ -29,6 +31,10 @@ from lofipipe.evaluation.detection import (
     map_table,
     parse_thresholds,
 )
+from lofipipe.models.registry import ENCODERS, build_encoder
+from lofipipe.pipeline.annotation_index import AnnotationIndex
+from lofipipe.pipeline.shards import fidelity_lineage
+from lofipipe.pipeline.snippet_reader import SnippetReader
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import load_schedule
@@ -36,7 +42,9 @@ from lofipipe.schemas.tables import METRICS
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_epoch
 from lofipipe.training.feature_set import FeatureSet
-from lofipipe.training.head_trainer import HeadJob, HeadTrainer, predictions_path
+from lofipipe.training.head_trainer import HeadTrainer
+from lofipipe.training.lofi_trainer import LofiTrainer, LosaTrainer
+from lofipipe.training.trainer import TrainJob, predictions_path
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
 
 # Settings a resumed run may change: they do not alter what it computes.
@@ -67,22 +75,15 @@ class TrainSummary:
                 f"{root.url_of('runs/' + self.run)}"]
 
 
-def _baseline(data: FeatureSet, train_videos: list[str], val_videos: list[str],
-              thresholds: tuple[float, ...]) -> DetectionResult:
-    spans = {v: (float(data.read(v).start[0]), float(data.read(v).end[-1]))
-             for v in val_videos}
-    return evaluate(data.ground_truth(val_videos), class_prior_baseline(
-        data.ground_truth(train_videos), spans), thresholds)
-
-
-def _worker(job: HeadJob) -> None:
+def _worker(job: TrainJob) -> None:
     """Runs in each Ray Train worker."""
     import ray.train
     import ray.train.torch
 
     context = ray.train.get_context()
-    trainer = HeadTrainer(job, context.get_world_rank(), context.get_world_size(),
-                          wrap=ray.train.torch.prepare_model, log=lambda line: None)
+    kind = {"head": HeadTrainer, "lofi": LofiTrainer, "losa": LosaTrainer}[job.settings.mode]
+    trainer = kind(job, context.get_world_rank(), context.get_world_size(),
+                   wrap=ray.train.torch.prepare_model, log=lambda line: None)
     trainer.run()  # the driver shows its epochs from the run's metrics
 
 
@@ -100,53 +101,92 @@ def _check_resume(root: Store, config: Config) -> None:
                           f"its own settings, or choose a new --run name")
 
 
-def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
-              command: str) -> TrainSummary:
-    """Trains (or resumes) the head of `config.train.run` on Ray Train workers."""
+def _head_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[str], int]:
+    """Head mode: the feature set's annotations, videos and window."""
     settings = config.train
-    if not settings.run:
-        raise ConfigError("train.run: name the run (--run NAME)")
     if not settings.features:
         raise ConfigError(f"train.features: name the feature fingerprint (--features; "
                           f"lofipipe features {root.url} lists them)")
     data = FeatureSet(root, settings.features)
-    train_videos = data.videos(settings.train_subset)
-    val_videos = data.videos(settings.val_subset)
+    schedule = load_schedule(data.lineage["schedule"])
+    window = settings.head.window or schedule.full.snippets
+    return data.annotations, set(data.index), window if schedule.sampling == "stride" else 0
+
+
+def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[str], int]:
+    """LoFi and LoSA modes: the videos with shards at every fidelity the mode trains on
+    (LoFi: the schedule's reduced ones; LoSA: the full one)."""
+    schedule = load_schedule(config.materialize.schedule)
+    losa = config.train.mode == "losa"
+    with torch.device("meta"):  # unknown names and LoSA on a non-ViT are config errors
+        build_encoder(config.train.encoder, losa)
+    if ENCODERS[config.train.encoder].frames != schedule.full.frames:
+        raise ConfigError(f"{config.train.encoder} takes {ENCODERS[config.train.encoder].frames}"
+                          f"-frame snippets, the {schedule.name} schedule has "
+                          f"{schedule.full.frames}")
+    videos = None
+    fidelities = (schedule.full,) if losa else schedule.train
+    for fidelity in fidelities:
+        stats = SnippetReader(root, fidelity.name).stats()
+        expected = json.loads(json.dumps(fidelity_lineage(schedule, fidelity.name, "")))
+        for record in stats:
+            if {**record["lineage"], "encoding": ""} != expected:
+                raise ConfigError(f"the {fidelity.name} shards under {root.url} were "
+                                  f"materialized for schedule {record['lineage']['schedule']!r},"
+                                  f" not {schedule.name!r}: pass --schedule "
+                                  f"{record['lineage']['schedule']}")
+        found = {video for record in stats for video in record["videos"]}
+        videos = found if videos is None else videos & found
+    validation = max(fidelities, key=lambda f: (f.snippets, f.size))
+    window = validation.snippets if schedule.sampling == "stride" else 0
+    return AnnotationIndex(root), videos or set(), window
+
+
+def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
+              command: str) -> TrainSummary:
+    """Trains (or resumes) run `config.train.run` on Ray Train workers."""
+    settings = config.train
+    if not settings.run:
+        raise ConfigError("train.run: name the run (--run NAME)")
+    inputs = _head_inputs if settings.mode == "head" else _snippet_inputs
+    annotations, available, window = inputs(config, root)
+    if not annotations.label_names:
+        raise InputError(f"no annotations under {root.url}: run lofipipe ingest with "
+                         f"--annotations")
+    train_videos, val_videos = ([v for v in annotations.videos(subset) if v in available]
+                                for subset in (settings.train_subset, settings.val_subset))
     for subset, videos in ((settings.train_subset, train_videos),
                            (settings.val_subset, val_videos)):
         if len(videos) < settings.workers:
-            raise InputError(f"features {settings.features}: {len(videos)} annotated videos "
-                             f"of subset {subset!r}, fewer than the {settings.workers} "
-                             f"workers")
-    if not data.label_names:
-        raise InputError(f"no annotations under {root.url}: run lofipipe ingest with "
-                         f"--annotations")
+            raise InputError(f"{len(videos)} annotated videos of subset {subset!r} have "
+                             f"{'features' if settings.mode == 'head' else 'shards'}, fewer "
+                             f"than the {settings.workers} workers")
     thresholds = parse_thresholds(settings.tiou)
-    schedule = load_schedule(data.lineage["schedule"])
-    window = 0
-    if schedule.sampling == "stride":
-        window = settings.head.window or schedule.full.snippets
     _check_resume(root, config)
     root.write_text(f"runs/{settings.run}/config.yaml", config_to_yaml(config, command))
     done = latest_epoch(root, settings.run)
     started = time.monotonic()
     if done < settings.epochs or not root.exists(predictions_path(settings.run)):
-        _train_on_ray(config, root, settings, train_videos, val_videos, thresholds, window)
+        _train_on_ray(config, root, train_videos, val_videos, thresholds, window)
     last = [r for r in _epoch_rows(root, settings.run) if r["kind"] == "epoch"][-1]
     if not root.exists(predictions_path(settings.run)):
         raise InputError(f"run {settings.run} ended without its predictions")
+    truth = annotations.ground_truth
+    baseline = evaluate(truth(val_videos), class_prior_baseline(truth(train_videos), {
+        v: (0.0, annotations.durations[v]) for v in val_videos}), thresholds)
     return TrainSummary(settings.run, settings.epochs, done, settings.workers,
                         time.monotonic() - started, map_table(thresholds, last["val_map"]),
-                        _baseline(data, train_videos, val_videos, thresholds))
+                        baseline)
 
 
-def _train_on_ray(config: Config, root: Store, settings, train_videos: list[str],
+def _train_on_ray(config: Config, root: Store, train_videos: list[str],
                   val_videos: list[str], thresholds: tuple[float, ...], window: int) -> None:
+    settings = config.train
     ensure_ray(config.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     threads = max(1, cluster_cpus() // settings.workers)
-    job = HeadJob(root, settings.run, settings.features, settings, train_videos, val_videos,
-                  thresholds, window, 1 if gpus else threads)
+    job = TrainJob(root, settings.run, settings, train_videos, val_videos, thresholds, window,
+                   1 if gpus else threads, config.materialize.schedule)
     _fit(job, gpus > 0, threads)
 
 
@@ -158,7 +198,7 @@ def _epoch_rows(root: Store, run: str) -> list[dict[str, Any]]:
     return [r for r in rows if r["kind"] != "step"]
 
 
-def _fit(job: HeadJob, use_gpu: bool, threads: int) -> None:
+def _fit(job: TrainJob, use_gpu: bool, threads: int) -> None:
     """Runs the TorchTrainer while showing epochs done from the run's metrics."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -152,8 +152,16 @@ class HeadConfig:
 class TrainConfig:
     """A training run: Ray Train workers, AdamW with warm-up and cosine decay."""
 
-    mode: Literal["head"] = "head"  # head: the TAL head on extracted features
-    features: str | None = None  # the feature fingerprint (lofipipe features ROOT lists them)
+    # head: the TAL head on extracted features; lofi: encoder and head end to end on the
+    # reduced-fidelity snippet shards of `materialize.schedule`; losa: a frozen ViT's LoSA
+    # adapters and the head on its full-fidelity shards
+    mode: Literal["head", "lofi", "losa"] = "head"
+    features: str | None = None  # head: the feature fingerprint (lofipipe features lists them)
+    encoder: str = "tsm_r18"  # lofi, losa: a name from lofipipe.models.registry.ENCODERS
+    checkpoint: str | None = None  # lofi, losa: the encoder's starting weights (URL)
+    encoder_epochs: int = 10  # the LoFi recipe's stage 2 (train.epochs is stage 3's)
+    activation_checkpointing: bool = False  # lofi, losa: recompute encoder activations
+    mixed_precision: bool = True  # lofi, losa, on GPU: autocast
     run: str | None = None  # runs/<run>/; rerunning a run resumes it
     workers: int = 1  # data-parallel Ray Train workers
     epochs: int = 30
@@ -173,6 +181,7 @@ class TrainConfig:
     def __post_init__(self):
         _check(self.workers >= 1, "workers", "must be at least 1")
         _check(self.epochs >= 1, "epochs", "must be at least 1")
+        _check(self.encoder_epochs >= 1, "encoder_epochs", "must be at least 1")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         _check(self.batch_size >= self.workers, "batch_size",
                f"must be at least the number of workers ({self.workers})")

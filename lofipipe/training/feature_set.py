@@ -14,11 +14,10 @@ import pyarrow.parquet as pq
 import torch
 
 from lofipipe.errors import InputError
-from lofipipe.evaluation.detection import Segment
 from lofipipe.models.tal_head import assign_targets
+from lofipipe.pipeline.annotation_index import AnnotationIndex
 from lofipipe.pipeline.features import LINEAGE, part_path
-from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
-from lofipipe.schemas.tables import ANNOTATIONS, FEATURES
+from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
 
 _CACHE_BYTES = 1 << 30  # decoded features a worker keeps between epochs
@@ -87,16 +86,9 @@ class FeatureSet:
         if not self.index:
             raise InputError(f"features {fingerprint} hold no videos yet: run lofipipe "
                              f"extract to the end")
-        rows = ANNOTATIONS.check(root.read_table(ANNOTATIONS_PATH),
-                                 root.url_of(ANNOTATIONS_PATH)).to_pylist() \
-            if root.exists(ANNOTATIONS_PATH) else []
-        names = {row["label_id"]: row["label"] for row in rows}
-        self.label_names = [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
-        self.subsets: dict[str, str] = {}
-        self.truth: dict[str, list[dict]] = {}
-        for row in rows:
-            self.subsets[row["video_id"]] = row["subset"]
-            self.truth.setdefault(row["video_id"], []).append(row)
+        self.annotations = AnnotationIndex(root)
+        self.label_names = self.annotations.label_names
+        self.subsets = self.annotations.subsets
         self._files: dict[int, pq.ParquetFile] = {}
         self._cache: OrderedDict[str, VideoFeatures] = OrderedDict()
         self._cached = 0
@@ -107,15 +99,6 @@ class FeatureSet:
     def videos(self, subset: str | None = None) -> list[str]:
         """Video ids with features (and annotations of `subset`, if given), sorted."""
         return sorted(v for v in self.index if subset is None or self.subsets.get(v) == subset)
-
-    def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
-        """The annotated actions of these videos, for evaluation."""
-        out = []
-        for video_id in video_ids:
-            video = self.read(video_id)
-            out += [Segment(video_id, self.label_names[label], float(a), float(b))
-                    for (a, b), label in zip(video.segments, video.labels, strict=True)]
-        return out
 
     @property
     def dim(self) -> int:
@@ -133,13 +116,11 @@ class FeatureSet:
         table = FEATURES.check(self._files[part].read_row_group(row),
                                self.root.url_of(part_path(self.fingerprint, part)))
         record = table.to_pylist()[0]
-        truth = self.truth.get(video_id, [])
         video = VideoFeatures(
             video_id, np.asarray(record["values"], np.float32).reshape(
                 record["num_snippets"], record["dim"]),
             np.asarray(record["snippet_start"]), np.asarray(record["snippet_end"]),
-            np.array([[r["start"], r["end"]] for r in truth], np.float64).reshape(-1, 2),
-            np.array([r["label_id"] for r in truth], np.int64))
+            *self.annotations.segments(video_id))
         self._cache[video_id] = video
         self._cached += video.values.nbytes
         while self._cached > _CACHE_BYTES and len(self._cache) > 1:
@@ -187,7 +168,8 @@ def collate(videos: Sequence[VideoFeatures], num_classes: int, levels: int) -> B
     mask = torch.zeros(len(videos), length, dtype=torch.bool)
     classes, distances = [], []
     for index, video in enumerate(videos):
-        features[index, :, : len(video.values)] = torch.from_numpy(video.values.T)
+        # Values may be an encoder's output (lofi mode): the copy keeps their gradient.
+        features[index, :, : len(video.values)] = torch.as_tensor(video.values).T
         mask[index, : len(video.values)] = True
         target_classes, target_distances = assign_targets(
             torch.from_numpy(video.to_snippets(video.segments)), torch.from_numpy(

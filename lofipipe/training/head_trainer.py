@@ -1,250 +1,55 @@
-"""Training the TAL head on extracted features: what each data-parallel worker runs.
-
-Plain PyTorch; `torch.distributed` is used where it is initialized (Ray Train sets it up),
-so the same loop runs in-process in tests. Every worker draws the same global order of
-training videos each epoch and takes its slice of each global batch, and losses are
-normalized by the global number of positive points, so N workers compute the gradient of
-one worker with the same global batch.
-"""
+"""Head mode: the TAL head alone, on a feature set's [T, C] matrices."""
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as dist
 from torch import nn
 
-from lofipipe import __version__
-from lofipipe.evaluation.detection import DetectionResult, Segment, evaluate
-from lofipipe.models.tal_head import TALHead, diou_loss_1d, sigmoid_focal_loss
-from lofipipe.models.tal_postprocess import PostProcessing, detect, soft_nms
-from lofipipe.schemas.config import TrainConfig
-from lofipipe.storage import Store
-from lofipipe.training.checkpoints import latest_checkpoint, save_checkpoint
-from lofipipe.training.feature_set import (
-    Batch,
-    FeatureSet,
-    VideoFeatures,
-    collate,
-    inference_windows,
-    training_window,
-)
-from lofipipe.training.run_report import write_metrics, write_report_plot
+from lofipipe.evaluation.detection import Segment
+from lofipipe.models.tal_head import HeadOutput, TALHead
+from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_window
+from lofipipe.training.trainer import StepPlan, Trainer
 
 
-@dataclass
-class HeadJob:
-    """What every worker of a head-training run is given."""
+class HeadTrainer(Trainer):
+    """Trains the head on the features of `job.settings.features`."""
 
-    root: Store
-    run: str
-    fingerprint: str
-    settings: TrainConfig
-    train_videos: list[str]
-    val_videos: list[str]
-    thresholds: tuple[float, ...]
-    window: int = 0  # snippets per window (stride sampling); 0: whole videos
-    threads: int = 1
-
-
-def predictions_path(run: str) -> str:
-    return f"runs/{run}/predictions.json"
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def _all_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def _all_gather(value: Any) -> list[Any]:
-    if dist.is_available() and dist.is_initialized():
-        out = [None] * dist.get_world_size()
-        dist.all_gather_object(out, value)
-        return out
-    return [value]
-
-
-def head_losses(head_output, batch: Batch, world: int) -> tuple[torch.Tensor, list[float]]:
-    """The loss to back-propagate (scaled so that averaging over `world` workers gives the
-    global gradient) and the global [loss, classification, regression] values."""
-    logits = torch.cat(head_output.logits, dim=1)
-    offsets = torch.cat(head_output.offsets, dim=1)
-    valid = torch.cat(head_output.masks, dim=1)
-    positive = (batch.classes.sum(-1) > 0) & valid
-    count = _all_sum([float(positive.sum())])[0]
-    normalizer = max(count, 1.0)
-    cls_loss = sigmoid_focal_loss(logits[valid], batch.classes[valid]) / normalizer
-    reg_loss = diou_loss_1d(offsets[positive], batch.distances[positive]) / normalizer
-    loss = cls_loss + reg_loss
-    totals = _all_sum([loss.item(), cls_loss.item(), reg_loss.item()])
-    return loss * world, totals
-
-
-class HeadTrainer:
-    """Trains, validates and checkpoints the head of one run on one worker."""
-
-    def __init__(self, job: HeadJob, rank: int = 0, world: int = 1,
-                 wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
-                 log: Callable[[str], None] = print):
-        self.job, self.rank, self.world, self.log = job, rank, world, log
-        settings = job.settings
-        torch.set_num_threads(job.threads)
-        self.data = FeatureSet(job.root, job.fingerprint)
+    def build_model(self) -> nn.Module:
+        settings = self.job.settings
+        self.data = FeatureSet(self.job.root, settings.features)
         self.labels = self.data.label_names
-        torch.manual_seed(settings.seed)
-        self.head = TALHead(self.data.dim, len(self.labels), settings.head.dim,
-                            settings.head.levels)
-        decay = [p for p in self.head.parameters() if p.ndim > 1]
-        flat = [p for p in self.head.parameters() if p.ndim <= 1]  # norms, biases, scales
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": settings.weight_decay},
-             {"params": flat, "weight_decay": 0.0}], lr=settings.lr)
-        self.steps_per_epoch = max(1, len(job.train_videos) // settings.batch_size)
-        total = settings.epochs * self.steps_per_epoch
-        warmup = round(settings.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, warmup, total))
-        self.post = PostProcessing(pre_nms_topk=settings.head.pre_nms_topk,
-                                   sigma=settings.head.nms_sigma,
-                                   max_segments=settings.head.max_segments)
-        self.rows: list[dict[str, Any]] = []
-        self.epoch = 0
-        state = latest_checkpoint(job.root, job.run)
-        if state is not None:
-            self.head.load_state_dict(state["head"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.rows, self.epoch = list(state["metrics"]), int(state["epoch"])
-            if self.epoch < settings.epochs:  # recorded with the next checkpoint
-                self.rows.append({"kind": "resume", "epoch": self.epoch,
-                                  "step": self.epoch * self.steps_per_epoch})
-            if rank == 0:
-                self.log(f"resuming {job.run} after epoch {self.epoch} from its checkpoint")
-        self.model = wrap(self.head)
+        self._head = TALHead(self.data.dim, len(self.labels), settings.head.dim,
+                             settings.head.levels)
+        return self._head
 
-    def run(self) -> None:
-        """Trains the remaining epochs; worker 0 checkpoints each and writes the final
-        predictions."""
-        predictions = None
-        while self.epoch < self.job.settings.epochs:
-            started = time.perf_counter()
-            steps = self._train_epoch()
-            predictions, result = self.validate()
-            self.epoch += 1
-            self._finish_epoch(steps, result, time.perf_counter() - started)
-        if predictions is None and self.job.root.exists(predictions_path(self.job.run)):
-            return  # a finished run, rerun
-        if predictions is None:  # finished, but stopped before writing its predictions
-            predictions, _ = self.validate()
-        if self.rank == 0:
-            self.job.root.write_text(predictions_path(self.job.run), json.dumps(
-                {"version": f"lofipipe {__version__}", "results": predictions,
-                 "external_data": {"features": self.job.fingerprint}}))
+    @property
+    def head(self) -> TALHead:
+        return self._head
 
-    def _train_epoch(self) -> list[dict[str, Any]]:
-        job, settings = self.job, self.job.settings
-        self.model.train()
-        order = np.random.default_rng([settings.seed, self.epoch]).permutation(
-            len(job.train_videos))
-        size = min(settings.batch_size, len(order))
-        rows = []
-        for step in range(self.steps_per_epoch):
-            started = time.perf_counter()
-            chosen = order[step * size: (step + 1) * size][self.rank:: self.world]
-            videos = [training_window(self.data.read(job.train_videos[i]), job.window,
-                                      np.random.default_rng([settings.seed, self.epoch, i]))
-                      if job.window else self.data.read(job.train_videos[i]) for i in chosen]
-            batch = collate(videos, len(self.labels), settings.head.levels)
-            loss, (total, cls_loss, reg_loss) = head_losses(
-                self.model(batch.features, batch.mask), batch, self.world)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.clip_grad_norm > 0:
-                nn.utils.clip_grad_norm_(self.head.parameters(), settings.clip_grad_norm)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            rows.append({"kind": "step", "epoch": self.epoch + 1,
-                         "step": self.epoch * self.steps_per_epoch + step + 1, "loss": total,
-                         "cls_loss": cls_loss, "reg_loss": reg_loss, "lr": lr,
-                         "seconds": time.perf_counter() - started})
-        return rows
+    def epoch_plan(self, epoch: int) -> list[StepPlan]:
+        size = self.job.settings.batch_size
+        return [StepPlan(None, size)] * max(1, len(self.job.train_videos) // size)
 
-    def predict(self, video: VideoFeatures) -> list[dict[str, Any]]:
-        """ActivityNet-format detections of one video, best first."""
-        windows = inference_windows(video, self.job.window or len(video.values))
-        segments, scores, labels = [], [], []
-        self.head.eval()
-        with torch.no_grad():
-            for part in windows:
-                batch = collate([part], len(self.labels), self.job.settings.head.levels)
-                found = detect(self.head(batch.features, batch.mask), 0, len(part.values),
-                               self.post)
-                segments.append(part.to_seconds(found[0]))
-                scores.append(found[1])
-                labels.append(found[2])
-        segments, scores, labels = (np.concatenate(x) for x in (segments, scores, labels))
-        if len(windows) > 1:  # overlapping windows found some actions twice
-            segments, scores, labels = soft_nms(segments, scores, labels, self.post.sigma,
-                                                self.post.min_score, self.post.max_segments)
-        segments = segments.clip(video.start[0], video.end[-1])
-        return [{"segment": [round(float(a), 3), round(float(b), 3)],
-                 "label": self.labels[int(label)], "score": round(float(score), 6)}
-                for (a, b), score, label in zip(segments, scores, labels, strict=True)]
-
-    def validate(self) -> tuple[dict[str, list], DetectionResult | None]:
-        """Every worker predicts its share of the validation videos; worker 0 scores all."""
-        mine = {video_id: self.predict(self.data.read(video_id))
-                for video_id in self.job.val_videos[self.rank:: self.world]}
-        gathered = _all_gather(mine)
-        if self.rank != 0:
-            return {}, None
-        predictions = {k: v for part in gathered for k, v in part.items()}
-        predictions = {k: predictions[k] for k in sorted(predictions)}
-        truth = self.data.ground_truth(self.job.val_videos)
-        found = [Segment(video_id, p["label"], *p["segment"], p["score"])
-                 for video_id, items in predictions.items() for p in items]
-        return predictions, evaluate(truth, found, self.job.thresholds)
-
-    def _finish_epoch(self, steps: list[dict[str, Any]], result: DetectionResult | None,
-                      seconds: float) -> None:
-        self.rows.extend(steps)
-        if self.rank != 0:
-            return
+    def forward_batch(self, video_ids: Sequence[str], plan: StepPlan,
+                      seeds: Sequence[int]) -> tuple[HeadOutput, Batch]:
         job = self.job
-        mean = {key: float(np.mean([r[key] for r in steps]))
-                for key in ("loss", "cls_loss", "reg_loss")}
-        self.rows.append({"kind": "epoch", "epoch": self.epoch,
-                          "step": self.epoch * self.steps_per_epoch, **mean,
-                          "lr": self.optimizer.param_groups[0]["lr"],
-                          "val_average_map": result.average_mAP,
-                          "val_map": [float(v) for v in result.mAP], "seconds": seconds})
-        save_checkpoint(job.root, job.run, self.epoch, {
-            "head": self.head.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-            "metrics": self.rows, "labels": self.labels, "in_dim": self.data.dim,
-            "features": job.fingerprint, "lofipipe_version": __version__,
-        }, job.settings.keep_checkpoints)
-        write_metrics(job.root, job.run, self.rows)
-        write_report_plot(job.root, job.run, self.rows, job.thresholds)
-        first = f"mAP@{job.thresholds[0]:.2f} {100 * result.mAP[0]:5.2f}"
-        self.log(f"epoch {self.epoch}/{job.settings.epochs}: loss {mean['loss']:.4f}, "
-                 f"val {first}, average {100 * result.average_mAP:5.2f}, "
-                 f"{len(steps) / seconds:.1f} steps/s")
+        videos = [self.data.read(video_id) for video_id in video_ids]
+        if job.window:
+            videos = [training_window(video, job.window, np.random.default_rng(
+                [job.settings.seed, self.epoch, seed])) for video, seed in zip(
+                videos, seeds, strict=True)]
+        batch = collate(videos, len(self.labels), job.settings.head.levels)
+        return self.trained(batch.features, batch.mask), batch
+
+    def video_features(self, video_id: str) -> VideoFeatures:
+        return self.data.read(video_id)
+
+    def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
+        return self.data.annotations.ground_truth(video_ids)
+
+    def description(self) -> dict[str, Any]:
+        return {"mode": "head", "features": self.job.settings.features,
+                "in_dim": self.data.dim}

@@ -1,0 +1,140 @@
+"""LoFi mode: the schedule's steps, end-to-end training on real snippet shards, the adapted
+encoder's checkpoint and the features it regenerates, and a run on Ray Train."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import SHARDS, run, synth_and_ingest
+from click.testing import CliRunner
+
+from lofipipe.cli import main
+from lofipipe.evaluation.detection import parse_thresholds
+from lofipipe.pipeline.annotation_index import AnnotationIndex
+from lofipipe.pipeline.features import read_features
+from lofipipe.schemas.config import load_config
+from lofipipe.schemas.schedule import PRESETS
+from lofipipe.storage import Store
+from lofipipe.training.lofi_trainer import (
+    LofiTrainer,
+    LosaTrainer,
+    encoder_path,
+    schedule_plan,
+)
+from lofipipe.training.trainer import TrainJob
+
+
+def test_plans_follow_each_cycle():
+    long = schedule_plan(PRESETS["lofi-anet"], 1, videos=40)
+    assert [(p.fidelity, p.batch_size, p.lr_scale) for p in long] == [("t-lofi", 16, 1.0)] * 2
+    short = schedule_plan(PRESETS["lofi-anet-short"], 0, videos=16 * 40)
+    assert [p.fidelity for p in short[14:18]] == ["s-lofi", "s-lofi", "t-lofi", "t-lofi"]
+    assert [p.fidelity for p in short[32:34]] == ["st-lofi", "st-lofi"]
+    multigrid = [schedule_plan(PRESETS["multigrid"], epoch, videos=300) for epoch in range(4)]
+    assert [(p[0].fidelity, p[0].batch_size, len(p)) for p in multigrid] == [
+        ("mg-1", 129, 2), ("mg-2", 64, 4), ("mg-3", 32, 9), ("mg-4", 16, 18)]
+    assert multigrid[1][0].lr_scale == pytest.approx(4.0)
+    for preset in ("lofi-anet", "lofi-anet-short", "lofi-thumos"):
+        for epoch in range(3):
+            assert "full" not in {p.fidelity for p in schedule_plan(PRESETS[preset], epoch, 64)}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_local):
+    base = tmp_path_factory.mktemp("lofi")
+    synth_and_ingest(base, 4)
+    run("materialize", base / "root", "--schedule", "demo", *SHARDS)
+    return base
+
+
+def _fresh(shards, tmp_path):
+    shutil.copytree(shards / "root", tmp_path / "root")
+    return tmp_path / "root"
+
+
+def _trainer(root, epochs=6):
+    settings = load_config(None, ["train.mode=lofi", "train.encoder=tiny", "train.run=lofi",
+                                  f"train.epochs={epochs}", "train.head.dim=32",
+                                  "train.head.levels=3", "train.warmup_epochs=1",
+                                  "train.lr=0.003"]).train
+    annotations = AnnotationIndex(Store(str(root)))
+    videos = annotations.videos("training")
+    return LofiTrainer(TrainJob(Store(str(root)), "lofi", settings, videos, videos,
+                                parse_thresholds(settings.tiou), threads=2, schedule="demo"),
+                       log=lambda line: None)
+
+
+def test_lofi_trains_the_encoder_end_to_end(shards, tmp_path):
+    root = _fresh(shards, tmp_path)
+    trainer = _trainer(root)
+    encoder = trainer.model.encoder.net
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    trainer.run()
+    after = encoder.state_dict()
+    conv = "body.0.weight"
+    assert not torch.equal(before[conv], after[conv])  # gradients reached the encoder
+    for name in ("body.1.running_mean", "body.1.running_var"):  # statistics stay frozen
+        assert torch.equal(before[name], after[name])
+    steps = [r for r in trainer.rows if r["kind"] == "step"]
+    assert [r["loss"] for r in steps][-1] < steps[0]["loss"]
+    saved = torch.load(root / encoder_path("lofi"), weights_only=True)
+    assert torch.equal(saved["encoder"][conv], after[conv])
+
+    # The adapted encoder makes a new fingerprint and new features.
+    first = run("extract", root, "--encoder", "tiny", "--schedule", "demo")
+    second = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
+                 "--checkpoint", root / encoder_path("lofi"))
+    old_fp, new_fp = (re.search(r"^features (\w+): ", out, re.M).group(1)
+                      for out in (first, second))
+    assert old_fp != new_fp
+    old, new = (read_features(Store(str(root)), fp) for fp in (old_fp, new_fp))
+    assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])
+
+
+@pytest.mark.ray
+def test_lofi_run_on_ray_train_and_resume(shards, tmp_path):
+    root = _fresh(shards, tmp_path)
+    args = ["train", root, "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny",
+            "--run", "L", "--epochs", "2", "--set", "train.head.dim=32",
+            "--set", "train.head.levels=3"]
+    output = run(*args)
+    assert "run L: 2 epochs on 1 workers" in output
+    predictions = json.loads((root / "runs/L/predictions.json").read_text())
+    assert predictions["external_data"]["mode"] == "lofi"
+    assert (root / "runs/L/encoder.pt").exists()
+    assert "(resumed after epoch 2)" in run(*args)
+    result = CliRunner().invoke(main, ["train", str(root), "--mode", "lofi", "--schedule",
+                                       "lofi-anet", "--encoder", "tiny", "--run", "M"])
+    assert result.exit_code == 2 and "pass --schedule demo" in result.output, result.output
+
+
+def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):
+    synth_and_ingest(tmp_path, 4)
+    schedule = tmp_path / "vit16.yaml"
+    schedule.write_text("full: {name: full, snippets: 8, frames: 16, size: 32}\n"
+                        "train: [{name: low, snippets: 4, frames: 16, size: 32}]\n")
+    root = tmp_path / "root"
+    run("materialize", root, "--schedule", schedule, *SHARDS)
+    settings = load_config(None, ["train.mode=losa", "train.encoder=vit_s", "train.run=losa",
+                                  "train.epochs=3", "train.head.dim=32", "train.head.levels=3",
+                                  "train.batch_size=2", "train.warmup_epochs=1"]).train
+    annotations = AnnotationIndex(Store(str(root)))
+    videos = annotations.videos("training")
+    trainer = LosaTrainer(TrainJob(Store(str(root)), "losa", settings, videos, videos,
+                                   parse_thresholds(settings.tiou), threads=2,
+                                   schedule=str(schedule)), log=lambda line: None)
+    losa = trainer.model.encoder.net
+    before = {k: v.clone() for k, v in losa.state_dict().items()}
+    assert {p.fidelity for plan in trainer.plans for p in plan} == {"full"}
+    trainer.run()
+    after = losa.state_dict()
+    backbone = [k for k in after if k.startswith("backbone.")]
+    adapters = [k for k in after if not k.startswith("backbone.")]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
+    assert any(not torch.equal(before[k], after[k]) for k in adapters)
+    output = run("extract", root, "--encoder", "vit_s", "--losa", "--schedule", schedule,
+                 "--checkpoint", root / encoder_path("losa"))
+    assert "RANDOM" not in output and re.search(r"^features \w+: 2 parts", output, re.M)
