@@ -55,7 +55,11 @@ def test_demo_makes_and_ingests_a_dataset(ray_local, tmp_path):
     assert "demo finished in" in result.output
     assert "run demo: 30 epochs on 1 workers" in result.output
     assert "validation mAP (%) after the last epoch" in result.output
-    assert (tmp_path / "demo/root/runs/demo/predictions.json").exists()
+    assert "run demo-lofi: 10 epochs" in result.output
+    assert "run demo-head: 30 epochs" in result.output
+    for run in ("demo", "demo-head"):
+        assert (tmp_path / f"demo/root/runs/{run}/predictions.json").exists()
+    assert (tmp_path / "demo/root/runs/demo-lofi/encoder.pt").exists()
     rows = pq.read_table(tmp_path / "demo/root/manifest/videos.parquet").to_pylist()
     assert [r["video_id"] for r in rows] == [f"synth_{i:04d}" for i in range(4)]
     assert {r["subset"] for r in rows} == {"training", "validation"}
@@ -73,7 +77,7 @@ def test_demo_as_a_user_runs_it(tmp_path):
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "status: 6 ok, 0 failed" in result.stdout
-    assert "run demo: 30 epochs" in result.stdout
+    assert "run demo: 30 epochs" in result.stdout and "run demo-head: 30" in result.stdout
     assert "probe:" in result.stderr and "train:" in result.stderr  # live progress lines
 
 

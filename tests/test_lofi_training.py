@@ -138,3 +138,21 @@ def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):
     output = run("extract", root, "--encoder", "vit_s", "--losa", "--schedule", schedule,
                  "--checkpoint", root / encoder_path("losa"))
     assert "RANDOM" not in output and re.search(r"^features \w+: 2 parts", output, re.M)
+
+
+@pytest.mark.ray
+def test_lofi_recipe_runs_each_stage_and_resumes(shards, tmp_path):
+    root = _fresh(shards, tmp_path)
+    args = ["train", root, "--recipe", "lofi", "--schedule", "demo", "--encoder", "tiny",
+            "--run", "R", "--epochs", "3", "--set", "train.encoder_epochs=2",
+            "--set", "train.head.dim=32", "--set", "train.head.levels=3"]
+    output = run(*args)
+    assert "run R-lofi: 2 epochs" in output and "run R-head: 3 epochs" in output
+    adapted = re.search(r"^features (\w+): ", output, re.M).group(1)
+    lineage = json.loads((root / f"features/{adapted}/lineage.json").read_text())
+    assert lineage["checkpoint"].endswith("runs/R-lofi/encoder.pt")
+    config = (root / "runs/R-head/config.yaml").read_text()
+    assert f"features: {adapted}" in config
+    again = run(*args)  # every stage is done: nothing is trained or extracted again
+    assert "(resumed after epoch 2)" in again and "(resumed after epoch 3)" in again
+    assert "(0 written, 2 already done)" in again

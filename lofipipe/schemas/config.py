@@ -160,6 +160,7 @@ class TrainConfig:
     encoder: str = "tsm_r18"  # lofi, losa: a name from lofipipe.models.registry.ENCODERS
     checkpoint: str | None = None  # lofi, losa: the encoder's starting weights (URL)
     encoder_epochs: int = 10  # the LoFi recipe's stage 2 (train.epochs is stage 3's)
+    encoder_lr_scale: float = 0.1  # lofi, losa: the encoder's learning rate over train.lr
     activation_checkpointing: bool = False  # lofi, losa: recompute encoder activations
     mixed_precision: bool = True  # lofi, losa, on GPU: autocast
     run: str | None = None  # runs/<run>/; rerunning a run resumes it
@@ -186,6 +187,7 @@ class TrainConfig:
         _check(self.batch_size >= self.workers, "batch_size",
                f"must be at least the number of workers ({self.workers})")
         _check(self.lr > 0, "lr", "must be positive")
+        _check(self.encoder_lr_scale >= 0, "encoder_lr_scale", "must be >= 0")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         _check(self.max_failures >= 0, "max_failures", "must be >= 0")

@@ -25,7 +25,7 @@ from lofipipe.pipeline.annotation_index import AnnotationIndex
 from lofipipe.pipeline.snippet_reader import SnippetReader, VideoSnippets
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.training.feature_set import Batch, VideoFeatures, collate
-from lofipipe.training.trainer import StepPlan, Trainer
+from lofipipe.training.trainer import StepPlan, Trainer, parameter_groups
 
 _CHUNK = 32  # snippets per encoder call (and per recomputed block with checkpointing)
 
@@ -114,6 +114,13 @@ class LofiTrainer(Trainer):
 
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
         return schedule_plan(self.schedule, epoch, len(self.job.train_videos))
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        settings = self.job.settings
+        encoder = parameter_groups(self.model.encoder, settings.weight_decay)
+        for group in encoder:  # a pretrained encoder adapts, it is not retrained
+            group["lr"] = settings.lr * settings.encoder_lr_scale
+        return encoder + parameter_groups(self.head, settings.weight_decay)
 
     def set_train_mode(self) -> None:
         self.trained.train()

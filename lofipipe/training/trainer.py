@@ -128,8 +128,7 @@ class Trainer:
         scales = [step.lr_scale for plan in self.plans for step in plan]
         total = len(scales)
         warmup = round(settings.warmup_epochs * len(self.plans[0]))
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, settings.weight_decay),
-                                           lr=settings.lr)
+        self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, warmup, total)
             * scales[min(step, total - 1)])
@@ -175,6 +174,9 @@ class Trainer:
 
     def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
         raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        return parameter_groups(self.model, self.job.settings.weight_decay)
 
     def model_state(self) -> dict[str, Any]:
         return {"head": self.head.state_dict()}
