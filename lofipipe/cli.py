@@ -359,6 +359,66 @@ def train(root, mode, features, schedule, encoder, checkpoint, recipe, run_name,
         _run_train(config, store, storage_options, _command_line())
 
 
+@main.command()
+@click.option("--schedule", required=True, help="Preset or schedule .yaml file.")
+@click.option("--encoder", required=True, help="Encoder name (tiny, tsm_r18, ..., vit_s, ...).")
+@click.option("--mode", type=click.Choice(["lofi", "losa", "head"]), required=True)
+@click.option("--budget-gb", type=float, required=True,
+              help="Memory for one training step: GPU memory, or process memory on CPU.")
+@click.option("--max-batch", default=256, show_default=True, help="Largest batch to try.")
+@click.option("--write", "out", help="Write the schedule with these batch sizes to this "
+                                     "YAML file (any storage URL).")
+@common_options
+def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_options):
+    """Measure the peak memory of real training steps on this machine and print the largest
+    batch per fidelity that fits the budget (CUDA peak allocation on a GPU; on CPU the
+    peak resident memory of a fresh process per step).
+
+    \b
+    Examples:
+      lofipipe plan --schedule lofi-anet --encoder tsm_r18 --mode lofi --budget-gb 40
+      lofipipe plan --schedule demo --encoder tiny --mode lofi --budget-gb 1 \\
+          --write demo-planned.yaml
+    """
+    import torch
+
+    from lofipipe.schemas.schedule import load_schedule
+    from lofipipe.training.memory_plan import (
+        plan_fidelities,
+        plan_fidelity,
+        planned_schedule_yaml,
+    )
+
+    chosen = load_schedule(schedule)
+    budget = int(budget_gb * 2**30)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    click.echo(f"{mode} steps of {encoder} on {device}, budget {budget_gb:g} GiB")
+    plans, measured = [], 0
+    started = time.monotonic()
+    for fidelity in plan_fidelities(chosen, mode):
+        def report(batch, peak, name=fidelity.name):
+            click.echo(f"  {name} batch {batch}: {peak / 2**30:.3f} GiB "
+                       f"{'fits' if peak <= budget else 'over'}", err=True)
+
+        plans.append(plan_fidelity(mode, encoder, fidelity, budget, config.train.head,
+                                   max_batch, report))
+        measured += len(plans[-1].measured)
+    click.echo(f"{'fidelity':<10} {'shape':<14} {'batch':>5}  {'peak GiB':>8}")
+    for item in plans:
+        f = item.fidelity
+        click.echo(f"{f.name:<10} {f'{f.snippets}x{f.frames}x{f.size}':<14} "
+                   f"{item.batch_size:>5}  {item.peak_bytes / 2**30:8.3f}"
+                   + ("  (not even one video fits)" if not item.batch_size else ""))
+    click.echo(f"{measured} steps measured in {time.monotonic() - started:.1f} s")
+    if out:
+        header = (f"# {_command_line()}\n# batch sizes measured on {device} for a "
+                  f"{budget_gb:g} GiB budget ({mode}, {encoder})\n")
+        parent, _, name = out.rpartition("/")
+        Store(parent or ".", storage_options).write_text(
+            name, planned_schedule_yaml(chosen, plans, header))
+        click.echo(f"wrote {out}")
+
+
 @main.command(name="eval")
 @click.option("--gt", "gt_url", required=True,
               help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "

@@ -39,7 +39,7 @@ from lofipipe.pipeline.materialize import ok_videos
 from lofipipe.pipeline.shards import SourceVideo, fidelity_lineage, shard_groups
 from lofipipe.pipeline.snippet_reader import SnippetReader
 from lofipipe.progress import Progress
-from lofipipe.schemas.config import Config, config_to_dict
+from lofipipe.schemas.config import Config
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.storage import Store, redact
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
@@ -146,7 +146,7 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
     jobs, sources, pixels = _plan_parts(config, root, schedule)
     name = spec.name + ("+losa" if settings.losa else "")
     # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
-    preprocessing = {**config_to_dict(fidelity), "sampling": schedule.sampling,
+    preprocessing = {**fidelity.content, "sampling": schedule.sampling,
                      "fps": schedule.fps, "stride": schedule.stride, "losa": settings.losa,
                      "pixels": pixels}
     fingerprint = encoder_fingerprint(spec, weights, preprocessing,

@@ -28,7 +28,6 @@ from lofipipe import __version__
 from lofipipe.pipeline.decode import Snippet, SnippetDecoder
 from lofipipe.pipeline.frame_codec import frames_column
 from lofipipe.pipeline.probe import VideoFailure
-from lofipipe.schemas.config import config_to_dict
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
@@ -83,7 +82,7 @@ def fidelity_lineage(schedule: Schedule, fidelity: str, encoding: str) -> dict[s
     """What a shard's snippets depend on besides the source videos."""
     return {"schedule": schedule.name, "sampling": schedule.sampling, "fps": schedule.fps,
             "stride": schedule.stride, "encoding": encoding,
-            **config_to_dict(schedule.fidelity(fidelity))}
+            **schedule.fidelity(fidelity).content}
 
 
 class _VideoSpool:

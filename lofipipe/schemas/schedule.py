@@ -35,6 +35,7 @@ class Fidelity:
     snippets: int
     frames: int = 8
     size: int = 224
+    batch_size: int = 0  # this fidelity's batch, e.g. from lofipipe plan; 0: the schedule's
 
     def __post_init__(self):
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
@@ -42,6 +43,13 @@ class Fidelity:
         _check(self.snippets >= 1, "snippets", "must be at least 1")
         _check(1 <= self.frames <= 256, "frames", "must be between 1 and 256")
         _check(8 <= self.size <= 1024, "size", "must be between 8 and 1024 pixels")
+        _check(self.batch_size >= 0, "batch_size", "must be >= 0")
+
+    @property
+    def content(self) -> dict[str, object]:
+        """What the snippets of this fidelity depend on (not how training batches them)."""
+        return {"name": self.name, "snippets": self.snippets, "frames": self.frames,
+                "size": self.size}
 
     @property
     def pixels(self) -> int:
@@ -103,10 +111,13 @@ class Schedule:
     def batch_size_for(self, fidelity: Fidelity) -> int:
         """The batch size of steps at `fidelity`.
 
+        A fidelity's own batch size (as `lofipipe plan` writes them) comes first. Otherwise
         LoFi keeps the batch constant; multigrid (Wu et al., CVPR 2020) scales it by
         T0*S0^2 / (T*S^2), with T the frames per video or window and S the size, relative
         to the full fidelity.
         """
+        if fidelity.batch_size:
+            return fidelity.batch_size
         if self.cycle != "multigrid":
             return self.batch_size
         base = self.full.snippets * self.full.frames * self.full.size**2

@@ -42,7 +42,8 @@ class HeadTrainer(Trainer):
                 [job.settings.seed, self.epoch, seed])) for video, seed in zip(
                 videos, seeds, strict=True)]
         batch = collate(videos, len(self.labels), job.settings.head.levels)
-        return self.trained(batch.features, batch.mask), batch
+        device = next(self.model.parameters()).device
+        return self.trained(batch.features.to(device), batch.mask.to(device)), batch
 
     def video_features(self, video_id: str) -> VideoFeatures:
         return self.data.read(video_id)

@@ -71,9 +71,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def all_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
+    """Sums over all workers (the values themselves when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
     return tensor.tolist()
 
 
@@ -92,11 +95,13 @@ def head_losses(head_output: HeadOutput, batch: Batch, world: int
     logits = torch.cat(head_output.logits, dim=1).float()
     offsets = torch.cat(head_output.offsets, dim=1).float()
     valid = torch.cat(head_output.masks, dim=1)
-    positive = (batch.classes.sum(-1) > 0) & valid
+    classes = batch.classes.to(logits.device)
+    distances = batch.distances.to(logits.device)
+    positive = (classes.sum(-1) > 0) & valid
     count = all_sum([float(positive.sum())])[0]
     normalizer = max(count, 1.0)
-    cls_loss = sigmoid_focal_loss(logits[valid], batch.classes[valid]) / normalizer
-    reg_loss = diou_loss_1d(offsets[positive], batch.distances[positive]) / normalizer
+    cls_loss = sigmoid_focal_loss(logits[valid], classes[valid]) / normalizer
+    reg_loss = diou_loss_1d(offsets[positive], distances[positive]) / normalizer
     loss = cls_loss + reg_loss
     totals = all_sum([loss.item(), cls_loss.item(), reg_loss.item()])
     return loss * world, totals
@@ -250,10 +255,11 @@ class Trainer:
         segments, scores, labels = [], [], []
         self.head.eval()
         with torch.no_grad():
+            device = next(self.head.parameters()).device
             for part in windows:
                 batch = collate([part], len(self.labels), self.job.settings.head.levels)
-                found = detect(self.head(batch.features, batch.mask), 0, len(part.values),
-                               self.post)
+                found = detect(self.head(batch.features.to(device), batch.mask.to(device)),
+                               0, len(part.values), self.post)
                 segments.append(part.to_seconds(found[0]))
                 scores.append(found[1])
                 labels.append(found[2])
