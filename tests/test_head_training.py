@@ -2,17 +2,14 @@
 worker, a rerun, S3)."""
 
 import json
-import os
-import signal
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from cli_helpers import run
 from click.testing import CliRunner
+from faults import kill_a_train_worker_when, train_worker_pids
 from feature_data import FINGERPRINT, write_feature_set
 
 from lofipipe.cli import main
@@ -137,18 +134,6 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(tmp_path, ray_local):
     assert "run 'r' exists with other settings (train.lr)" in result.output
 
 
-def _train_worker_pids() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
-                    pids.add(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
@@ -156,14 +141,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
     outputs = []
     thread = threading.Thread(target=lambda: outputs.append(_train(
         tmp_path, "k", 2, 40, "--set", "train.head.dim=256")))
+    earlier = train_worker_pids()
     thread.start()
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "runs/k/checkpoints/epoch-0002.pt").exists():
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.05)
-    victims = _train_worker_pids()
-    assert len(victims) == 2
-    os.kill(min(victims), signal.SIGKILL)
+    assert kill_a_train_worker_when(tmp_path / "runs/k/checkpoints/epoch-0002.pt",
+                                    thread.is_alive, earlier) == 2
     thread.join(timeout=300)
     assert outputs and "run k: 40 epochs on 2 workers" in outputs[0]
     assert "worker group restarted: resumed after epoch" in outputs[0]

@@ -4,12 +4,14 @@ encoder's checkpoint and the features it regenerates, and a run on Ray Train."""
 import json
 import re
 import shutil
+import threading
 
 import numpy as np
 import pytest
 import torch
 from cli_helpers import SHARDS, run, synth_and_ingest
 from click.testing import CliRunner
+from faults import kill_a_train_worker_when, train_worker_pids
 
 from lofipipe.cli import main
 from lofipipe.evaluation.detection import parse_thresholds
@@ -156,3 +158,25 @@ def test_lofi_recipe_runs_each_stage_and_resumes(shards, tmp_path):
     again = run(*args)  # every stage is done: nothing is trained or extracted again
     assert "(resumed after epoch 2)" in again and "(resumed after epoch 3)" in again
     assert "(0 written, 2 already done)" in again
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_lofi_resumes_after_a_killed_worker(shards, tmp_path):
+    root = _fresh(shards, tmp_path)
+    outputs = []
+    thread = threading.Thread(target=lambda: outputs.append(run(
+        "train", root, "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny",
+        "--run", "K", "--epochs", "12", "--set", "train.head.dim=32",
+        "--set", "train.head.levels=3")))
+    earlier = train_worker_pids()
+    thread.start()
+    kill_a_train_worker_when(root / "runs/K/checkpoints/epoch-0002.pt", thread.is_alive,
+                             earlier)
+    thread.join(timeout=300)
+    assert outputs and "run K: 12 epochs" in outputs[0]
+    assert "worker group restarted: resumed after epoch" in outputs[0]
+    rows = Store(str(root)).read_table("runs/K/metrics.parquet").to_pylist()
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, 13))
+    assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 13))
+    assert (root / encoder_path("K")).exists()

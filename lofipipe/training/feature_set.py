@@ -164,8 +164,9 @@ def collate(videos: Sequence[VideoFeatures], num_classes: int, levels: int) -> B
         lengths.append(size)
         size = -(-size // 2)
     strides = [2 ** i for i in range(levels)]
-    features = torch.zeros(len(videos), videos[0].values.shape[1], length)
-    mask = torch.zeros(len(videos), length, dtype=torch.bool)
+    first = torch.as_tensor(videos[0].values)  # an encoder's output stays on its device
+    features = torch.zeros(len(videos), first.shape[1], length, device=first.device)
+    mask = torch.zeros(len(videos), length, dtype=torch.bool, device=first.device)
     classes, distances = [], []
     for index, video in enumerate(videos):
         # Values may be an encoder's output (lofi mode): the copy keeps their gradient.

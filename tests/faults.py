@@ -1,0 +1,36 @@
+"""Fault injection for tests: killing a Ray Train worker process once a run is under way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+
+def train_worker_pids() -> set[int]:
+    """Processes of Ray Train workers on this machine (Ray names them in their titles)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_a_train_worker_when(path: Path, alive, earlier: set[int],
+                             timeout: float = 120) -> int:
+    """Waits for `path` (e.g. a checkpoint) to appear while `alive()` holds, then kills one
+    of the run's training workers (those not among the `earlier` ones, which may belong
+    to runs still shutting down) with SIGKILL; returns how many the run had."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline and alive(), f"{path} never appeared"
+        time.sleep(0.05)
+    victims = train_worker_pids() - earlier
+    assert victims, "no Ray Train worker to kill"
+    os.kill(min(victims), signal.SIGKILL)
+    return len(victims)
