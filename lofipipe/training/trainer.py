@@ -303,7 +303,7 @@ class Trainer:
         save_checkpoint(job.root, job.run, self.epoch, {
             **self.model_state(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-            "metrics": self.rows, "labels": self.labels, **self.description(),
+            "metrics": self.rows, "labels": self.labels, "run_info": self.description(),
             "lofipipe_version": __version__,
         }, job.settings.keep_checkpoints)
         write_metrics(job.root, job.run, self.rows)
