@@ -419,6 +419,24 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
         click.echo(f"wrote {out}")
 
 
+@main.command()
+@click.argument("root")
+@common_options
+def status(root, config, storage_options):
+    """Show what ROOT holds, stage by stage: done, pending and failed videos with their
+    reasons, the feature sets with their lineage, and the runs with their best mAP.
+
+    \b
+    Examples:
+      lofipipe status out/
+      lofipipe status s3://bucket/anet
+    """
+    from lofipipe.pipeline.status import root_status
+
+    for line in root_status(Store(root, storage_options)).lines:
+        click.echo(line)
+
+
 @main.command(name="eval")
 @click.option("--gt", "gt_url", required=True,
               help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "

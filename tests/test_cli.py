@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from lofipipe.cli import main
 
-COMMANDS = ["synth", "ingest", "demo"]
+COMMANDS = ["synth", "ingest", "materialize", "inspect", "extract", "features", "train", "plan",
+            "eval", "status", "demo"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -38,6 +39,14 @@ def test_bad_override_is_exit_2_naming_the_key(tmp_path):
     assert "error: ingest.probe_timeout: unknown key" in result.output
 
 
+def test_status_of_an_empty_root(tmp_path):
+    result = CliRunner().invoke(main, ["status", str(tmp_path)])
+    assert result.exit_code == 0
+    assert result.output.splitlines() == [
+        "ingest: pending (no manifest)", "materialize: pending (no shards)",
+        "extract: pending (no feature sets)", "train: no runs"]
+
+
 def test_bad_storage_option_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(main, ["synth", str(tmp_path), "--storage-option", "oops"])
     assert result.exit_code == 1
@@ -60,6 +69,11 @@ def test_demo_makes_and_ingests_a_dataset(ray_local, tmp_path):
     for run in ("demo", "demo-head"):
         assert (tmp_path / f"demo/root/runs/{run}/predictions.json").exists()
     assert (tmp_path / "demo/root/runs/demo-lofi/encoder.pt").exists()
+    status = CliRunner().invoke(main, ["status", str(tmp_path / "demo/root")]).output
+    assert "ingest: done, 4 videos ok" in status
+    assert "  full: done, 1 shards, 4 videos ok, 0 failed" in status
+    assert "extract: 2 feature sets" in status and "weights random:seed=0" in status
+    assert "train: 3 runs" in status and "  demo-lofi: lofi, done, best val" in status
     rows = pq.read_table(tmp_path / "demo/root/manifest/videos.parquet").to_pylist()
     assert [r["video_id"] for r in rows] == [f"synth_{i:04d}" for i in range(4)]
     assert {r["subset"] for r in rows} == {"training", "validation"}
