@@ -437,6 +437,34 @@ def status(root, config, storage_options):
         click.echo(line)
 
 
+@main.command(name="run")
+@click.option("--dry-run", is_flag=True, help="Print each step, what is done and what would "
+                                               "run, and the estimated work; change nothing.")
+@common_options
+def run_recipe(dry_run, config, storage_options):
+    """Run the whole graph of a recipe file (--config): ingest, materialize, extract, train
+    (head, lofi or losa, per job.recipe), regenerate features, evaluate.
+
+    A rerun after a crash continues where the job stopped: committed work is skipped and
+    training resumes from its newest checkpoint.
+
+    \b
+    Examples:
+      lofipipe run --config recipes/demo.yaml --dry-run
+      lofipipe run --config recipes/anet-lofi.yaml --storage-option endpoint_url=http://...
+    """
+    from lofipipe.pipeline.job import plan_job, run_job
+
+    if dry_run:
+        steps = plan_job(config, storage_options)
+        width = max(len(step.name) for step in steps)
+        for step in steps:
+            click.echo(f"{step.name:<{width}}  {step.state:<11}  {step.work}")
+        return
+    _echo_summary(run_job(config, storage_options, _command_line()),
+                  Store(config.job.root, storage_options))
+
+
 @main.command(name="eval")
 @click.option("--gt", "gt_url", required=True,
               help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "

@@ -121,10 +121,23 @@ def _remove_stale(root: Store, fingerprint: str, parts: int) -> None:
             root.remove(part_path(fingerprint, part))
 
 
-def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
-                command: str) -> ExtractSummary:
-    """Extracts features of every part (a shard's videos) not yet done for this encoder
-    fingerprint, from the full-fidelity shards or by decoding the videos."""
+@dataclass
+class ExtractPlan:
+    """What `run_extract` will do: the fingerprint, its lineage, the parts still to write."""
+
+    schedule: Schedule
+    fingerprint: str
+    lineage: dict[str, Any]
+    jobs: list[PartJob]
+    todo: list[PartJob]
+    sources: dict[int, dict[str, str]]
+    summary: ExtractSummary
+
+
+def plan_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
+                 command: str = "") -> ExtractPlan:
+    """Checks the encoder, schedule and checkpoint, and finds the parts not yet done for
+    this encoder fingerprint (nothing is written)."""
     settings = config.extract
     if settings.encoder not in ENCODERS:
         raise ConfigError(f"extract.encoder: unknown encoder {settings.encoder!r} "
@@ -162,15 +175,25 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
             summary.add(done)
         else:
             todo.append(job)
-    root.write_text(f"features/{fingerprint}/{LINEAGE}", json.dumps({
+    lineage = {
         "fingerprint": fingerprint, "encoder": name, "weights": weights,
         "checkpoint": redact(settings.checkpoint or "", storage_options) or None,
         "schedule": schedule.name, "fidelity": preprocessing, "mean": spec.mean,
-        "std": spec.std, "lofipipe_version": __version__, "command": command}, indent=1))
-    _remove_stale(root, fingerprint, max((job.part + 1 for job in jobs), default=0))
-    if todo:
-        summary.progress_line = _run_jobs(config, root, storage_options, schedule,
-                                          fingerprint, todo, sources, summary)
+        "std": spec.std, "lofipipe_version": __version__, "command": command}
+    return ExtractPlan(schedule, fingerprint, lineage, jobs, todo, sources, summary)
+
+
+def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
+                command: str) -> ExtractSummary:
+    """Extracts features of every part (a shard's videos) not yet done for this encoder
+    fingerprint, from the full-fidelity shards or by decoding the videos."""
+    plan = plan_extract(config, root, storage_options, command)
+    fingerprint, summary = plan.fingerprint, plan.summary
+    root.write_text(f"features/{fingerprint}/{LINEAGE}", json.dumps(plan.lineage, indent=1))
+    _remove_stale(root, fingerprint, max((job.part + 1 for job in plan.jobs), default=0))
+    if plan.todo:
+        summary.progress_line = _run_jobs(config, root, storage_options, plan.schedule,
+                                          fingerprint, plan.todo, plan.sources, summary)
     return summary
 
 

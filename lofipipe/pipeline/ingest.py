@@ -80,7 +80,8 @@ def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoI
     return items
 
 
-def _previous_rows(root: Store) -> dict[str, dict[str, Any]]:
+def manifest_rows(root: Store) -> dict[str, dict[str, Any]]:
+    """The manifest's rows by video_id (empty before the first ingest)."""
     if not root.exists(MANIFEST_PATH):
         return {}
     table = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH))
@@ -107,7 +108,7 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
     """
     items = list_videos(videos_url, storage_options, config.ingest.extensions)
     raw = read_annotations(annotations_url, storage_options)  # malformed: fail before work
-    previous = _previous_rows(root)
+    previous = manifest_rows(root)
     rows: dict[str, dict[str, Any]] = {}
     to_probe = []
     for item in items:
@@ -137,23 +138,23 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
     durations = {vid: row.get("duration") if row["status"] == "ok" else None
                  for vid, row in rows.items()}
     annotations = normalize(raw, durations)
-    manifest_rows = []
+    new_rows = []
     for video_id in sorted(rows):
         row = dict(rows[video_id], subset=annotations.subsets.get(video_id))
-        manifest_rows.append(row)
+        new_rows.append(row)
     errors = [{"stage": "ingest", "video_id": row["video_id"], "uri": row["uri"],
                "reason": reason_of(row["error"]), "error": row["error"], "attempts": 1}
-              for row in manifest_rows if row["status"] == "failed"] + annotations.issues
+              for row in new_rows if row["status"] == "failed"] + annotations.issues
 
-    root.write_table(MANIFEST_PATH, MANIFEST.from_rows(manifest_rows))
+    root.write_table(MANIFEST_PATH, MANIFEST.from_rows(new_rows))
     root.write_table(ANNOTATIONS_PATH, ANNOTATIONS.from_rows(annotations.rows))
     root.write_table(ERRORS_PATH, ERRORS.from_rows(errors))
     root.write_text(CONFIG_PATH, config_to_yaml(config, command))
 
-    summary.ok = sum(row["status"] == "ok" for row in manifest_rows)
-    summary.failed = Counter(reason_of(row["error"]) for row in manifest_rows
+    summary.ok = sum(row["status"] == "ok" for row in new_rows)
+    summary.failed = Counter(reason_of(row["error"]) for row in new_rows
                              if row["status"] == "failed")
-    summary.hours = sum(row["duration"] or 0.0 for row in manifest_rows
+    summary.hours = sum(row["duration"] or 0.0 for row in new_rows
                         if row["status"] == "ok") / 3600
     summary.segments = len(annotations.rows)
     summary.labels = len({row["label"] for row in annotations.rows})

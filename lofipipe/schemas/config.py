@@ -197,6 +197,18 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class JobConfig:
+    """`lofipipe run`: the whole graph from one recipe file."""
+
+    root: str | None = None  # where everything is written (any storage URL)
+    videos: str | None = None  # a folder (searched recursively) or glob of video files
+    annotations: str | None = None  # ActivityNet .json or THUMOS-14 .txt files
+    # head: a head on the extract section's features; lofi: the LoFi recipe from that
+    # encoder; losa: LoSA adapters on it, then a head on the adapted features
+    recipe: Literal["head", "lofi", "losa"] = "head"
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything lofipipe can be configured with."""
 
@@ -206,6 +218,7 @@ class Config:
     materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    job: JobConfig = field(default_factory=JobConfig)
 
 
 # Building -----------------------------------------------------------------------------------

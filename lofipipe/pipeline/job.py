@@ -1,0 +1,185 @@
+"""The whole graph as one job, from one recipe file: ingest -> materialize -> extract ->
+train (head, lofi or losa) -> regenerate features -> evaluate.
+
+Every step skips what is committed (ingest keeps unchanged videos, materialize and extract
+skip parts whose markers match, training resumes from its newest checkpoint), so a rerun
+after a crash or a killed driver continues where the job stopped and ends with the outputs
+of an uninterrupted run. `plan_job` tells, without writing anything, what each step has
+done and what it would still do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lofipipe.errors import ConfigError
+from lofipipe.evaluation.detection import DetectionResult, evaluate, parse_thresholds
+from lofipipe.evaluation.files import parse_predictions
+from lofipipe.pipeline.annotation_index import AnnotationIndex
+from lofipipe.pipeline.extract import plan_extract, run_extract
+from lofipipe.pipeline.ingest import MANIFEST_PATH, list_videos, manifest_rows, run_ingest
+from lofipipe.pipeline.materialize import ok_videos, plan_jobs, run_materialize
+from lofipipe.pipeline.recipe import run_lofi_recipe
+from lofipipe.pipeline.train import run_train
+from lofipipe.schemas.config import Config, config_to_dict, load_config
+from lofipipe.schemas.schedule import load_schedule
+from lofipipe.storage import Store
+from lofipipe.training.checkpoints import latest_epoch
+from lofipipe.training.lofi_trainer import encoder_path
+from lofipipe.training.trainer import predictions_path
+
+
+def _with(config: Config, **sections: Mapping[str, Any]) -> Config:
+    return load_config(None, [config_to_dict(config), dict(sections)])
+
+
+def check_job(config: Config) -> None:
+    job = config.job
+    for key in ("root", "videos", "annotations"):
+        if not getattr(job, key):
+            raise ConfigError(f"job.{key}: the recipe must name it")
+    if not config.train.run:
+        raise ConfigError("train.run: the recipe must name the run")
+
+
+def final_run(config: Config) -> str:
+    """The run whose head is evaluated at the end."""
+    return config.train.run if config.job.recipe == "head" else f"{config.train.run}-head"
+
+
+def training_runs(config: Config) -> list[tuple[str, int]]:
+    """(run name, epochs) of every training run the recipe makes, in order."""
+    run, settings = config.train.run, config.train
+    if config.job.recipe == "head":
+        return [(run, settings.epochs)]
+    first = f"{run}-lofi" if config.job.recipe == "lofi" else f"{run}-losa"
+    return [(first, settings.encoder_epochs), (f"{run}-head", settings.epochs)]
+
+
+@dataclass
+class Step:
+    name: str
+    state: str  # done | pending | partly done
+    work: str = ""
+
+
+def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
+    """Each step's state and the work it would still do, read from ROOT."""
+    check_job(config)
+    job, root = config.job, Store(config.job.root, storage_options)
+    steps = []
+    listed = list_videos(job.videos, storage_options, config.ingest.extensions)
+    previous = manifest_rows(root)
+    unchanged = [item for item in listed if (old := previous.get(item.video_id)) and
+                 old["status"] == "ok" and old["uri"] == item.uri and
+                 old["source_signature"] == item.source_signature]
+    todo = len(listed) - len(unchanged)
+    steps.append(Step("ingest", "done" if not todo and root.exists(MANIFEST_PATH) else
+                      "pending", f"{len(listed)} videos listed, {todo} to probe"))
+    schedule = load_schedule(config.materialize.schedule)
+    if todo or not root.exists(MANIFEST_PATH):
+        steps += [Step(name, "pending", "after ingest") for name in
+                  ("materialize", "extract", *(f"train {r}" for r, _ in
+                                                training_runs(config)), "evaluate")]
+        return steps
+    videos = ok_videos(root)
+    settings = config.materialize
+    jobs, _ = plan_jobs(root, schedule, videos, settings.videos_per_shard, settings.encoding)
+    pending = [video for job_ in jobs for video in job_.videos]
+    hours = sum(video.duration for video in pending) / 3600
+    snippets = sum(_snippets(schedule, f, v.duration) for v in pending
+                   for f in schedule.fidelities)
+    steps.append(Step("materialize", "pending" if jobs else "done",
+                      f"{len(jobs)} shards, {len(pending)} videos, {hours:.2f} h of video, "
+                      f"{snippets} snippets"))
+    if jobs:
+        steps.append(Step("extract", "pending", "after materialize"))
+    else:
+        plan = plan_extract(config, root, storage_options)
+        count = sum(len(plan.sources[part.part]) for part in plan.todo)
+        steps.append(Step("extract", "pending" if plan.todo else "done",
+                          f"features {plan.fingerprint}: {len(plan.todo)} of "
+                          f"{len(plan.jobs)} parts, {count} videos"))
+    for run, epochs in training_runs(config):
+        done = latest_epoch(root, run)
+        state = "done" if done >= epochs and root.exists(predictions_path(run)) else (
+            "pending" if not done else "partly done")
+        steps.append(Step(f"train {run}", state, f"{done} of {epochs} epochs done"))
+    evaluated = root.exists(f"runs/{final_run(config)}/evaluation.json")
+    steps.append(Step("evaluate", "done" if evaluated else "pending",
+                      f"runs/{final_run(config)}/predictions.json"))
+    return steps
+
+
+def _snippets(schedule, fidelity, duration: float) -> int:
+    if schedule.sampling == "resize":
+        return fidelity.snippets
+    frames = duration * schedule.fps
+    return max(1, int(frames // schedule.snippet_stride(fidelity)))
+
+
+@dataclass
+class JobSummary:
+    steps: list[Any] = field(default_factory=list)
+    result: DetectionResult | None = None
+    run: str = ""
+    progress_line: str = ""
+
+    def lines(self, root: Store) -> list[str]:
+        out = []
+        for name, summary in self.steps:
+            out.append(f"== {name}")
+            out += summary.lines(root)
+        if self.result is not None:
+            out += [f"== evaluate {self.run}", self.result.table(per_class=True)]
+        return out
+
+
+def evaluate_run(root: Store, run: str, subset: str, tiou: str) -> DetectionResult:
+    """The run's predictions scored against ROOT's annotations of `subset`, saved as
+    runs/<run>/evaluation.json."""
+    annotations = AnnotationIndex(root)
+    predictions = parse_predictions(root.read_text(predictions_path(run)), predictions_path(run))
+    videos = annotations.videos(subset)
+    result = evaluate(annotations.ground_truth(videos), predictions, parse_thresholds(tiou))
+    root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def run_job(config: Config, storage_options: Mapping[str, Any], command: str) -> JobSummary:
+    """Runs (or continues) every step of the recipe."""
+    check_job(config)
+    job, root = config.job, Store(config.job.root, storage_options)
+    summary = JobSummary(run=final_run(config))
+    summary.steps.append(("ingest", run_ingest(config, root, job.videos, job.annotations,
+                                               storage_options, command)))
+    summary.steps.append(("materialize", run_materialize(config, root, storage_options,
+                                                         command)))
+    features = run_extract(config, root, storage_options, command)
+    summary.steps.append(("extract", features))
+    start = {"encoder": config.extract.encoder, "checkpoint": config.extract.checkpoint}
+    if job.recipe == "head":
+        summary.steps.append(("train", run_train(_with(config, train={
+            "mode": "head", "features": features.fingerprint}), root, storage_options,
+            command)))
+    elif job.recipe == "lofi":
+        summary.steps.append(("the LoFi recipe", run_lofi_recipe(
+            _with(config, train=start), root, storage_options, command)))
+    else:
+        adapters = f"{config.train.run}-losa"
+        summary.steps.append(("train LoSA", run_train(_with(config, train={
+            **start, "mode": "losa", "run": adapters, "epochs": config.train.encoder_epochs}),
+            root, storage_options, command)))
+        adapted = run_extract(_with(config, extract={
+            "losa": True, "checkpoint": root.url_of(encoder_path(adapters))}), root,
+            storage_options, command)
+        summary.steps.append(("regenerate features", adapted))
+        summary.steps.append(("train the head", run_train(_with(config, train={
+            "mode": "head", "run": final_run(config), "features": adapted.fingerprint}),
+            root, storage_options, command)))
+    summary.result = evaluate_run(root, final_run(config), config.train.val_subset,
+                                  config.train.tiou)
+    return summary
