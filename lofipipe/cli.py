@@ -12,7 +12,13 @@ import click
 
 from lofipipe import __version__
 from lofipipe.errors import InputError, LofipipeError
-from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml, load_config
+from lofipipe.schemas.config import (
+    Config,
+    config_to_dict,
+    config_to_yaml,
+    config_with,
+    load_config,
+)
 from lofipipe.storage import REDACTED, Store, is_secret_option, parse_storage_options, redact
 
 
@@ -132,7 +138,7 @@ def _echo_summary(summary, root: Store) -> None:
 def _with_options(config: Config, section: str, **given) -> Config:
     """`config` with a command's own options (those given) set in `section`, re-checked."""
     chosen = {key: value for key, value in given.items() if value is not None}
-    return load_config(None, [config_to_dict(config), {section: chosen}])
+    return config_with(config, **{section: chosen})
 
 
 def _run_ingest(config: Config, root: Store, videos: str, annotations: str,

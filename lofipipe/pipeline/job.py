@@ -24,16 +24,12 @@ from lofipipe.pipeline.ingest import MANIFEST_PATH, list_videos, manifest_rows, 
 from lofipipe.pipeline.materialize import ok_videos, plan_jobs, run_materialize
 from lofipipe.pipeline.recipe import run_lofi_recipe
 from lofipipe.pipeline.train import run_train
-from lofipipe.schemas.config import Config, config_to_dict, load_config
+from lofipipe.schemas.config import Config, config_with
 from lofipipe.schemas.schedule import load_schedule
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_epoch
 from lofipipe.training.lofi_trainer import encoder_path
 from lofipipe.training.trainer import predictions_path
-
-
-def _with(config: Config, **sections: Mapping[str, Any]) -> Config:
-    return load_config(None, [config_to_dict(config), dict(sections)])
 
 
 def check_job(config: Config) -> None:
@@ -162,22 +158,22 @@ def run_job(config: Config, storage_options: Mapping[str, Any], command: str) ->
     summary.steps.append(("extract", features))
     start = {"encoder": config.extract.encoder, "checkpoint": config.extract.checkpoint}
     if job.recipe == "head":
-        summary.steps.append(("train", run_train(_with(config, train={
+        summary.steps.append(("train", run_train(config_with(config, train={
             "mode": "head", "features": features.fingerprint}), root, storage_options,
             command)))
     elif job.recipe == "lofi":
         summary.steps.append(("the LoFi recipe", run_lofi_recipe(
-            _with(config, train=start), root, storage_options, command)))
+            config_with(config, train=start), root, storage_options, command)))
     else:
         adapters = f"{config.train.run}-losa"
-        summary.steps.append(("train LoSA", run_train(_with(config, train={
+        summary.steps.append(("train LoSA", run_train(config_with(config, train={
             **start, "mode": "losa", "run": adapters, "epochs": config.train.encoder_epochs}),
             root, storage_options, command)))
-        adapted = run_extract(_with(config, extract={
+        adapted = run_extract(config_with(config, extract={
             "losa": True, "checkpoint": root.url_of(encoder_path(adapters))}), root,
             storage_options, command)
         summary.steps.append(("regenerate features", adapted))
-        summary.steps.append(("train the head", run_train(_with(config, train={
+        summary.steps.append(("train the head", run_train(config_with(config, train={
             "mode": "head", "run": final_run(config), "features": adapted.fingerprint}),
             root, storage_options, command)))
     summary.result = evaluate_run(root, final_run(config), config.train.val_subset,

@@ -13,13 +13,9 @@ from typing import Any
 from lofipipe.errors import ConfigError
 from lofipipe.pipeline.extract import ExtractSummary, run_extract
 from lofipipe.pipeline.train import TrainSummary, run_train
-from lofipipe.schemas.config import Config, config_to_dict, load_config
+from lofipipe.schemas.config import Config, config_with
 from lofipipe.storage import Store
 from lofipipe.training.lofi_trainer import encoder_path
-
-
-def _with(config: Config, **sections: Mapping[str, Any]) -> Config:
-    return load_config(None, [config_to_dict(config), dict(sections)])
 
 
 @dataclass
@@ -44,14 +40,14 @@ def run_lofi_recipe(config: Config, root: Store, storage_options: Mapping[str, A
     if not settings.run:
         raise ConfigError("train.run: name the run (--run NAME)")
     adapt_run, head_run = f"{settings.run}-lofi", f"{settings.run}-head"
-    adapt = run_train(_with(config, train={"mode": "lofi", "run": adapt_run,
+    adapt = run_train(config_with(config, train={"mode": "lofi", "run": adapt_run,
                                            "epochs": settings.encoder_epochs}),
                       root, storage_options, command)
-    extract_config = _with(config, extract={
+    extract_config = config_with(config, extract={
         "encoder": settings.encoder, "losa": False,
         "checkpoint": root.url_of(encoder_path(adapt_run))})
     features = run_extract(extract_config, root, storage_options, command)
-    head = run_train(_with(config, train={"mode": "head", "run": head_run,
+    head = run_train(config_with(config, train={"mode": "head", "run": head_run,
                                           "features": features.fingerprint}),
                      root, storage_options, command)
     return RecipeSummary(adapt, features, head)

@@ -355,6 +355,11 @@ def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] |
     return build(Config, values)
 
 
+def config_with(config: Config, **sections: Mapping[str, Any]) -> Config:
+    """`config` with some keys of some sections replaced, checked again."""
+    return load_config(None, [config_to_dict(config), dict(sections)])
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML-safe dict of a config (tuples become lists)."""
 
