@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
             {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
 
 
-class Trainer:
+class Trainer(ABC):
     """Trains, validates and checkpoints one run on one worker; subclasses say what a
     step computes."""
 
@@ -158,27 +159,30 @@ class Trainer:
     # What a mode supplies ---------------------------------------------------------------
 
     @property
+    @abstractmethod
     def head(self) -> TALHead:
-        raise NotImplementedError
+        """The TAL head (inside the model)."""
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
         """The module to train (and wrap for data parallelism)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
-        raise NotImplementedError
+        """The steps of one epoch."""
 
+    @abstractmethod
     def forward_batch(self, video_ids: Sequence[str], plan: StepPlan,
                       seeds: Sequence[int]) -> tuple[HeadOutput, Batch]:
         """The head's output on these training videos, and their targets."""
-        raise NotImplementedError
 
+    @abstractmethod
     def video_features(self, video_id: str) -> VideoFeatures:
         """A validation video's features (no gradients)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
-        raise NotImplementedError
+        """The annotated actions of these videos, for evaluation."""
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         return parameter_groups(self.model, self.job.settings.weight_decay)
@@ -189,7 +193,7 @@ class Trainer:
     def load_model_state(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict(state["head"])
 
-    def finish(self) -> None:
+    def finish(self) -> None:  # noqa: B027 - optional: most modes leave nothing more
         """Worker 0, once all epochs are done: anything the mode leaves besides."""
 
     def set_train_mode(self) -> None:
