@@ -33,6 +33,15 @@ def test_recipe_must_name_its_inputs(tmp_path):
     assert result.exit_code == 2 and "job.videos: the recipe must name it" in result.output
 
 
+STEPS = ("ingest", "materialize", "extract", "train r", "evaluate")
+
+
+def _states(plan: str) -> dict[str, str]:
+    """Each step's state in a dry-run's output (Ray's own lines may come between)."""
+    return {step: re.search(rf"^{step}\s{{2,}}(\S+)", plan, re.M).group(1)
+            for step in STEPS}
+
+
 @pytest.mark.ray
 def test_whole_graph_then_a_rerun_that_redoes_nothing(tmp_path, ray_local):
     run("synth", tmp_path / "data", *small_synth(4))
@@ -45,7 +54,7 @@ def test_whole_graph_then_a_rerun_that_redoes_nothing(tmp_path, ray_local):
         "train": {"run": "r", "epochs": 3, "batch_size": 2, "warmup_epochs": 1,
                   "head": {"dim": 32, "levels": 3}}}))
     plan = run("run", "--config", recipe, "--dry-run")
-    assert plan.splitlines()[0].split()[:2] == ["ingest", "pending"]
+    assert _states(plan)["ingest"] == "pending"
     assert "4 videos listed, 4 to probe" in plan and not (tmp_path / "root").exists()
 
     output = run("run", "--config", recipe)
@@ -54,9 +63,7 @@ def test_whole_graph_then_a_rerun_that_redoes_nothing(tmp_path, ray_local):
     assert set(evaluation) >= {"average_mAP", "mAP", "per_class"}
 
     plan = run("run", "--config", recipe, "--dry-run")
-    steps = [re.match(r"^(.+?)\s{2,}(\S+)", line).groups() for line in plan.splitlines()]
-    assert steps == [("ingest", "done"), ("materialize", "done"), ("extract", "done"),
-                     ("train r", "done"), ("evaluate", "done")], plan
+    assert set(_states(plan).values()) == {"done"}, plan
     assert "4 videos listed, 0 to probe" in plan
     again = run("run", "--config", recipe)
     assert "(0 written, 2 already done)" in again and "(resumed after epoch 3)" in again
