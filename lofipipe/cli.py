@@ -389,11 +389,8 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
     import torch
 
     from lofipipe.schemas.schedule import load_schedule
-    from lofipipe.training.memory_plan import (
-        plan_fidelities,
-        plan_fidelity,
-        planned_schedule_yaml,
-    )
+    from lofipipe.training.lofi_trainer import training_fidelities
+    from lofipipe.training.memory_plan import plan_fidelity, planned_schedule_yaml
 
     chosen = load_schedule(schedule)
     budget = int(budget_gb * 2**30)
@@ -401,7 +398,7 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
     click.echo(f"{mode} steps of {encoder} on {device}, budget {budget_gb:g} GiB")
     plans, measured = [], 0
     started = time.monotonic()
-    for fidelity in plan_fidelities(chosen, mode):
+    for fidelity in training_fidelities(chosen, mode):
         def report(batch, peak, name=fidelity.name):
             click.echo(f"  {name} batch {batch}: {peak / 2**30:.3f} GiB "
                        f"{'fits' if peak <= budget else 'over'}", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -30,3 +31,9 @@ def synth_and_ingest(base: Path, videos: int) -> None:
     run("synth", base / "data", *small_synth(videos))
     run("ingest", base / "root", "--videos", base / "data/videos",
         "--annotations", base / "data/annotations.json")
+
+
+def fresh_root(base: Path, tmp_path: Path) -> Path:
+    """A private copy of `base/root` under `tmp_path`."""
+    shutil.copytree(base / "root", tmp_path / "root")
+    return tmp_path / "root"

@@ -69,3 +69,15 @@ def small_video(tmp_path_factory) -> Path:
     from media import write_video
 
     return write_video(tmp_path_factory.mktemp("media") / "small.mp4")
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory, ray_local) -> Path:
+    """`base/root`: 4 small synthetic videos ingested and materialized with the demo
+    schedule, 2 per shard; copy it (cli_helpers.fresh_root) before changing it."""
+    from cli_helpers import SHARDS, run, synth_and_ingest
+
+    base = tmp_path_factory.mktemp("demo-shards")
+    synth_and_ingest(base, 4)
+    run("materialize", base / "root", "--schedule", "demo", *SHARDS)
+    return base

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from cli_helpers import SHARDS, run, synth_and_ingest
+from cli_helpers import SHARDS, fresh_root, run
 from click.testing import CliRunner
 
 from lofipipe.cli import main
@@ -25,25 +25,12 @@ pytestmark = pytest.mark.ray
 
 
 
-@pytest.fixture(scope="module")
-def materialized(tmp_path_factory, ray_local):
-    base = tmp_path_factory.mktemp("extract")
-    synth_and_ingest(base, 4)
-    run("materialize", base / "root", "--schedule", "demo", *SHARDS)
-    return base
-
-
-def _fresh(materialized, tmp_path):
-    shutil.copytree(materialized / "root", tmp_path / "root")
-    return tmp_path / "root"
-
-
 def _fingerprint(output):
     return re.search(r"^features (\w+): ", output, re.MULTILINE).group(1)
 
 
-def test_features_equal_an_in_process_forward(materialized, tmp_path):
-    root = _fresh(materialized, tmp_path)
+def test_features_equal_an_in_process_forward(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
                   "--export", tmp_path / "npy")
     assert "WARNING: no checkpoint given" in output
@@ -84,8 +71,8 @@ def test_features_equal_an_in_process_forward(materialized, tmp_path):
     assert sorted(read_features(Store(str(root)), fingerprint)) == sorted(features)
 
 
-def test_a_new_checkpoint_regenerates_beside_the_old(materialized, tmp_path):
-    root = _fresh(materialized, tmp_path)
+def test_a_new_checkpoint_regenerates_beside_the_old(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     first = _fingerprint(run("extract", root, "--encoder", "tiny", "--schedule", "demo"))
     before = {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()}
     torch.manual_seed(7)
@@ -110,11 +97,11 @@ def _assert_same_features(left: dict, right: dict) -> None:
         assert np.allclose(spans, right[video_id][1])
 
 
-def test_from_videos_needs_no_shards_and_equals_raw_shards(materialized, tmp_path):
-    shards_root = _fresh(materialized, tmp_path / "a")
+def test_from_videos_needs_no_shards_and_equals_raw_shards(demo_shards, tmp_path):
+    shards_root = fresh_root(demo_shards, tmp_path / "a")
     from_shards = run("extract", shards_root, "--encoder", "tiny", "--schedule", "demo",
                       *SHARDS)
-    videos_root = _fresh(materialized, tmp_path / "b")
+    videos_root = fresh_root(demo_shards, tmp_path / "b")
     shutil.rmtree(videos_root / "shards")
     from_videos = run("extract", videos_root, "--encoder", "tiny", "--schedule", "demo",
                       "--from", "videos", *SHARDS, "--export", tmp_path / "npy")
@@ -131,11 +118,11 @@ def test_from_videos_needs_no_shards_and_equals_raw_shards(materialized, tmp_pat
     assert "(0 written, 2 already done)" in again
 
 
-def test_from_videos_a_broken_video_fails_alone(materialized, tmp_path):
-    clean_root = _fresh(materialized, tmp_path / "clean")
+def test_from_videos_a_broken_video_fails_alone(demo_shards, tmp_path):
+    clean_root = fresh_root(demo_shards, tmp_path / "clean")
     clean = run("extract", clean_root, "--encoder", "tiny", "--schedule", "demo",
                 "--from", "videos", *SHARDS)
-    root = _fresh(materialized, tmp_path / "broken")
+    root = fresh_root(demo_shards, tmp_path / "broken")
     manifest = pq.read_table(root / "manifest/videos.parquet").to_pylist()
     broken = next(row["uri"] for row in manifest if row["video_id"] == "synth_0002")
     copy = tmp_path / "synth_0002.mp4"
@@ -156,8 +143,8 @@ def test_from_videos_a_broken_video_fails_alone(materialized, tmp_path):
     assert list(stats["failed"]) == ["synth_0002"] and "\n" not in stats["failed"]["synth_0002"]
 
 
-def test_encoder_and_schedule_must_agree(materialized, tmp_path):
-    root = _fresh(materialized, tmp_path)
+def test_encoder_and_schedule_must_agree(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "vit_s",
                                        "--schedule", "demo"])
     assert result.exit_code == 2
@@ -177,18 +164,18 @@ def test_encoder_and_schedule_must_agree(materialized, tmp_path):
 
 
 @pytest.mark.s3
-def test_extract_on_s3(materialized, tmp_path, s3_bucket):
+def test_extract_on_s3(demo_shards, tmp_path, s3_bucket):
     bucket, options = s3_bucket
     root = Store(f"s3://{bucket}/root", options)
-    for path in sorted((materialized / "root").rglob("*")):
+    for path in sorted((demo_shards / "root").rglob("*")):
         if path.is_file():
-            root.write_bytes(str(path.relative_to(materialized / "root")), path.read_bytes())
+            root.write_bytes(str(path.relative_to(demo_shards / "root")), path.read_bytes())
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
     output = run("extract", root.url, "--encoder", "tiny", "--schedule", "demo",
                   "--export", f"s3://{bucket}/npy", *pairs)
     fingerprint = _fingerprint(output)
     remote = read_features(root, fingerprint)
-    local_root = _fresh(materialized, tmp_path)
+    local_root = fresh_root(demo_shards, tmp_path)
     run("extract", local_root, "--encoder", "tiny", "--schedule", "demo")
     local = read_features(Store(str(local_root)), fingerprint)
     assert sorted(remote) == sorted(local)

@@ -3,13 +3,12 @@ encoder's checkpoint and the features it regenerates, and a run on Ray Train."""
 
 import json
 import re
-import shutil
 import threading
 
 import numpy as np
 import pytest
 import torch
-from cli_helpers import SHARDS, run, synth_and_ingest
+from cli_helpers import SHARDS, fresh_root, run, synth_and_ingest
 from click.testing import CliRunner
 from faults import kill_a_train_worker_when, train_worker_pids
 
@@ -44,19 +43,6 @@ def test_plans_follow_each_cycle():
             assert "full" not in {p.fidelity for p in schedule_plan(PRESETS[preset], epoch, 64)}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local):
-    base = tmp_path_factory.mktemp("lofi")
-    synth_and_ingest(base, 4)
-    run("materialize", base / "root", "--schedule", "demo", *SHARDS)
-    return base
-
-
-def _fresh(shards, tmp_path):
-    shutil.copytree(shards / "root", tmp_path / "root")
-    return tmp_path / "root"
-
-
 def _trainer(root, epochs=6):
     settings = load_config(None, ["train.mode=lofi", "train.encoder=tiny", "train.run=lofi",
                                   f"train.epochs={epochs}", "train.head.dim=32",
@@ -69,8 +55,8 @@ def _trainer(root, epochs=6):
                        log=lambda line: None)
 
 
-def test_lofi_trains_the_encoder_end_to_end(shards, tmp_path):
-    root = _fresh(shards, tmp_path)
+def test_lofi_trains_the_encoder_end_to_end(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     trainer = _trainer(root)
     encoder = trainer.model.encoder.net
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -97,8 +83,8 @@ def test_lofi_trains_the_encoder_end_to_end(shards, tmp_path):
 
 
 @pytest.mark.ray
-def test_lofi_run_on_ray_train_and_resume(shards, tmp_path):
-    root = _fresh(shards, tmp_path)
+def test_lofi_run_on_ray_train_and_resume(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     args = ["train", root, "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny",
             "--run", "L", "--epochs", "2", "--set", "train.head.dim=32",
             "--set", "train.head.levels=3"]
@@ -143,8 +129,8 @@ def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):
 
 
 @pytest.mark.ray
-def test_lofi_recipe_runs_each_stage_and_resumes(shards, tmp_path):
-    root = _fresh(shards, tmp_path)
+def test_lofi_recipe_runs_each_stage_and_resumes(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     args = ["train", root, "--recipe", "lofi", "--schedule", "demo", "--encoder", "tiny",
             "--run", "R", "--epochs", "3", "--set", "train.encoder_epochs=2",
             "--set", "train.head.dim=32", "--set", "train.head.levels=3"]
@@ -162,8 +148,8 @@ def test_lofi_recipe_runs_each_stage_and_resumes(shards, tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_lofi_resumes_after_a_killed_worker(shards, tmp_path):
-    root = _fresh(shards, tmp_path)
+def test_lofi_resumes_after_a_killed_worker(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
     outputs = []
     thread = threading.Thread(target=lambda: outputs.append(run(
         "train", root, "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny",

@@ -43,7 +43,12 @@ from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_epoch
 from lofipipe.training.feature_set import FeatureSet
 from lofipipe.training.head_trainer import HeadTrainer
-from lofipipe.training.lofi_trainer import LofiTrainer, LosaTrainer
+from lofipipe.training.lofi_trainer import (
+    LofiTrainer,
+    LosaTrainer,
+    training_fidelities,
+    validation_fidelity,
+)
 from lofipipe.training.trainer import TrainJob, predictions_path
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
 
@@ -125,7 +130,7 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
                           f"-frame snippets, the {schedule.name} schedule has "
                           f"{schedule.full.frames}")
     videos = None
-    fidelities = (schedule.full,) if losa else schedule.train
+    fidelities = training_fidelities(schedule, config.train.mode)
     for fidelity in fidelities:
         stats = SnippetReader(root, fidelity.name).stats()
         expected = json.loads(json.dumps(fidelity_lineage(schedule, fidelity.name, "")))
@@ -137,7 +142,7 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
                                   f"{record['lineage']['schedule']}")
         found = {video for record in stats for video in record["videos"]}
         videos = found if videos is None else videos & found
-    validation = max(fidelities, key=lambda f: (f.snippets, f.size))
+    validation = validation_fidelity(fidelities)
     window = validation.snippets if schedule.sampling == "stride" else 0
     return AnnotationIndex(root), videos or set(), window
 

@@ -23,7 +23,7 @@ from lofipipe.models.tal_head import HeadOutput, TALHead
 from lofipipe.models.weights import build_weighted_encoder
 from lofipipe.pipeline.annotation_index import AnnotationIndex
 from lofipipe.pipeline.snippet_reader import SnippetReader, VideoSnippets
-from lofipipe.schemas.schedule import Schedule, load_schedule
+from lofipipe.schemas.schedule import Fidelity, Schedule, load_schedule
 from lofipipe.training.feature_set import Batch, VideoFeatures, collate
 from lofipipe.training.trainer import StepPlan, Trainer, parameter_groups
 
@@ -32,6 +32,16 @@ _CHUNK = 32  # snippets per encoder call (and per recomputed block with checkpoi
 
 def encoder_path(run: str) -> str:
     return f"runs/{run}/encoder.pt"
+
+
+def training_fidelities(schedule: Schedule, mode: str) -> tuple[Fidelity, ...]:
+    """What a mode trains on: LoFi the reduced fidelities, LoSA and the head the full one."""
+    return schedule.train if mode == "lofi" else (schedule.full,)
+
+
+def validation_fidelity(fidelities: Sequence[Fidelity]) -> Fidelity:
+    """The fidelity validation encodes at: the one with the most snippets (then pixels)."""
+    return max(fidelities, key=lambda f: (f.snippets, f.size))
 
 
 def schedule_plan(schedule: Schedule, epoch: int, videos: int) -> list[StepPlan]:
@@ -98,11 +108,11 @@ class LofiTrainer(Trainer):
         self.schedule = load_schedule(job.schedule)
         self.annotations = AnnotationIndex(job.root)
         self.labels = self.annotations.label_names
-        self.readers = {f.name: SnippetReader(job.root, f.name) for f in self.schedule.train}
-        # Validation uses the reduced fidelity with the most snippets (then pixels).
-        self.validation = max(self.schedule.train, key=lambda f: (f.snippets, f.size)).name
-        encoder = build_weighted_encoder(settings.encoder, False, settings.checkpoint,
-                                         job.root.options, settings.seed)
+        fidelities = training_fidelities(self.schedule, settings.mode)
+        self.readers = {f.name: SnippetReader(job.root, f.name) for f in fidelities}
+        self.validation = validation_fidelity(fidelities).name
+        encoder = build_weighted_encoder(settings.encoder, settings.mode == "losa",
+                                         settings.checkpoint, job.root.options, settings.seed)
         self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim,
                              settings.head.levels)
         return SnippetDetector(encoder, self._head, settings.activation_checkpointing,
@@ -176,21 +186,6 @@ class LosaTrainer(LofiTrainer):
     its LoSA adapters, gated fusion and the head trained on full-fidelity snippets. The
     adapted encoder (backbone and adapters) is `runs/<run>/encoder.pt`, which
     `extract --losa --checkpoint` loads."""
-
-    def build_model(self) -> nn.Module:
-        job, settings = self.job, self.job.settings
-        self.schedule = load_schedule(job.schedule)
-        self.annotations = AnnotationIndex(job.root)
-        self.labels = self.annotations.label_names
-        full = self.schedule.full.name
-        self.readers = {full: SnippetReader(job.root, full)}
-        self.validation = full
-        encoder = build_weighted_encoder(settings.encoder, True, settings.checkpoint,
-                                         job.root.options, settings.seed)
-        self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim,
-                             settings.head.levels)
-        return SnippetDetector(encoder, self._head, settings.activation_checkpointing,
-                               settings.mixed_precision)
 
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
         size = self.job.settings.batch_size

@@ -175,11 +175,6 @@ def plan_fidelity(mode: str, encoder: str, fidelity: Fidelity, budget: int,
     return FidelityPlan(fidelity, low, measured[low], measured)
 
 
-def plan_fidelities(schedule: Schedule, mode: str) -> tuple[Fidelity, ...]:
-    """What a mode trains on: LoFi the reduced fidelities, LoSA and the head the full one."""
-    return schedule.train if mode == "lofi" else (schedule.full,)
-
-
 
 def planned_schedule_yaml(schedule: Schedule, plans: list[FidelityPlan], header: str) -> str:
     """The schedule as a YAML file with each planned fidelity's batch size set."""
