@@ -1,5 +1,5 @@
 # `make demo` runs the main job, `make test` the test suite; both set up .venv first.
-.PHONY: setup demo test lint
+.PHONY: setup browser demo test lint
 
 setup: .venv/.installed
 
@@ -7,11 +7,15 @@ setup: .venv/.installed
 	bash scripts/setup.sh
 	touch $@
 
+# Chromium renders the run report in a test; installed when missing (root with apt-get).
+browser:
+	bash scripts/setup-browser.sh
+
 demo: setup
 	.venv/bin/lofipipe demo
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: setup
+test: setup browser
 	.venv/bin/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -7,6 +7,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -14,7 +15,6 @@ from lofipipe import __version__
 from lofipipe.errors import InputError, LofipipeError
 from lofipipe.schemas.config import (
     Config,
-    config_to_dict,
     config_to_yaml,
     config_with,
     load_config,
@@ -39,10 +39,15 @@ def _mask_option(pair: str) -> str:
     return f"{name}={REDACTED}" if sep and is_secret_option(name.rsplit(".", 1)[-1]) else pair
 
 
-def common_options(func: Callable) -> Callable:
-    """--config, --set, --storage-option and --address, shared by every command."""
+def common_options(func: Callable | None = None, *, default_config: str | None = None
+                   ) -> Callable:
+    """--config, --set, --storage-option and --address, shared by every command.
+    `default_config` is the file read when no --config is given."""
+    if func is None:
+        return functools.partial(common_options, default_config=default_config)
 
     @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  default=default_config, show_default=default_config is not None,
                   help="YAML config file; see the resolved config saved by any run.")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override one config key, e.g. --set ingest.probe_timeout_s=30.")
@@ -453,8 +458,8 @@ def run_recipe(dry_run, config, storage_options):
 
     \b
     Examples:
-      lofipipe run --config recipes/demo.yaml --dry-run
-      lofipipe run --config recipes/anet-lofi.yaml --storage-option endpoint_url=http://...
+      lofipipe run --config lofipipe/recipes/demo.yaml --dry-run
+      lofipipe run --config lofipipe/recipes/anet-lofi.yaml --storage-option endpoint_url=http://...
     """
     from lofipipe.pipeline.job import plan_job, run_job
 
@@ -519,60 +524,59 @@ def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config,
     click.echo(result.table(per_class))
 
 
+@main.command(name="report")
+@click.argument("root")
+@click.option("--run", "run_name", required=True, help="The run under ROOT/runs/.")
+@common_options
+def report(root, run_name, config, storage_options):
+    """Write (again) a run's report page, ROOT/runs/RUN/report.html: loss and learning-rate
+    curves, mAP per tIoU and per class, stage throughput, errors, a snippet contact sheet
+    and the resolved config, in one self-contained file. Training writes it already.
+
+    \b
+    Examples:
+      lofipipe report lofipipe-demo/root --run demo-head
+    """
+    from lofipipe.pipeline.run_page import write_run_page
+
+    click.echo(f"report: {write_run_page(Store(root, storage_options), run_name)}")
+
+
+DEMO_RECIPE = str(Path(__file__).parent / "recipes" / "demo.yaml")
+
+
 @main.command()
 @click.argument("directory", default="lofipipe-demo")
-@common_options
+@common_options(default_config=DEMO_RECIPE)
 def demo(directory, config, storage_options):
-    """Run the whole pipeline on a synthetic dataset it makes in DIRECTORY.
+    """Run the whole graph on a synthetic dataset it makes in DIRECTORY: the demo recipe
+    (ingest, materialize, extract, the LoFi recipe, evaluation), then point to the report.
 
     Needs no setup: a local Ray, local storage. DIRECTORY/dataset holds the synthetic
-    videos and annotations, DIRECTORY/root everything lofipipe produces.
+    videos and annotations, DIRECTORY/root everything lofipipe produces; the recipe's
+    job.root, job.videos and job.annotations are set to them. A rerun continues the job.
 
     \b
     Examples:
       lofipipe demo
-      lofipipe demo /tmp/demo --set synth.videos=8
+      lofipipe demo /tmp/demo --set synth.videos=8 --set train.epochs=10
     """
+    from lofipipe.pipeline.job import run_job
+    from lofipipe.pipeline.run_page import run_page_path
+
     started = time.monotonic()
     base = Store(directory, storage_options)
     dataset, root = base.child("dataset"), base.child("root")
     command = _command_line()
     click.echo(f"== synth -> {dataset.url}")
     _run_synth(config, dataset, command)
-    click.echo(f"== ingest -> {root.url}")
-    _run_ingest(config, root, dataset.url_of("videos"), dataset.url_of("annotations.json"),
-                storage_options, command)
-    click.echo(f"== materialize ({config.materialize.schedule}) -> {root.url_of('shards')}")
-    _run_materialize(config, root, storage_options, command)
-    click.echo(f"== extract ({config.extract.encoder}) -> {root.url_of('features')}")
-    features = _run_extract(config, root, storage_options, command).fingerprint
-    config = _demo_training(config, features)
-    click.echo(f"== train the head on the frozen encoder's features ({config.train.run}) -> "
-               f"{root.url_of('runs')}")
-    _run_train(config, root, storage_options, command)
-    click.echo(f"== the LoFi recipe ({config.train.run}-lofi, then {config.train.run}-head) "
-               f"-> {root.url_of('runs')}")
-    _run_recipe(config, root, storage_options, command)
-    click.echo(f"demo finished in {time.monotonic() - started:.1f} s; outputs in {root.url}")
-
-
-# The demo's training, sized for its 18 training videos of 32 snippets; a --set of any of
-# these keys wins.
-_DEMO_TRAIN = {"run": "demo", "epochs": 30, "batch_size": 2, "warmup_epochs": 2.0,
-               "encoder": "tiny", "encoder_epochs": 10, "head": {"dim": 128}}
-
-
-def _demo_training(config: Config, features: str) -> Config:
-    defaults = config_to_dict(Config().train)
-    chosen = config_to_dict(config.train)
-
-    def merge(demo: dict, default: dict, current: dict) -> dict:
-        return {key: merge(value, default[key], current[key]) if isinstance(value, dict)
-                else (value if current[key] == default[key] else current[key])
-                for key, value in demo.items()}
-
-    return _with_options(config, "train", features=features,
-                         **merge(_DEMO_TRAIN, defaults, chosen))
+    config = config_with(config, job={"root": root.url, "videos": dataset.url_of("videos"),
+                                      "annotations": dataset.url_of("annotations.json")})
+    click.echo(f"== {config.job.recipe} recipe -> {root.url}")
+    summary = run_job(config, storage_options, command)
+    _echo_summary(summary, root)
+    click.echo(f"demo finished in {time.monotonic() - started:.1f} s; the run's report: "
+               f"{root.url_of(run_page_path(summary.run))}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ from cli_helpers import run, small_synth
 from lofipipe.pipeline.job import check_job, training_runs
 from lofipipe.schemas.config import load_config
 
-RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parent.parent / "lofipipe/recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)

@@ -38,6 +38,7 @@ from lofipipe.pipeline.features import (
 from lofipipe.pipeline.materialize import ok_videos
 from lofipipe.pipeline.shards import SourceVideo, fidelity_lineage, shard_groups
 from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.pipeline.stage_log import record_stage
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config
 from lofipipe.schemas.schedule import Schedule, load_schedule
@@ -219,14 +220,18 @@ def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
         _ExtractActor, fn_constructor_args=(extractor, cpus),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0, num_cpus=cpus)
+    snippets = 0
     with Progress("extract", sum(len(sources[job.part]) for job in todo)) as progress:
         for row in dataset.iter_rows():
             stats = json.loads(row["stats"])
+            snippets += stats["snippets"]
             summary.written += 1
             summary.add(stats)
             progress.done(count=len(stats["videos"]))
             for error in stats["failed"].values():
                 progress.done(failed_reason=error.split(":", 1)[0])
+    record_stage(root, f"extract {fingerprint}", progress.seconds, progress.ok, snippets,
+                 sum(progress.failures.values()))
     return progress.summary()
 
 

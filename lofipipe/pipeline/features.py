@@ -141,6 +141,7 @@ class FeatureExtractor:
                               row_group_size=1)
         record = {"part": job.part, "source": job.shard or "videos",
                   "videos": [r["video_id"] for r in rows], "rows": len(rows),
+                  "snippets": sum(r["num_snippets"] for r in rows),
                   "failed": failed, "source_fingerprints": sources,
                   "lofipipe_version": __version__}
         self.root.write_text(part_stats_path(self.fingerprint, job.part),

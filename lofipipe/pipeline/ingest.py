@@ -18,6 +18,7 @@ from lofipipe import __version__
 from lofipipe.errors import InputError
 from lofipipe.pipeline.annotations import normalize, read_annotations
 from lofipipe.pipeline.probe import VideoItem, VideoProber, source_signature
+from lofipipe.pipeline.stage_log import record_stage
 from lofipipe.pipeline.video_ids import video_id_for_file
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config, config_to_yaml
@@ -134,6 +135,8 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
                 rows[item.video_id] = row
                 progress.done(reason_of(row["error"]) if row["status"] == "failed" else None)
         summary.progress_line = progress.summary()
+        record_stage(root, "ingest", progress.seconds, progress.ok,
+                     failed=sum(progress.failures.values()))
 
     durations = {vid: row.get("duration") if row["status"] == "ok" else None
                  for vid, row in rows.items()}

@@ -10,20 +10,18 @@ done and what it would still do.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from lofipipe.errors import ConfigError
-from lofipipe.evaluation.detection import DetectionResult, evaluate, parse_thresholds
-from lofipipe.evaluation.files import parse_predictions
-from lofipipe.pipeline.annotation_index import AnnotationIndex
+from lofipipe.evaluation.detection import DetectionResult
 from lofipipe.pipeline.extract import plan_extract, run_extract
 from lofipipe.pipeline.ingest import MANIFEST_PATH, list_videos, manifest_rows, run_ingest
 from lofipipe.pipeline.materialize import ok_videos, plan_jobs, run_materialize
 from lofipipe.pipeline.recipe import run_lofi_recipe
-from lofipipe.pipeline.train import run_train
+from lofipipe.pipeline.run_page import run_page_path
+from lofipipe.pipeline.train import evaluate_run, run_train
 from lofipipe.schemas.config import Config, config_with
 from lofipipe.schemas.schedule import load_schedule
 from lofipipe.storage import Store
@@ -128,21 +126,13 @@ class JobSummary:
         out = []
         for name, summary in self.steps:
             out.append(f"== {name}")
+            if summary.progress_line:
+                out.append(summary.progress_line)
             out += summary.lines(root)
         if self.result is not None:
-            out += [f"== evaluate {self.run}", self.result.table(per_class=True)]
+            out += [f"== evaluate {self.run}", self.result.table(per_class=True),
+                    f"report: {root.url_of(run_page_path(self.run))}"]
         return out
-
-
-def evaluate_run(root: Store, run: str, subset: str, tiou: str) -> DetectionResult:
-    """The run's predictions scored against ROOT's annotations of `subset`, saved as
-    runs/<run>/evaluation.json."""
-    annotations = AnnotationIndex(root)
-    predictions = parse_predictions(root.read_text(predictions_path(run)), predictions_path(run))
-    videos = annotations.videos(subset)
-    result = evaluate(annotations.ground_truth(videos), predictions, parse_thresholds(tiou))
-    root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict(), indent=1))
-    return result
 
 
 def run_job(config: Config, storage_options: Mapping[str, Any], command: str) -> JobSummary:

@@ -31,6 +31,7 @@ from lofipipe.pipeline.shards import (
     shard_path,
     stats_path,
 )
+from lofipipe.pipeline.stage_log import record_stage
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import Schedule, load_schedule
@@ -163,9 +164,11 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
                   "fidelities": json.dumps(job.fidelities)} for job in jobs]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
             functools.partial(_run_job, stage), num_cpus=stage.resources["num_cpus"])
+        snippets = 0
         with Progress("materialize", sum(len(job.videos) for job in jobs)) as progress:
             for row in dataset.iter_rows():
                 results = json.loads(row["stats"])
+                snippets += sum(stats["rows"] for stats in results)
                 for stats in results:
                     summary.fidelities[stats["fidelity"]].add(stats)
                     summary.fidelities[stats["fidelity"]].written += 1
@@ -174,6 +177,8 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
                 for error in first["failed"].values():
                     progress.done(failed_reason=error.split(":", 1)[0])
         summary.progress_line = progress.summary()
+        record_stage(root, "materialize", progress.seconds, progress.ok, snippets,
+                     sum(progress.failures.values()))
     _remove_stale(root, schedule, -(-len(videos) // settings.videos_per_shard))
     root.write_text(SCHEDULE_PATH, json.dumps(config_to_dict(schedule), indent=1))
     root.write_text(CONFIG_PATH, config_to_yaml(config, command))

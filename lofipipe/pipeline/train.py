@@ -31,10 +31,13 @@ from lofipipe.evaluation.detection import (
     map_table,
     parse_thresholds,
 )
+from lofipipe.evaluation.files import parse_predictions
 from lofipipe.models.registry import ENCODERS, build_encoder
 from lofipipe.pipeline.annotation_index import AnnotationIndex
+from lofipipe.pipeline.run_page import run_page_path, write_run_page
 from lofipipe.pipeline.shards import fidelity_lineage
 from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.pipeline.stage_log import record_stage
 from lofipipe.progress import Progress
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import load_schedule
@@ -76,8 +79,9 @@ class TrainSummary:
                 f"trivial baseline (class priors at every position, no features): "
                 f"mAP@{first:.2f} {100 * self.baseline.mAP[0]:.2f}, average "
                 f"{100 * self.baseline.average_mAP:.2f}",
-                f"checkpoints, metrics.parquet, predictions.json and report.png under "
-                f"{root.url_of('runs/' + self.run)}"]
+                f"checkpoints, metrics.parquet, predictions.json and evaluation.json under "
+                f"{root.url_of('runs/' + self.run)}",
+                f"report: {root.url_of(run_page_path(self.run))}"]
 
 
 def _worker(job: TrainJob) -> None:
@@ -173,15 +177,30 @@ def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
     started = time.monotonic()
     if done < settings.epochs or not root.exists(predictions_path(settings.run)):
         _train_on_ray(config, root, train_videos, val_videos, thresholds, window)
+        record_stage(root, f"train {settings.run}", time.monotonic() - started,
+                     len(train_videos) * (settings.epochs - done))
     last = [r for r in _epoch_rows(root, settings.run) if r["kind"] == "epoch"][-1]
     if not root.exists(predictions_path(settings.run)):
         raise InputError(f"run {settings.run} ended without its predictions")
+    evaluate_run(root, settings.run, settings.val_subset, settings.tiou)
+    write_run_page(root, settings.run)
     truth = annotations.ground_truth
     baseline = evaluate(truth(val_videos), class_prior_baseline(truth(train_videos), {
         v: (0.0, annotations.durations[v]) for v in val_videos}), thresholds)
     return TrainSummary(settings.run, settings.epochs, done, settings.workers,
                         time.monotonic() - started, map_table(thresholds, last["val_map"]),
                         baseline)
+
+
+def evaluate_run(root: Store, run: str, subset: str, tiou: str) -> DetectionResult:
+    """The run's predictions scored against ROOT's annotations of `subset`, saved as
+    runs/<run>/evaluation.json."""
+    annotations = AnnotationIndex(root)
+    predictions = parse_predictions(root.read_text(predictions_path(run)), predictions_path(run))
+    result = evaluate(annotations.ground_truth(annotations.videos(subset)), predictions,
+                      parse_thresholds(tiou))
+    root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict(), indent=1))
+    return result
 
 
 def _train_on_ray(config: Config, root: Store, train_videos: list[str],
