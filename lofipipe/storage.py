@@ -178,10 +178,16 @@ class Store:
 
     # Reading -------------------------------------------------------------------------------
 
+    def _forget_listings(self) -> None:
+        """Other processes (Ray workers, other drivers) write here: an object store's
+        client must not answer from listings it cached before they did. fsspec forgets a
+        path and its parents but not the folders below, so all of them go."""
+        if not self.is_local:
+            self.fs.invalidate_cache()
+
     def exists(self, relpath: str) -> bool:
         with self._errors("check", relpath):
-            # Other processes (Ray workers) write here: never answer from a cached listing.
-            self.fs.invalidate_cache(self.path(relpath))
+            self._forget_listings()
             return self.fs.exists(self.path(relpath))
 
     def open(self, relpath: str, mode: str = "rb") -> IO:
@@ -189,10 +195,12 @@ class Store:
         if "r" not in mode:
             raise ValueError("Store.open is for reading; use Store.writer to write")
         with self._errors("read", relpath):
+            self._forget_listings()
             return self.fs.open(self.path(relpath), mode)
 
     def read_bytes(self, relpath: str) -> bytes:
         with self._errors("read", relpath):
+            self._forget_listings()
             return self.fs.cat_file(self.path(relpath))
 
     def read_text(self, relpath: str) -> str:
@@ -212,6 +220,7 @@ class Store:
 
     def info(self, relpath: str = "") -> dict[str, Any]:
         with self._errors("stat", relpath):
+            self._forget_listings()
             return self.fs.info(self.path(relpath))
 
     def list(self, relpath: str = "", pattern: str | None = None,
@@ -227,7 +236,7 @@ class Store:
         """Like `list`, with each file's fsspec info (size, mtime or ETag)."""
         base = self.path(relpath)
         with self._errors("list", relpath):
-            self.fs.invalidate_cache(base)  # see `exists`
+            self._forget_listings()
             if not self.fs.isdir(base):
                 return []
             found = self.fs.find(base, maxdepth=None if recursive else 1, detail=True)

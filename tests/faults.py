@@ -1,4 +1,5 @@
-"""Fault injection for tests: killing a Ray Train worker process once a run is under way."""
+"""Fault injection for tests: killing a Ray Train worker process once a run is under way,
+or a driver process at a chosen point."""
 
 from __future__ import annotations
 
@@ -34,3 +35,17 @@ def kill_a_train_worker_when(path: Path, alive, earlier: set[int],
     assert victims, "no Ray Train worker to kill"
     os.kill(min(victims), signal.SIGKILL)
     return len(victims)
+
+
+def kill_when(process, ready, timeout: float = 300) -> bool:
+    """SIGKILLs `process` as soon as `ready()` holds; returns False if the process ended
+    first (it was never killed)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        if ready():
+            process.kill()
+            process.wait()
+            return True
+        assert time.monotonic() < deadline, "timed out waiting to kill the driver"
+        time.sleep(0.05)
+    return False

@@ -31,6 +31,7 @@ from lofipipe.pipeline.snippet_reader import SnippetReader
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
+from lofipipe.workers.runtime import node_id
 
 LINEAGE = "lineage.json"
 
@@ -143,7 +144,7 @@ class FeatureExtractor:
                   "videos": [r["video_id"] for r in rows], "rows": len(rows),
                   "snippets": sum(r["num_snippets"] for r in rows),
                   "failed": failed, "source_fingerprints": sources,
-                  "lofipipe_version": __version__}
+                  "lofipipe_version": __version__, "node": node_id()}
         self.root.write_text(part_stats_path(self.fingerprint, job.part),
                              json.dumps(record, indent=1))
         return record

@@ -225,7 +225,10 @@ def _contact(root: Store, train: dict[str, Any], schedule: Schedule) -> str:
     fidelity = (validation_fidelity(training_fidelities(schedule, mode)) if mode == "lofi"
                 else schedule.full)
     reader = SnippetReader(root, fidelity.name)
-    videos = [video for stats in reader.stats() for video in stats["videos"]]
+    try:
+        videos = [video for stats in reader.stats() for video in stats["videos"]]
+    except InputError:  # features extracted --from videos, or copied in without shards
+        videos = []
     if not videos:
         return _section("snippets", "Snippets", f"<p class='note'>no {fidelity.name} shards "
                         f"under this root to show</p>")

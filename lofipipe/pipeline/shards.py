@@ -31,6 +31,7 @@ from lofipipe.pipeline.probe import VideoFailure
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
+from lofipipe.workers.runtime import node_id
 
 # A record batch (and so a Parquet row group) closes at this many snippets or bytes.
 _BATCH_ROWS = 32
@@ -221,7 +222,7 @@ class ShardMaterializer:
             "fidelity": fidelity, "shard": job.shard, "rows": 0, "videos": [], "failed": {},
             "source_fingerprints": {v.video_id: v.fingerprint for v in job.videos},
             "lineage": fidelity_lineage(self.schedule, fidelity, self.encoding),
-            "lofipipe_version": __version__,
+            "lofipipe_version": __version__, "node": node_id(),
         }
 
     def _row(self, video: SourceVideo, snippet: Snippet) -> dict[str, Any]:

@@ -34,6 +34,12 @@ def ensure_ray(config: RayConfig) -> None:
     )
 
 
+def node_id() -> str:
+    """The Ray node this process runs on ("local" outside Ray), recorded in the stats of
+    the work it commits: which machine of a cluster wrote what."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 def cluster_cpus() -> int:
     """CPUs of the whole cluster (at least 1)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))

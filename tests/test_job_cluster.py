@@ -1,0 +1,157 @@
+"""`lofipipe run` as a user runs it on a cluster: drivers in their own processes against a
+real Ray cluster on this machine, with ROOT and the videos on S3 (moto's server).
+
+- A driver killed with SIGKILL during materialize, then during extract, then during
+  training, and rerun each time, ends with the outputs of an uninterrupted run.
+- On two nodes (a head and a worker node, one CPU each) the work runs on both, and the
+  outputs equal the single-node run's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from cluster import driver, node_ids, ray_cluster
+from conftest import S3_KEY, S3_SECRET
+from faults import kill_when
+from job_outputs import differences, job_outputs
+
+from lofipipe.storage import Store
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.s3]
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1"}
+RECIPE = """\
+# lofipipe run --config recipe.yaml (the tests' small LoFi job)
+job:
+  root: s3://{bucket}/{root}
+  videos: s3://{bucket}/data/videos
+  annotations: s3://{bucket}/data/annotations.json
+  recipe: lofi
+materialize:
+  schedule: demo
+  videos_per_shard: 2
+extract:
+  encoder: tiny
+train:
+  run: k
+  encoder: tiny
+  workers: 2
+  epochs: 4
+  encoder_epochs: 3
+  batch_size: 2
+  warmup_epochs: 1
+  head:
+    dim: 32
+    levels: 3
+"""
+
+
+class Job:
+    """The small LoFi job on one bucket: writes recipe files and runs drivers."""
+
+    def __init__(self, bucket: str, endpoint: str, folder):
+        self.bucket, self.endpoint, self.folder = bucket, endpoint, folder
+
+    def store(self, root: str) -> Store:
+        return Store(f"s3://{self.bucket}/{root}", {"endpoint_url": self.endpoint,
+                                                     "key": S3_KEY, "secret": S3_SECRET})
+
+    def start(self, root: str, cluster, *extra: str):
+        recipe = self.folder / f"{root}.yaml"
+        recipe.write_text(RECIPE.format(bucket=self.bucket, root=root))
+        return driver(["run", "--config", str(recipe), "--address", cluster.address,
+                       "--storage-option", f"endpoint_url={self.endpoint}", *extra],
+                      CREDENTIALS)
+
+    def run(self, root: str, cluster, *extra: str) -> tuple[str, float]:
+        """Runs the job to the end; returns its output and wall time."""
+        started = time.monotonic()
+        process = self.start(root, cluster, *extra)
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        return out, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def job(s3_server, tmp_path_factory):
+    import boto3
+
+    bucket = "lofipipe-cluster"
+    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_KEY,
+                 aws_secret_access_key=S3_SECRET, region_name="us-east-1"
+                 ).create_bucket(Bucket=bucket)
+    process = driver(["synth", f"s3://{bucket}/data", "--videos", "8", "--seconds", "10",
+                      "--size", "64x48", "--fps", "10", "--set",
+                      "synth.actions_per_video=[1, 2]", "--set",
+                      "synth.action_seconds=[1.5, 3]", "--storage-option",
+                      f"endpoint_url={s3_server}"], CREDENTIALS)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return Job(bucket, s3_server, tmp_path_factory.mktemp("recipes"))
+
+
+@pytest.fixture(scope="module")
+def single_node(job):
+    with ray_cluster([2], CREDENTIALS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def clean_run(job, single_node):
+    """The uninterrupted run on one node: (its outputs, its wall time)."""
+    out, seconds = job.run("clean", single_node)
+    assert "== evaluate k-head" in out
+    return job_outputs(job.store("clean")), seconds
+
+
+def _committed(store: Store, folder: str) -> int:
+    return len(store.list(folder, pattern="part-*.stats.json", recursive=True))
+
+
+def _plan(job: Job, root: str, cluster) -> dict[str, str]:
+    """`lofipipe run --dry-run`: each step's state."""
+    out, _ = job.run(root, cluster, "--dry-run")
+    return {m[1]: m[2] for m in re.finditer(r"^(\S.*?) {2,}(done|pending|partly done)\b",
+                                             out, re.MULTILINE)}
+
+
+def test_killed_driver_reruns_to_the_clean_outputs(job, single_node, clean_run):
+    store = job.store("killed")
+    shards = sum(path.startswith("shards/") and path.endswith(".stats.json")
+                 for path in clean_run[0])
+    points = [
+        ("materialize", lambda: _committed(store, "shards") >= 1),
+        ("extract", lambda: _committed(store, "features") >= 1),
+        ("train k-lofi", lambda: store.exists("runs/k-lofi/checkpoints/epoch-0001.pt")),
+    ]
+    for step, reached in points:
+        process = job.start("killed", single_node)
+        assert kill_when(process, reached), f"the job finished before {step} was reached"
+        plan = _plan(job, "killed", single_node)
+        assert plan[step] != "done", (step, plan)  # killed in the middle of that step
+        if step == "materialize":
+            assert _committed(store, "shards") < shards
+    out, _ = job.run("killed", single_node)
+    assert "resumed after epoch" in out  # training continued from its checkpoint
+    assert differences(clean_run[0], job_outputs(store)) == []
+    assert set(_plan(job, "killed", single_node).values()) == {"done"}
+
+
+def test_two_nodes_share_the_work_and_match_one(job, clean_run, capsys):
+    with ray_cluster([1, 1], CREDENTIALS) as cluster:
+        out, seconds = job.run("two-nodes", cluster)
+        nodes = node_ids(cluster)
+    store = job.store("two-nodes")
+    assert differences(clean_run[0], job_outputs(store)) == []
+    for folder in ("shards", "features"):
+        used = {json.loads(store.read_text(path))["node"]
+                for path in store.list(folder, pattern="part-*.stats.json", recursive=True)}
+        assert used == nodes, f"{folder}: written on {len(used)} of the {len(nodes)} nodes"
+    with capsys.disabled():
+        print(f"\n[multi-node] the LoFi job on 2 nodes x 1 CPU: {seconds:.1f} s; on 1 node "
+              f"x 2 CPUs: {clean_run[1]:.1f} s ({seconds / clean_run[1]:.2f}x)")
