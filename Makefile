@@ -1,5 +1,5 @@
 # `make demo` runs the main job, `make test` the test suite; both set up .venv first.
-.PHONY: setup browser demo test lint
+.PHONY: setup browser demo test lint reliability
 
 setup: .venv/.installed
 
@@ -18,6 +18,10 @@ demo: setup
 test: setup browser
 	.venv/bin/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The bad inputs and injected faults, with their outcomes written to docs/reliability.md.
+reliability: setup browser
+	LOFIPIPE_RELIABILITY_DOC=docs/reliability.md .venv/bin/python -m pytest -m reliability
 
 lint: setup
 	.venv/bin/ruff check lofipipe tests

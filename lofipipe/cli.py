@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from lofipipe import __version__
-from lofipipe.errors import InputError, LofipipeError
+from lofipipe.errors import InputError, LofipipeError, StrictError
 from lofipipe.schemas.config import (
     Config,
     config_to_yaml,
@@ -56,8 +56,11 @@ def common_options(func: Callable | None = None, *, default_config: str | None =
                        "(credentials are best left to the environment).")
     @click.option("--address", envvar="RAY_ADDRESS", default=None,
                   help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+    @click.option("--strict", is_flag=True,
+                  help="Exit with code 3 when any video failed (after the summary).")
     @functools.wraps(func)
-    def wrapper(config_path, overrides, storage_pairs, address, **kwargs):
+    def wrapper(config_path, overrides, storage_pairs, address, strict, **kwargs):
+        click.get_current_context().meta["lofipipe.strict"] = strict
         storage_options = parse_storage_options(storage_pairs)
         ray_override = {"ray": {"address": address}} if address else {}
         config = load_config(config_path, [*overrides, ray_override])
@@ -133,11 +136,15 @@ def synth(out, videos, seconds, classes, size, fps, seed, config, storage_option
 
 
 def _echo_summary(summary, root: Store) -> None:
-    """The progress line of the work done, if any, then the summary lines."""
+    """The progress line of the work done, if any, then the summary lines; with --strict,
+    exit code 3 when the summary counts failed videos."""
     if summary.progress_line:
         click.echo(summary.progress_line)
     for line in summary.lines(root):
         click.echo(line)
+    failed = getattr(summary, "failed_videos", 0)
+    if failed and click.get_current_context().meta.get("lofipipe.strict"):
+        raise StrictError(f"--strict: {failed} failed videos (reasons above)")
 
 
 def _with_options(config: Config, section: str, **given) -> Config:

@@ -25,6 +25,12 @@ class InputError(LofipipeError):
     """An input (video listing, annotation file) cannot be used as given."""
 
 
+class StrictError(LofipipeError):
+    """--strict: the command finished, but some videos failed."""
+
+    exit_code = 3
+
+
 def one_line(error: BaseException, *, with_type: bool = False, last: bool = False) -> str:
     """One line of an exception's message: the first (or `last`) non-empty one.
 

@@ -3,22 +3,26 @@
 Every read and write of lofipipe goes through `Store`. A write is staged (a temporary file
 beside the target on local disk, a local spool for object stores) and committed only when
 the writer finished without an exception, so no reader ever sees a half-written object
-under its final name.
+under its final name. An object store's transient failures (a refused or reset connection,
+a timeout, throttling: the service restarting) are retried with backoff for up to
+LOFIPIPE_STORAGE_RETRY_S seconds (default 120) before they become errors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import io
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -36,6 +40,29 @@ REDACTED = "***"
 # which object stores also make visible only when it completes.
 _SINGLE_PUT_BYTES = 64 * 2**20
 _STAGED_SUFFIX = ".partial"  # local writes are staged as .<name>.<random>.partial
+_TRANSIENT_NAMES = ("Connect", "Timeout", "Disconnected", "IncompleteRead", "SlowDown",
+                    "ServiceUnavailable", "ResponseParserError", "BrokenPipe")
+T = TypeVar("T")
+# A local write that fails with one of these failed for want of room or rights on the disk.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _retry_seconds() -> float:
+    return float(os.environ.get("LOFIPIPE_STORAGE_RETRY_S", "120"))
+
+
+def is_transient(error: BaseException) -> bool:
+    """A failure that may pass if the operation is tried again: the connection, not the
+    request (a missing object or refused credentials are not)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, FileNotFoundError | PermissionError):
+            return False
+        if isinstance(seen, ConnectionError | TimeoutError) or any(
+                name in type(seen).__name__ for name in _TRANSIENT_NAMES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _umask() -> int:
@@ -166,6 +193,9 @@ class Store:
     def _clean(self, error: BaseException) -> str:
         return redact(one_line(error, with_type=True), self.options)
 
+    def _failure(self, action: str, relpath: str, error: BaseException) -> StorageError:
+        return StorageError(f"cannot {action} {self.url_of(relpath)}: {self._clean(error)}")
+
     @contextlib.contextmanager
     def _errors(self, action: str, relpath: str) -> Iterator[None]:
         try:
@@ -173,8 +203,23 @@ class Store:
         except (StorageError, FileNotFoundError):
             raise
         except Exception as error:  # noqa: BLE001 - botocore, aiohttp, gcsfs... raise their own
-            where = self.url_of(relpath)
-            raise StorageError(f"cannot {action} {where}: {self._clean(error)}") from None
+            raise self._failure(action, relpath, error) from None
+
+    def _do(self, action: str, relpath: str, operation: Callable[[], T]) -> T:
+        """One storage operation, retried while an object store fails transiently."""
+        deadline = time.monotonic() + _retry_seconds()
+        pause = 0.25
+        while True:
+            try:
+                return operation()
+            except (StorageError, FileNotFoundError):
+                raise
+            except Exception as error:  # noqa: BLE001 - see _errors
+                if self.is_local or not is_transient(error) or (
+                        time.monotonic() + pause > deadline):
+                    raise self._failure(action, relpath, error) from None
+            time.sleep(pause)
+            pause = min(2 * pause, 8.0)
 
     # Reading -------------------------------------------------------------------------------
 
@@ -186,29 +231,39 @@ class Store:
             self.fs.invalidate_cache()
 
     def exists(self, relpath: str) -> bool:
-        with self._errors("check", relpath):
+        def check() -> bool:
             self._forget_listings()
             return self.fs.exists(self.path(relpath))
+
+        return self._do("check", relpath, check)
 
     def open(self, relpath: str, mode: str = "rb") -> IO:
         """Opens an existing object for reading."""
         if "r" not in mode:
             raise ValueError("Store.open is for reading; use Store.writer to write")
-        with self._errors("read", relpath):
+
+        def opened() -> IO:
             self._forget_listings()
             return self.fs.open(self.path(relpath), mode)
 
+        return self._do("read", relpath, opened)
+
     def read_bytes(self, relpath: str) -> bytes:
-        with self._errors("read", relpath):
+        def read() -> bytes:
             self._forget_listings()
             return self.fs.cat_file(self.path(relpath))
+
+        return self._do("read", relpath, read)
 
     def read_text(self, relpath: str) -> str:
         return self.read_bytes(relpath).decode("utf-8")
 
     def read_table(self, relpath: str, columns: list[str] | None = None) -> pa.Table:
-        with self._errors("read", relpath), self.open_arrow(relpath) as handle:
-            return pq.read_table(handle, columns=columns)
+        def read() -> pa.Table:
+            with self.open_arrow(relpath) as handle:
+                return pq.read_table(handle, columns=columns)
+
+        return self._do("read", relpath, read)
 
     def open_arrow(self, relpath: str):
         """Opens an object for reading by pyarrow: a native (memory-mapped) file when local,
@@ -219,9 +274,11 @@ class Store:
         return self.open(relpath)
 
     def info(self, relpath: str = "") -> dict[str, Any]:
-        with self._errors("stat", relpath):
+        def stat() -> dict[str, Any]:
             self._forget_listings()
             return self.fs.info(self.path(relpath))
+
+        return self._do("stat", relpath, stat)
 
     def list(self, relpath: str = "", pattern: str | None = None,
              recursive: bool = False) -> list[str]:
@@ -235,11 +292,14 @@ class Store:
                       recursive: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """Like `list`, with each file's fsspec info (size, mtime or ETag)."""
         base = self.path(relpath)
-        with self._errors("list", relpath):
+
+        def find() -> dict[str, dict[str, Any]]:
             self._forget_listings()
             if not self.fs.isdir(base):
-                return []
-            found = self.fs.find(base, maxdepth=None if recursive else 1, detail=True)
+                return {}
+            return self.fs.find(base, maxdepth=None if recursive else 1, detail=True)
+
+        found = self._do("list", relpath, find)
         prefix = self.path().rstrip("/") + "/"
         out = []
         for path, info in found.items():
@@ -269,10 +329,20 @@ class Store:
                     prefix=f".{os.path.basename(target)}.", suffix=_STAGED_SUFFIX,
                     dir=directory)
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    yield handle
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                handle = os.fdopen(fd, "wb")
+                try:
+                    try:
+                        yield handle
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                    finally:
+                        with contextlib.suppress(OSError):  # flushed above if all went well
+                            handle.close()
+                except OSError as error:
+                    if error.errno not in _DISK_ERRNOS:
+                        raise
+                    # The disk, not the data: a clear error that stops the stage.
+                    raise self._failure("write", relpath, error) from None
                 with self._errors("write", relpath):
                     # mkstemp makes the file private; give it the usual umask permissions.
                     os.chmod(staged, 0o666 & ~_umask())
@@ -285,15 +355,16 @@ class Store:
             yield spool
             spool.seek(0, io.SEEK_END)
             size = spool.tell()
-            spool.seek(0)
-            with self._errors("write", relpath):
-                if size <= _SINGLE_PUT_BYTES:
-                    self.fs.pipe_file(target, spool.read())
-                else:
-                    with tempfile.NamedTemporaryFile() as staged:
-                        shutil.copyfileobj(spool, staged)
-                        staged.flush()
-                        self.fs.put_file(staged.name, target)
+            if size <= _SINGLE_PUT_BYTES:
+                spool.seek(0)
+                data = spool.read()
+                self._do("write", relpath, lambda: self.fs.pipe_file(target, data))
+                return
+            with tempfile.NamedTemporaryFile() as staged:
+                spool.seek(0)
+                shutil.copyfileobj(spool, staged)
+                staged.flush()
+                self._do("write", relpath, lambda: self.fs.put_file(staged.name, target))
 
     def clear_staged(self, relpath: str) -> int:
         """Removes the staged copies that killed writers left in a folder; returns how many.
@@ -322,8 +393,8 @@ class Store:
             pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
 
     def remove(self, relpath: str) -> None:
-        with self._errors("remove", relpath), contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self.path(relpath))
+        with contextlib.suppress(FileNotFoundError):
+            self._do("remove", relpath, lambda: self.fs.rm(self.path(relpath)))
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")

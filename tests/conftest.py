@@ -19,6 +19,16 @@ for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDR
     os.environ.pop(name, None)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+def pytest_sessionfinish(session, exitstatus):
+    """`make reliability`: the outcomes the reliability tests recorded, as a table."""
+    target = os.environ.get("LOFIPIPE_RELIABILITY_DOC")
+    if target:
+        from reliability import RECORDED, write_table
+
+        if RECORDED:
+            write_table(Path(target))
+
+
 S3_KEY = "lofipipe-test-key"
 S3_SECRET = "lofipipe-test-secret-5b1f0c"
 

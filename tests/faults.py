@@ -9,17 +9,23 @@ import time
 from pathlib import Path
 
 
-def train_worker_pids() -> set[int]:
-    """Processes of Ray Train workers on this machine (Ray names them in their titles)."""
+def worker_pids(title: bytes) -> set[int]:
+    """Processes on this machine whose title holds `title` (Ray names its workers after
+    the task or actor they run: ray::RayTrainWorker, ray::_run_stage, ...)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                if title in (entry / "cmdline").read_bytes():
                     pids.add(int(entry.name))
             except OSError:
                 continue
     return pids
+
+
+def train_worker_pids() -> set[int]:
+    """Processes of Ray Train workers on this machine."""
+    return worker_pids(b"RayTrainWorker")
 
 
 def kill_a_train_worker_when(path: Path, alive, earlier: set[int],
@@ -37,12 +43,16 @@ def kill_a_train_worker_when(path: Path, alive, earlier: set[int],
     return len(victims)
 
 
-def kill_when(process, ready, timeout: float = 300) -> bool:
-    """SIGKILLs `process` as soon as `ready()` holds; returns False if the process ended
-    first (it was never killed)."""
+def kill_when(process, ready, timeout: float = 300, kill=None) -> bool:
+    """As soon as `ready()` holds, SIGKILLs `process` (or calls `kill()` instead, which
+    kills something else and leaves the process running); returns False if the process
+    ended first."""
     deadline = time.monotonic() + timeout
     while process.poll() is None:
         if ready():
+            if kill is not None:
+                kill()
+                return True
             process.kill()
             process.wait()
             return True

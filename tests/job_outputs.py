@@ -61,3 +61,14 @@ def differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
     """The paths that only one side has or whose contents differ."""
     return sorted(path for path in first.keys() | second.keys()
                   if first.get(path) != second.get(path))
+
+
+def row_changes(clean: dict[str, Any], other: dict[str, Any]) -> tuple[int, int]:
+    """Rows of the clean run's Parquet files missing from `other`, and rows too many."""
+    lost = duplicated = 0
+    for path, rows in clean.items():
+        if path.endswith(".parquet"):
+            found = other.get(path, [])
+            lost += max(0, len(rows) - len(found))
+            duplicated += max(0, len(found) - len(rows))
+    return lost, duplicated

@@ -11,13 +11,14 @@ import numpy as np
 
 def write_video(path: Path, seconds: float = 2.0, size: tuple[int, int] = (64, 48),
                 fps: int = 10, rotation: int | None = None, audio: bool = False,
-                container_format: str | None = None) -> Path:
-    """An H.264 video of a bright square moving across a gradient."""
+                container_format: str | None = None, pix_fmt: str = "yuv420p") -> Path:
+    """An H.264 video of a bright square moving across a gradient (odd sizes need
+    pix_fmt yuv444p)."""
     width, height = size
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if rotation is not None:
             stream.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=16000) if audio else None

@@ -1,4 +1,5 @@
 import pytest
+from reliability import record
 
 from lofipipe.errors import ConfigError
 from lofipipe.schemas.config import (
@@ -61,11 +62,15 @@ def test_bad_yaml_files(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
+@pytest.mark.reliability
 def test_yaml_is_loaded_safely(tmp_path):
     path = tmp_path / "evil.yaml"
-    path.write_text("synth: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    path.write_text(f"synth: !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
         load_config(str(path))
+    assert not (tmp_path / "pwned").exists()
+    record("input", "YAML config with a python/object tag (code execution)",
+           f"safe loader refuses it: `{str(caught.value)[:80]}...`", "test_config")
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -11,6 +11,7 @@ from cli_helpers import run
 from click.testing import CliRunner
 from faults import kill_a_train_worker_when, train_worker_pids
 from feature_data import FINGERPRINT, write_feature_set
+from reliability import record
 
 from lofipipe.cli import main
 from lofipipe.evaluation.detection import parse_thresholds
@@ -136,6 +137,7 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(tmp_path, ray_local):
 
 @pytest.mark.ray
 @pytest.mark.slow
+@pytest.mark.reliability
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
     write_feature_set(Store(str(tmp_path)), videos=48, validation=4)
     outputs = []
@@ -153,6 +155,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
     assert len(resumed) == 1 and 2 <= resumed[0] < 40
     assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 40 * 11 + 1))
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, 41))
+    record("fault", "Ray Train worker killed (SIGKILL) during training",
+           f"the worker group restarted from the epoch-{resumed[0]} checkpoint; every step "
+           f"and epoch recorded once", "test_head_training")
 
 
 @pytest.mark.ray

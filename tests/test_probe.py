@@ -74,3 +74,36 @@ def test_truncated_file_with_index_first_is_caught(tmp_path):
     assert _probe(tmp_path / "faststart.mp4")["status"] == "ok"
     row = _probe(tmp_path / "cut.mp4")
     assert row["status"] == "failed" and row["error"].startswith("truncated: ")
+
+
+def test_resource_limits_reject_before_decoding(tmp_path, small_video, monkeypatch):
+    """8K frames fail on the pixel budget read from the headers, before any decoding; a
+    long video on the duration limit; a big file on the size limit. All configurable."""
+    import av
+
+    from lofipipe.schemas.config import IngestConfig
+
+    huge = write_video(tmp_path / "8k.mp4", seconds=0.2, size=(7680, 4320), fps=5)
+    decoded = []
+    original = av.container.InputContainer.decode
+
+    def counting(self, *args, **kwargs):
+        decoded.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting)
+    row = _probe(huge)
+    assert row["status"] == "failed" and not decoded
+    assert row["error"] == ("too_many_pixels: 7680x4320 frames, over "
+                            "ingest.max_pixels=9437184")
+    roomy = VideoProber(settings=IngestConfig(max_pixels=7680 * 4320))
+    assert roomy.process(VideoItem("v", str(huge), huge.stat().st_size, "s"))["status"] == "ok"
+    assert decoded  # the same probe decodes once the budget allows
+
+    size = small_video.stat().st_size
+    limits = IngestConfig(max_duration_s=1.5, max_file_gb=size / 2e9)
+    row = VideoProber(settings=limits).process(VideoItem("v", str(small_video), size, "s"))
+    assert row["error"].startswith("too_large_file: ") and "ingest.max_file_gb=" in row["error"]
+    limits = IngestConfig(max_duration_s=1.5)
+    row = VideoProber(settings=limits).process(VideoItem("v", str(small_video), size, "s"))
+    assert row["error"] == "too_long: 0.000556 h, over ingest.max_duration_s=1.5"

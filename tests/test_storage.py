@@ -3,6 +3,7 @@ import os
 import pyarrow as pa
 import pytest
 import s3fs
+from reliability import record
 
 from lofipipe.errors import StorageError
 from lofipipe.storage import REDACTED, Store, list_files, parse_storage_options, redact
@@ -192,7 +193,8 @@ def test_folder_glob_and_file_urls_name_files_alike(tmp_path):
 
 
 @pytest.mark.s3
-def test_unreachable_storage_is_one_clear_error():
+def test_unreachable_storage_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("LOFIPIPE_STORAGE_RETRY_S", "0")  # no waiting for it to come back
     store = Store("s3://bucket/root", {"endpoint_url": "http://127.0.0.1:1", "key": "k1234",
                                        "secret": "unreachable-secret-77",
                                        "config_kwargs": {"retries": {"max_attempts": 1}}})
@@ -201,3 +203,44 @@ def test_unreachable_storage_is_one_clear_error():
     message = str(caught.value)
     assert message.startswith("cannot read s3://bucket/root/x: ")
     assert "\n" not in message and "unreachable-secret-77" not in message
+
+
+@pytest.mark.s3
+@pytest.mark.reliability
+def test_s3_down_for_a_few_seconds_is_ridden_out():
+    """Its own moto server, stopped before a write and started again on the same port 3 s
+    later (moto keeps the objects in this process): the write waits and lands, and what
+    was written before is still there. botocore's own retries are off, so this is lofipipe's
+    retry at work."""
+    import threading
+
+    import boto3
+    from conftest import S3_KEY, S3_SECRET, _free_port
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY,
+                 aws_secret_access_key=S3_SECRET, region_name="us-east-1"
+                 ).create_bucket(Bucket="outage")
+    store = Store("s3://outage/root", {"endpoint_url": endpoint, "key": S3_KEY,
+                                      "secret": S3_SECRET,
+                                      "config_kwargs": {"retries": {"max_attempts": 1}}})
+    store.write_text("before.txt", "before")
+    server.stop()
+    back = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    restart = threading.Timer(3.0, back.start)
+    restart.start()
+    try:
+        store.write_text("during.txt", "during")
+        assert store.read_text("before.txt") == "before"
+        assert store.read_text("during.txt") == "during"
+        assert store.list("") == ["before.txt", "during.txt"]
+        record("fault", "S3 server stopped for 3 s during a write, then restarted",
+               "the write waited (lofipipe's storage retry) and landed; earlier objects "
+               "intact", "test_storage")
+    finally:
+        restart.join()
+        back.stop()

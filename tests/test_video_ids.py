@@ -1,4 +1,5 @@
 import pytest
+from reliability import record
 
 from lofipipe.pipeline.video_ids import (
     annotation_key_to_video_id,
@@ -12,6 +13,7 @@ from lofipipe.pipeline.video_ids import (
     "$(rm -rf ~);.mp4", "x" * 300 + ".mp4", "back\\slash.mp4", "null\x00byte.mp4",
     "\u202eevil.mp4", "CON.mp4", "-starts-with-dash.mp4",
 ])
+@pytest.mark.reliability
 def test_ids_are_safe_path_components(name):
     video_id = video_id_for_file(name)
     assert video_id and video_id not in {".", ".."}
@@ -19,6 +21,8 @@ def test_ids_are_safe_path_components(name):
     assert "/" not in video_id and "\\" not in video_id and "\x00" not in video_id
     assert len(video_id) <= 140
     assert video_id.isascii() and video_id.isprintable()
+    record("input", f"file name {name[:40]!r}", f"video id `{video_id[:60]}`: a safe path "
+           f"component", "test_video_ids")
 
 
 def test_plain_names_are_kept_and_different_names_never_collide():

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from reliability import record
 
 from lofipipe.errors import InputError
 from lofipipe.models.registry import (
@@ -71,6 +72,7 @@ def test_mismatch_lists_missing_and_unexpected_keys(tmp_path):
         load_weights(build_encoder("tsm_r18").net, state, "w.pth")
 
 
+@pytest.mark.reliability
 def test_only_weights_ever_load(tmp_path):
     class Payload:
         def __reduce__(self):
@@ -87,6 +89,8 @@ def test_only_weights_ever_load(tmp_path):
         read_checkpoint(str(tmp_path / "junk.pth"), {})
     with pytest.raises(InputError, match="checkpoint not found"):
         read_checkpoint(str(tmp_path / "missing.pth"), {})
+    record("input", "checkpoint carrying a pickled os.system call",
+           "refused by torch.load(weights_only=True), nothing executed", "test_weights")
 
 
 def test_fingerprint_follows_weights_and_preprocessing():

@@ -194,8 +194,6 @@ def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> Nor
             ids[key] = video_id
     subsets = {ids[key]: video.subset for key, video in raw.videos.items()
                if key in ids and video.subset}
-    labels = sorted({segment.label for segment in raw.segments})
-    label_ids = {label: index for index, label in enumerate(labels)}
     rows = []
     for segment in raw.segments:
         video_id = ids.get(segment.key)
@@ -220,8 +218,12 @@ def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> Nor
                                          f"[{start:g}, {end:g}]", video_id)
         rows.append({
             "video_id": video_id, "subset": subsets.get(video_id), "label": segment.label,
-            "label_id": label_ids[segment.label], "start": start, "end": end,
-            "video_duration": duration, "source_format": raw.source_format,
+            "start": start, "end": end, "video_duration": duration,
+            "source_format": raw.source_format,
         })
+    # Label ids from the segments kept: an entry left out never shifts the others' ids.
+    label_ids = {label: index for index, label in enumerate(sorted({r["label"] for r in rows}))}
+    for row in rows:
+        row["label_id"] = label_ids[row["label"]]
     rows.sort(key=lambda row: (row["video_id"], row["start"], row["end"], row["label"]))
     return NormalizedAnnotations(rows, subsets, issues)

@@ -62,6 +62,10 @@ class ExtractSummary:
         self.videos += len(stats["videos"])
         self.failed.update(error.split(":", 1)[0] for error in stats["failed"].values())
 
+    @property
+    def failed_videos(self) -> int:
+        return sum(self.failed.values())
+
     def lines(self, root: Store) -> list[str]:
         out = []
         if self.random_weights:

@@ -49,6 +49,10 @@ class IngestSummary:
     issue_examples: list[str] = field(default_factory=list)
     progress_line: str = ""
 
+    @property
+    def failed_videos(self) -> int:
+        return sum(self.failed.values())
+
     def lines(self, root: Store) -> list[str]:
         failed = sum(self.failed.values())
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.failed.items()))
@@ -123,7 +127,7 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
                             removed=len(set(previous) - {item.video_id for item in items}))
     if to_probe:
         ensure_ray(config.ray)
-        prober = VideoProber(storage_options, config.ingest.fingerprint_block_mb)
+        prober = VideoProber(storage_options, config.ingest)
         with Progress("probe", len(to_probe)) as progress:
             settings = config.ingest
 

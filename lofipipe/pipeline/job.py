@@ -37,6 +37,7 @@ def check_job(config: Config) -> None:
             raise ConfigError(f"job.{key}: the recipe must name it")
     if not config.train.run:
         raise ConfigError("train.run: the recipe must name the run")
+    load_schedule(config.materialize.schedule)  # a bad schedule stops the job before work
 
 
 def final_run(config: Config) -> str:
@@ -121,6 +122,12 @@ class JobSummary:
     result: DetectionResult | None = None
     run: str = ""
     progress_line: str = ""
+
+    @property
+    def failed_videos(self) -> int:
+        """Failures recorded by the steps (a video failed at ingest is counted there only;
+        one that failed to decode counts in materialize and again in extract)."""
+        return sum(getattr(summary, "failed_videos", 0) for _, summary in self.steps)
 
     def lines(self, root: Store) -> list[str]:
         out = []

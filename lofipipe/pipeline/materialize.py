@@ -1,27 +1,28 @@
-"""The materialize graph: manifest -> Ray Data job of shard tasks -> shards per fidelity.
+"""The materialize graph: manifest -> time-limited shard tasks on Ray -> shards per fidelity.
 
 Videos that probed fine are assigned to shard indexes in video_id order,
 `videos_per_shard` each; one task per shard index decodes its videos once and writes that
 index for every fidelity. A shard is skipped on rerun when its stats (the commit marker)
 show the same videos, fingerprints and fidelity settings; `retry_failed` also redoes
 shards that recorded failed videos, `force` redoes everything.
+
+A shard task that crashes or runs past its time limit runs again, and the video it died on
+is quarantined after `materialize.max_attempts` such deaths (see quarantine.py): one bad
+video never stops the job, and the retries are bounded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-
 from lofipipe.errors import InputError
 from lofipipe.pipeline.ingest import MANIFEST_PATH
+from lofipipe.pipeline.quarantine import attempt_bound
 from lofipipe.pipeline.shards import (
     ShardJob,
     ShardMaterializer,
@@ -33,11 +34,12 @@ from lofipipe.pipeline.shards import (
 )
 from lofipipe.pipeline.stage_log import record_stage
 from lofipipe.progress import Progress
-from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
+from lofipipe.schemas.config import Config, MaterializeConfig, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.schemas.tables import MANIFEST
 from lofipipe.storage import Store
 from lofipipe.workers.runtime import ensure_ray
+from lofipipe.workers.task_pool import TaskFailure, map_with_time_limit
 
 CONFIG_PATH = "shards/materialize.yaml"
 SCHEDULE_PATH = "shards/schedule.json"
@@ -65,10 +67,19 @@ class FidelitySummary:
 class MaterializeSummary:
     schedule: str
     fidelities: dict[str, FidelitySummary]
+    abandoned: dict[int, str] = field(default_factory=dict)  # shard -> its last failure
     progress_line: str = ""
+
+    @property
+    def failed_videos(self) -> int:
+        """A video fails at every fidelity of its shard: counted once."""
+        return max((sum(f.failed.values()) for f in self.fidelities.values()), default=0) \
+            + len(self.abandoned)
 
     def lines(self, root: Store) -> list[str]:
         out = [f"schedule {self.schedule}: shards under {root.url_of('shards')}"]
+        out += [f"  shard {shard} not written (a rerun tries it again): {error}"
+                for shard, error in sorted(self.abandoned.items())]
         for name, f in self.fidelities.items():
             failed = sum(f.failed.values())
             reasons = ", ".join(f"{r} {n}" for r, n in sorted(f.failed.items()))
@@ -128,10 +139,35 @@ def _remove_stale(root: Store, schedule: Schedule, shards: int) -> None:
                 root.remove(shard_path(fidelity.name, shard))
 
 
-def _run_job(stage: ShardMaterializer, row: dict[str, Any]) -> dict[str, Any]:
-    job = ShardJob(row["shard"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])),
-                   tuple(json.loads(row["fidelities"])))
-    return {"stats": json.dumps(stage.process(job))}
+def _contained(stage: ShardMaterializer, jobs: list[ShardJob], settings: MaterializeConfig,
+               progress: Progress) -> Iterator[tuple[ShardJob, Any]]:
+    """Runs the shard jobs as time-limited Ray tasks; a job whose task died or timed out
+    runs again (see quarantine.py) until it commits or has had `attempt_bound` tries.
+    Yields each job once, with its stats or, if it never committed, its last failure (a
+    storage failure stops the stage with a StorageError instead)."""
+
+    def limit(job: ShardJob) -> float:
+        return sum(settings.video_timeout_s + settings.video_timeout_s_per_hour
+                   * video.duration / 3600 for video in job.videos)
+
+    tries: Counter[int] = Counter()
+    todo = jobs
+    while todo:
+        again = []
+        for job, outcome in map_with_time_limit(stage, todo, limit):
+            if not isinstance(outcome, TaskFailure):
+                yield job, outcome
+                continue
+            tries[job.shard] += 1
+            if outcome.reason == "task_error" or tries[job.shard] >= attempt_bound(
+                    len(job.videos), settings.max_attempts):
+                yield job, outcome  # an exception in lofipipe itself: trying again won't help
+                continue
+            progress.write(f"shard {job.shard}: {outcome.message} ({outcome.reason}); "
+                           f"trying again")
+            again.append(dataclasses.replace(job, last_failure=f"{outcome.reason}: "
+                                                               f"{outcome.message}"))
+        todo = again
 
 
 def run_materialize(config: Config, root: Store, storage_options: Mapping[str, Any],
@@ -154,25 +190,20 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
     if jobs:
         ensure_ray(config.ray)
         stage = ShardMaterializer(schedule, root, settings.encoding, settings.jpeg_quality,
-                                  settings.decode_threads, storage_options)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # ours counts videos and failures instead
-        # Ray Data logs its plan at INFO and warns that its bars are off; errors still show.
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        items = [{"shard": job.shard,
-                  "videos": json.dumps([dataclasses.asdict(v) for v in job.videos]),
-                  "fidelities": json.dumps(job.fidelities)} for job in jobs]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            functools.partial(_run_job, stage), num_cpus=stage.resources["num_cpus"])
+                                  settings.decode_threads, storage_options,
+                                  settings.max_attempts)
         snippets = 0
         with Progress("materialize", sum(len(job.videos) for job in jobs)) as progress:
-            for row in dataset.iter_rows():
-                results = json.loads(row["stats"])
-                snippets += sum(stats["rows"] for stats in results)
-                for stats in results:
+            for job, outcome in _contained(stage, jobs, settings, progress):
+                if isinstance(outcome, TaskFailure):  # gave up on the whole shard
+                    summary.abandoned[job.shard] = outcome.message
+                    progress.done(failed_reason="abandoned", count=len(job.videos))
+                    continue
+                snippets += sum(stats["rows"] for stats in outcome)
+                for stats in outcome:
                     summary.fidelities[stats["fidelity"]].add(stats)
                     summary.fidelities[stats["fidelity"]].written += 1
-                first = results[0]
+                first = outcome[0]
                 progress.done(count=len(first["videos"]))
                 for error in first["failed"].values():
                     progress.done(failed_reason=error.split(":", 1)[0])

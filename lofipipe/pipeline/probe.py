@@ -92,11 +92,11 @@ class VideoProber:
 
     Args:
         storage_options: fsspec options for reading the video URLs.
-        block_mb: read size for hashing.
+        settings: the hashing block size and the resource limits (pixels, duration, bytes).
     """
 
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    block_mb: int = IngestConfig.fingerprint_block_mb
+    settings: IngestConfig = field(default_factory=IngestConfig)
     resources = {"num_cpus": 1}
 
     def process(self, item: VideoItem) -> dict[str, Any]:
@@ -109,6 +109,10 @@ class VideoProber:
         try:
             if item.size == 0:
                 raise VideoFailure("empty_file", "empty file (0 bytes)")
+            if item.size > self.settings.max_file_gb * 1e9:
+                raise VideoFailure("too_large_file", f"{item.size / 1e9:.3g} GB, over "
+                                                     f"ingest.max_file_gb="
+                                                     f"{self.settings.max_file_gb:g}")
             with fsspec.open(item.uri, "rb", **self.storage_options) as handle:
                 row.update(self._probe_container(handle))
                 handle.seek(0)
@@ -132,6 +136,11 @@ class VideoProber:
                 kind = "audio only" if container.streams.audio else "no streams"
                 raise VideoFailure("no_video_stream", f"no video stream ({kind})")
             stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > self.settings.max_pixels:  # from the headers: nothing decoded
+                raise VideoFailure("too_many_pixels", f"{width}x{height} frames, over "
+                                                      f"ingest.max_pixels="
+                                                      f"{self.settings.max_pixels}")
             stream.thread_type = "AUTO"
             frame = None
             with contextlib.suppress(av.error.FFmpegError, StopIteration):
@@ -150,6 +159,10 @@ class VideoProber:
                 raise VideoFailure("truncated", f"the headers promise "
                                                 f"{claimed - start:.3g} s but {shown} decode: "
                                                 f"the file is cut short or corrupt")
+            if end - start > self.settings.max_duration_s:
+                raise VideoFailure("too_long", f"{(end - start) / 3600:.3g} h, over "
+                                               f"ingest.max_duration_s="
+                                               f"{self.settings.max_duration_s:g}")
             return {
                 # Measured, not read: the span from the first frame to the end of the last.
                 "duration": end - start,
@@ -165,6 +178,6 @@ class VideoProber:
 
     def _fingerprint(self, handle) -> str:
         digest = hashlib.blake2b(digest_size=16)
-        while block := handle.read(self.block_mb * 2**20):
+        while block := handle.read(self.settings.fingerprint_block_mb * 2**20):
             digest.update(block)
         return digest.hexdigest()

@@ -28,6 +28,7 @@ from lofipipe import __version__
 from lofipipe.pipeline.decode import Snippet, SnippetDecoder
 from lofipipe.pipeline.frame_codec import frames_column
 from lofipipe.pipeline.probe import VideoFailure
+from lofipipe.pipeline.quarantine import ShardJournal
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
@@ -69,6 +70,7 @@ class ShardJob:
     shard: int
     videos: tuple[SourceVideo, ...]  # sorted by id
     fidelities: tuple[str, ...]
+    last_failure: str = ""  # why the previous attempt produced nothing (see quarantine.py)
 
 
 def shard_groups(videos: list[SourceVideo], videos_per_shard: int
@@ -166,6 +168,7 @@ class ShardMaterializer:
     jpeg_quality: int = 90
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    max_attempts: int = 2  # attempts that may die on one video before it is quarantined
     resources = {"num_cpus": 1}
 
     def process(self, job: ShardJob) -> list[dict[str, Any]]:
@@ -173,6 +176,7 @@ class ShardMaterializer:
         decoder = SnippetDecoder(self.schedule, self.storage_options, self.decode_threads)
         fidelities = tuple(self.schedule.fidelity(name) for name in job.fidelities)
         stats = {f.name: self._new_stats(job, f.name) for f in fidelities}
+        journal = ShardJournal.resume(self.root, job.shard, job.last_failure)
         with contextlib.ExitStack() as stack:
             writers = {}
             for f in fidelities:
@@ -181,6 +185,11 @@ class ShardMaterializer:
                     handle, SNIPPETS.arrow, compression=self._compression(),
                     use_dictionary=_SMALL_COLUMNS, write_statistics=_SMALL_COLUMNS))
             for video in job.videos:
+                if quarantined := journal.quarantined(video.video_id, self.max_attempts):
+                    for name in stats:
+                        stats[name]["failed"][video.video_id] = quarantined
+                    continue
+                journal.start(video.video_id)
                 spools = {f.name: _VideoSpool(self.encoding, self.jpeg_quality)
                           for f in fidelities}
                 try:
@@ -208,6 +217,7 @@ class ShardMaterializer:
             record["failures"] = dict(sorted(failures.items()))
             record["bytes"] = int(self.root.info(shard_path(name, job.shard))["size"])
             self.root.write_text(stats_path(name, job.shard), json.dumps(record, indent=1))
+        journal.close()
         return list(stats.values())
 
     def _compression(self) -> dict[str, str]:

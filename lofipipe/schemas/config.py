@@ -86,12 +86,19 @@ class IngestConfig:
     probe_timeout_s: float = 60.0  # per video, plus the per-GB allowance for hashing
     probe_timeout_s_per_gb: float = 60.0
     fingerprint_block_mb: int = 8
+    # Resource limits: a video past any of them fails its probe, before any decoding.
+    max_pixels: int = 4096 * 2304  # width x height of a frame (4K DCI fits, 8K does not)
+    max_duration_s: float = 24 * 3600.0
+    max_file_gb: float = 64.0
 
     def __post_init__(self):
         _check(len(self.extensions) > 0, "extensions", "must list at least one extension")
         _check(self.probe_timeout_s > 0, "probe_timeout_s", "must be > 0")
         _check(self.probe_timeout_s_per_gb >= 0, "probe_timeout_s_per_gb", "must be >= 0")
         _check(self.fingerprint_block_mb >= 1, "fingerprint_block_mb", "must be >= 1")
+        _check(self.max_pixels >= 1, "max_pixels", "must be at least 1")
+        _check(self.max_duration_s > 0, "max_duration_s", "must be > 0")
+        _check(self.max_file_gb > 0, "max_file_gb", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -103,11 +110,18 @@ class MaterializeConfig:
     jpeg_quality: int = 90
     videos_per_shard: int = 8
     decode_threads: int = 0  # per video; 0 lets FFmpeg choose
+    # A shard task's time limit: this much per video plus this much per hour of video.
+    video_timeout_s: float = 300.0
+    video_timeout_s_per_hour: float = 1800.0
+    max_attempts: int = 2  # attempts that may crash or hang on a video before quarantine
 
     def __post_init__(self):
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be between 1 and 100")
         _check(self.videos_per_shard >= 1, "videos_per_shard", "must be at least 1")
         _check(self.decode_threads >= 0, "decode_threads", "must be >= 0")
+        _check(self.video_timeout_s > 0, "video_timeout_s", "must be > 0")
+        _check(self.video_timeout_s_per_hour >= 0, "video_timeout_s_per_hour", "must be >= 0")
+        _check(self.max_attempts >= 1, "max_attempts", "must be at least 1")
 
 
 @dataclass(frozen=True)

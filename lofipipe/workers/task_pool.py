@@ -2,7 +2,8 @@
 
 Results come back as they finish. An item whose task runs past the limit is cancelled
 (its worker process killed) and reported as a failure; so is one whose worker dies. Either
-way the other items go on.
+way the other items go on. A task that fails on storage (a full disk, refused access)
+stops the whole map with that StorageError: no other item would fare better.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import ray
 
-from lofipipe.errors import one_line
+from lofipipe.errors import StorageError, one_line
 from lofipipe.workers.runtime import cluster_cpus
 
 
@@ -65,6 +66,9 @@ def map_with_time_limit(stage: Any, items: Sequence[Any],
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as error:
                 outcome = TaskFailure("worker_died", f"worker died: {one_line(error)}")
             except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, StorageError):
+                    # The storage, not the item: nothing else would get further either.
+                    raise error.cause from None
                 outcome = TaskFailure("task_error", one_line(error, last=True))
             except ray.exceptions.RayError as error:  # out of memory, object lost, ...
                 outcome = TaskFailure("ray_error", one_line(error, with_type=True))
