@@ -69,9 +69,11 @@ BROKEN = {
 }
 # Annotation entries that do not fit: each is an issue, left out.
 BAD_ENTRIES = {
-    "annotation id with path traversal": ("../../../outside", [[1.0, 2.0]], "unknown_video"),
-    "segment reversed": ("synth_0000", [[5.0, 2.0]], "reversed_segment"),
-    "segment outside the video": ("synth_0000", [[50.0, 60.0]], "outside_video"),
+    "annotation id with path traversal": ("../../../outside", [1.0, 2.0], "swing",
+                                          "unknown_video"),
+    "label not in the taxonomy": ("synth_0000", [1.0, 2.0], "ghost", "unknown_label"),
+    "segment reversed": ("synth_0000", [5.0, 2.0], "swing", "reversed_segment"),
+    "segment outside the video": ("synth_0000", [50.0, 60.0], "swing", "outside_video"),
 }
 
 
@@ -123,10 +125,10 @@ def both_runs(tmp_path_factory, ray_local):
 
     _write_broken(videos)
     truth = json.loads((base / "data/annotations.json").read_text())
-    for key, segments, _ in BAD_ENTRIES.values():
+    for key, segment, label, _ in BAD_ENTRIES.values():
         entry = truth["database"].setdefault(key, {"subset": "training", "duration": 10.0,
                                                    "annotations": []})
-        entry["annotations"] += [{"segment": s, "label": "ghost"} for s in segments]
+        entry["annotations"].append({"segment": segment, "label": label})
     (base / "data/annotations-bad.json").write_text(json.dumps(truth))
     before = {p for p in base.rglob("*") if not p.is_relative_to(base / "bad")}
     strict = _run(recipes["bad"], "--strict")
@@ -148,7 +150,7 @@ def test_each_bad_input_has_its_reason_and_strict_exits_3(both_runs):
         assert "\n" not in row["error"]
         record("input", case, f"probe: `{row['error']}`", "test_bad_inputs")
     issues = pq.read_table(bad / "manifest/errors.parquet").to_pylist()
-    for case, (key, _, reason) in BAD_ENTRIES.items():
+    for case, (key, _, _, reason) in BAD_ENTRIES.items():
         [issue] = [i for i in issues if i["reason"] == reason]
         assert key in issue["error"] and "\n" not in issue["error"]
         record("input", case, f"annotations issue, left out: `{issue['error']}`",

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from media import write_audio_only, write_truncated, write_video
+from reliability import record
 
 from lofipipe.cli import main
 from lofipipe.pipeline.video_ids import video_id_for_file
@@ -136,6 +137,7 @@ def test_rerun_skips_unchanged_and_picks_up_new(ray_local, tmp_path):
     assert rows["good"]["rotation"] == 270
 
 
+@pytest.mark.reliability
 def test_duplicate_ids_name_both_files(ray_local, tmp_path):
     videos = tmp_path / "videos"
     write_video(videos / "clip.mp4")
@@ -147,6 +149,9 @@ def test_duplicate_ids_name_both_files(ray_local, tmp_path):
     assert str(videos / "clip.mp4") in result.output and str(videos / "sub/clip.mkv") in \
         result.output
     assert not (tmp_path / "root").exists()
+    record("input", "duplicate ids (clip.mp4 and sub/clip.mkv)",
+           "exit 1 before any work, the error names both files (an ambiguous listing is "
+           "the user's to resolve)", "test_ingest")
 
 
 def test_malformed_annotations_stop_before_any_work(ray_local, tmp_path):

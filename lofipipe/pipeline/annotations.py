@@ -1,9 +1,9 @@
 """Annotations: read ActivityNet-1.3 JSON or THUMOS-14 per-class text files, normalize them.
 
 Malformed files are an `InputError` naming the file and the place in it. Well-formed
-entries that do not fit the videos (unknown video, reversed segment, segment outside the
-video) are reported as issues, one per entry, and left out or clipped; they never stop
-the job.
+entries that do not fit the videos (unknown video, label outside the file's taxonomy,
+reversed segment, segment outside the video) are reported as issues, one per entry, and
+left out or clipped; they never stop the job.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class RawAnnotations:
     source_format: str  # activitynet | thumos14
     videos: dict[str, RawVideo]
     segments: tuple[RawSegment, ...]
+    labels: frozenset[str] | None = None  # the file's own label list (ANet taxonomy), if any
 
 
 def finite_number(value: Any, where: str, what: str) -> float:
@@ -67,8 +68,21 @@ def json_mapping(text: str, name: str, key: str) -> Mapping[str, Any]:
     return document[key]
 
 
+def _taxonomy(text: str, name: str) -> frozenset[str] | None:
+    """ActivityNet's `taxonomy` node names, when the file has one."""
+    nodes = json.loads(text).get("taxonomy")
+    if nodes is None:
+        return None
+    if not isinstance(nodes, list) or not all(
+            isinstance(node, Mapping) and isinstance(node.get("nodeName"), str)
+            for node in nodes):
+        raise InputError(f"{name}: taxonomy: expected a list of objects with a 'nodeName'")
+    return frozenset(node["nodeName"] for node in nodes)
+
+
 def parse_activitynet(text: str, name: str) -> RawAnnotations:
-    """Parses an ActivityNet-1.3 style document (`database` -> video -> annotations)."""
+    """Parses an ActivityNet-1.3 style document (`database` -> video -> annotations, and
+    the optional `taxonomy` that lists the labels)."""
     videos, segments = {}, []
     for key, entry in json_mapping(text, name, "database").items():
         where = f"{name}: database[{key!r}]"
@@ -97,7 +111,7 @@ def parse_activitynet(text: str, name: str) -> RawAnnotations:
             start = finite_number(segment[0], f"{at}.segment", "start")
             end = finite_number(segment[1], f"{at}.segment", "end")
             segments.append(RawSegment(key, label.strip(), start, end, at))
-    return RawAnnotations("activitynet", videos, tuple(segments))
+    return RawAnnotations("activitynet", videos, tuple(segments), _taxonomy(text, name))
 
 
 def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
@@ -202,6 +216,10 @@ def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> Nor
         duration = durations.get(video_id) or raw.videos[segment.key].duration
         start, end = segment.start, segment.end
         span = f"[{start:g}, {end:g}]"
+        if raw.labels is not None and segment.label not in raw.labels:
+            issue("unknown_label", f"{segment.where}: label {segment.label!r} is not in the "
+                                   f"file's taxonomy; left out", video_id)
+            continue
         if end <= start:
             issue("reversed_segment", f"{segment.where}: segment {span} ends before it "
                                       f"starts; left out", video_id)
