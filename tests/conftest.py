@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -49,16 +51,50 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class _MotoServer:
+    """moto's S3 server on 127.0.0.1, which a test may stop for a while: moto keeps the
+    buckets in this process, so the server started again on the same port serves them."""
+
+    def __init__(self):
+        self.port = _free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server = self._start()
+
+    def _start(self):
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        server.start()
+        return server
+
+    def outage(self, seconds: float) -> threading.Thread:
+        """Stops the server now and starts it again after `seconds`, in the background."""
+        self.server.stop()
+
+        def back() -> None:
+            time.sleep(seconds)
+            self.server = self._start()
+
+        thread = threading.Thread(target=back, daemon=True)
+        thread.start()
+        return thread
+
+
+_SERVER: list[_MotoServer] = []
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server, listening on 127.0.0.1; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
+    _SERVER.append(_MotoServer())
+    yield _SERVER[0].endpoint
+    _SERVER[0].server.stop()
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+
+@pytest.fixture
+def s3_outage(s3_server):
+    """`outage(seconds)`: the session's S3 server down for that long, from now."""
+    return _SERVER[0].outage
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ happened, and `make reliability` writes them to docs/reliability.md
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def record(kind: str, case: str, result: str, test: str, rows_lost: int = 0,
 
 
 def _cell(text: str) -> str:
+    """Markdown-safe, with the tests' temporary folders as <tmp>."""
+    text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s:'`]+", "<tmp>", text)
     return text.replace("|", "\\|").replace("\n", " ")
 
 

@@ -199,8 +199,9 @@ def test_malformed_files_stop_before_any_work(tmp_path):
         "annotations as CSV": ("annotations.csv", "video,label,start,end\na,x,1,2\n",
                                "annotations"),
         "schedule with impossible values": (
-            "schedule.yaml", "name: bad\nsampling: resize\nfps: -4\nfidelities:\n"
-            "  - {name: full, snippets: 0}\n", "schedule"),
+            "schedule.yaml", "name: bad\nsampling: stride\nfps: 10\nstride: 4\n"
+            "full: {name: full, snippets: 0}\ntrain: [{name: a, snippets: 2}]\n",
+            "schedule"),
     }
     for case, (name, text, role) in cases.items():
         path = tmp_path / name

@@ -171,6 +171,25 @@ def test_killed_driver_reruns_to_the_clean_outputs(job, single_node, clean_run):
     assert set(_plan(job, "killed", single_node).values()) == {"done"}
 
 
+def test_s3_down_during_the_job_loses_nothing(job, single_node, clean_run, s3_outage):
+    """The S3 server stops for 4 s once the first shard is committed, then comes back with
+    its objects: the job rides it out and ends with the clean run's outputs."""
+    store = job.store("outage")
+    process = job.start("outage", single_node)
+    restarts = []
+    assert kill_when(process, lambda: _committed(store, "shards") >= 1,
+                     kill=lambda: restarts.append(s3_outage(4.0)))
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    restarts[0].join()
+    outputs = job_outputs(store)
+    assert differences(clean_run[0], outputs) == []
+    lost, duplicated = row_changes(clean_run[0], outputs)
+    record("fault", "S3 server stopped for 4 s during the job's writes, then restarted",
+           "the job finished on its own (storage retries); ROOT equal to a clean run's",
+           "test_job_cluster", lost, duplicated)
+
+
 def test_two_nodes_share_the_work_and_match_one(job, clean_run, capsys):
     with ray_cluster([1, 1], CREDENTIALS) as cluster:
         out, seconds = job.run("two-nodes", cluster)
