@@ -393,8 +393,15 @@ class Store:
             pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
 
     def remove(self, relpath: str) -> None:
+        """Removes one file; a file that is not there is fine."""
+        def remove_file() -> None:
+            # One object, by name: `rm` would first expand the path through the client's
+            # listing cache, which may predate the file and then delete nothing.
+            self._forget_listings()
+            self.fs.rm_file(self.path(relpath))
+
         with contextlib.suppress(FileNotFoundError):
-            self._do("remove", relpath, lambda: self.fs.rm(self.path(relpath)))
+            self._do("remove", relpath, remove_file)
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")

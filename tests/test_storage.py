@@ -244,3 +244,16 @@ def test_s3_down_for_a_few_seconds_is_ridden_out():
     finally:
         restart.join()
         back.stop()
+
+
+@pytest.mark.s3
+def test_s3_remove_deletes_a_file_written_after_its_folder_was_listed(s3_bucket):
+    bucket, options = s3_bucket
+    store = Store(f"s3://{bucket}/root", options)
+    store.write_text("journal/other.json", "{}")
+    assert not store.exists("journal/part-00001.json")  # the client lists the folder
+    store.write_text("journal/part-00001.json", "{}")
+    store.remove("journal/part-00001.json")
+    store.remove("journal/never-written.json")  # nothing there: fine
+    assert store.list("journal") == ["journal/other.json"]
+    assert Store(f"s3://{bucket}/root", options).list("journal") == ["journal/other.json"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from lofipipe.errors import InputError
 from lofipipe.pipeline.ingest import MANIFEST_PATH
-from lofipipe.pipeline.quarantine import attempt_bound
+from lofipipe.pipeline.quarantine import attempt_bound, forget_journals
 from lofipipe.pipeline.shards import (
     ShardJob,
     ShardMaterializer,
@@ -187,6 +187,7 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
             summary.fidelities[name].skipped += 1
     for fidelity in schedule.fidelities:
         root.clear_staged(f"shards/{fidelity.name}")
+    forget_journals(root, keep={job.shard for job in jobs})
     if jobs:
         ensure_ray(config.ray)
         stage = ShardMaterializer(schedule, root, settings.encoding, settings.jpeg_quality,

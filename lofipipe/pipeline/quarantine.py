@@ -5,8 +5,9 @@ on. When the task's worker process dies (a decoder crash, or a kill from outside
 task runs past its time limit (the worker is then killed), the driver submits the shard
 again, with the failure. The new attempt reads the journal and blames the video the last
 one was on; a video blamed `max_attempts` times is quarantined: recorded as failed, with
-the reason, in the shard's stats, and never decoded again. The journal goes when the shard
-commits, so `--retry-failed` gives quarantined videos a fresh start.
+the reason, in the shard's stats, and never decoded again. The journal goes just before the
+shard commits (and a run clears those of committed shards), so `--retry-failed` gives
+quarantined videos a fresh start.
 
 Each failed attempt either blames a video or finds no journal (it died before its first
 video), so `attempt_bound` attempts always suffice: there is no endless retry loop.
@@ -21,9 +22,19 @@ from dataclasses import dataclass, field
 
 from lofipipe.storage import Store
 
+JOURNAL_DIR = "_lofipipe/journal/materialize"
+
 
 def journal_path(shard: int) -> str:
-    return f"_lofipipe/journal/materialize/part-{shard:05d}.json"
+    return f"{JOURNAL_DIR}/part-{shard:05d}.json"
+
+
+def forget_journals(root: Store, keep: set[int]) -> None:
+    """Removes the journals of shards other than `keep` (those still to write): shards
+    committed, or gone, by a run that was killed before it could clean up."""
+    for name in root.list(JOURNAL_DIR, pattern="part-*.json"):
+        if int(name.rsplit("-", 1)[1][:5]) not in keep:
+            root.remove(name)
 
 
 def attempt_bound(videos: int, max_attempts: int) -> int:

@@ -212,12 +212,12 @@ class ShardMaterializer:
                 finally:
                     for spool in spools.values():
                         spool.close()
+        journal.close()  # before the commit: a committed shard never keeps a journal
         for name, record in stats.items():
             failures = Counter(error.split(":", 1)[0] for error in record["failed"].values())
             record["failures"] = dict(sorted(failures.items()))
             record["bytes"] = int(self.root.info(shard_path(name, job.shard))["size"])
             self.root.write_text(stats_path(name, job.shard), json.dumps(record, indent=1))
-        journal.close()
         return list(stats.values())
 
     def _compression(self) -> dict[str, str]:
