@@ -36,7 +36,7 @@ class Progress:
             self.ok += count
         self._bar.update(count)
         if self.failures:
-            self._bar.set_postfix(failed=sum(self.failures.values()), refresh=False)
+            self._bar.set_postfix(failed=self.failed, refresh=False)
 
     def write(self, line: str) -> None:
         """Prints a line above the bar."""
@@ -46,9 +46,13 @@ class Progress:
     def seconds(self) -> float:
         return time.monotonic() - self.started
 
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
     def summary(self) -> str:
         """`label: 9 ok, 2 failed (timeout 1, not_a_video 1) in 3.2 s (3.4 video/s)`."""
-        failed = sum(self.failures.values())
+        failed = self.failed
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.failures.items()))
         rate = (self.ok + failed) / self.seconds if self.seconds > 0 else 0.0
         text = f"{self.label}: {self.ok} ok, {failed} failed"

@@ -235,7 +235,7 @@ def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
             for error in stats["failed"].values():
                 progress.done(failed_reason=error.split(":", 1)[0])
     record_stage(root, f"extract {fingerprint}", progress.seconds, progress.ok, snippets,
-                 sum(progress.failures.values()))
+                 progress.failed)
     return progress.summary()
 
 

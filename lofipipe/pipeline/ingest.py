@@ -140,7 +140,7 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
                 progress.done(reason_of(row["error"]) if row["status"] == "failed" else None)
         summary.progress_line = progress.summary()
         record_stage(root, "ingest", progress.seconds, progress.ok,
-                     failed=sum(progress.failures.values()))
+                     failed=progress.failed)
 
     durations = {vid: row.get("duration") if row["status"] == "ok" else None
                  for vid, row in rows.items()}

@@ -21,7 +21,7 @@ from lofipipe.pipeline.ingest import MANIFEST_PATH, list_videos, manifest_rows, 
 from lofipipe.pipeline.materialize import ok_videos, plan_jobs, run_materialize
 from lofipipe.pipeline.recipe import run_lofi_recipe
 from lofipipe.pipeline.run_page import run_page_path
-from lofipipe.pipeline.train import evaluate_run, run_train
+from lofipipe.pipeline.train import run_train
 from lofipipe.schemas.config import Config, config_with
 from lofipipe.schemas.schedule import load_schedule
 from lofipipe.storage import Store
@@ -155,12 +155,14 @@ def run_job(config: Config, storage_options: Mapping[str, Any], command: str) ->
     summary.steps.append(("extract", features))
     start = {"encoder": config.extract.encoder, "checkpoint": config.extract.checkpoint}
     if job.recipe == "head":
-        summary.steps.append(("train", run_train(config_with(config, train={
-            "mode": "head", "features": features.fingerprint}), root, storage_options,
-            command)))
+        head = run_train(config_with(config, train={
+            "mode": "head", "features": features.fingerprint}), root, storage_options, command)
+        summary.steps.append(("train", head))
     elif job.recipe == "lofi":
-        summary.steps.append(("the LoFi recipe", run_lofi_recipe(
-            config_with(config, train=start), root, storage_options, command)))
+        recipe = run_lofi_recipe(config_with(config, train=start), root, storage_options,
+                                 command)
+        summary.steps.append(("the LoFi recipe", recipe))
+        head = recipe.head
     else:
         adapters = f"{config.train.run}-losa"
         summary.steps.append(("train LoSA", run_train(config_with(config, train={
@@ -170,9 +172,9 @@ def run_job(config: Config, storage_options: Mapping[str, Any], command: str) ->
             "losa": True, "checkpoint": root.url_of(encoder_path(adapters))}), root,
             storage_options, command)
         summary.steps.append(("regenerate features", adapted))
-        summary.steps.append(("train the head", run_train(config_with(config, train={
+        head = run_train(config_with(config, train={
             "mode": "head", "run": final_run(config), "features": adapted.fingerprint}),
-            root, storage_options, command)))
-    summary.result = evaluate_run(root, final_run(config), config.train.val_subset,
-                                  config.train.tiou)
+            root, storage_options, command)
+        summary.steps.append(("train the head", head))
+    summary.result = head.result  # training scored it and saved runs/<run>/evaluation.json
     return summary

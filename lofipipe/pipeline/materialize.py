@@ -210,7 +210,7 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
                     progress.done(failed_reason=error.split(":", 1)[0])
         summary.progress_line = progress.summary()
         record_stage(root, "materialize", progress.seconds, progress.ok, snippets,
-                     sum(progress.failures.values()))
+                     progress.failed)
     _remove_stale(root, schedule, -(-len(videos) // settings.videos_per_shard))
     root.write_text(SCHEDULE_PATH, json.dumps(config_to_dict(schedule), indent=1))
     root.write_text(CONFIG_PATH, config_to_yaml(config, command))

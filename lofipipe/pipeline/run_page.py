@@ -20,8 +20,6 @@ import yaml
 from lofipipe.errors import InputError
 from lofipipe.pipeline.annotation_index import AnnotationIndex
 from lofipipe.pipeline.contact_sheet import contact_sheet
-from lofipipe.pipeline.extract import list_features
-from lofipipe.pipeline.features import part_stats_path
 from lofipipe.pipeline.ingest import ERRORS_PATH
 from lofipipe.pipeline.snippet_reader import SnippetReader
 from lofipipe.pipeline.stage_log import stage_totals
@@ -195,16 +193,11 @@ def collect_errors(root: Store, features: str | None = None) -> list[tuple[str, 
     for name in root.list("shards", pattern="part-*.stats.json", recursive=True):
         for video, error in json.loads(root.read_text(name))["failed"].items():
             found[("materialize", video, error)] = None
-    for item in list_features(root):
-        if features and item["fingerprint"] != features:
-            continue
-        folder = f"features/{item['fingerprint']}"
-        for name in root.list(folder, pattern="part-*.stats.json"):
-            part = int(name.rsplit("-", 1)[1][:5])
-            for video, error in json.loads(root.read_text(
-                    part_stats_path(item["fingerprint"], part)))["failed"].items():
-                if ("materialize", video, error) not in found:
-                    found[("extract", video, error)] = None
+    folder = f"features/{features}" if features else "features"
+    for name in root.list(folder, pattern="part-*.stats.json", recursive=True):
+        for video, error in json.loads(root.read_text(name))["failed"].items():
+            if ("materialize", video, error) not in found:
+                found[("extract", video, error)] = None
     return list(found)
 
 

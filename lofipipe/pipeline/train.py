@@ -68,6 +68,7 @@ class TrainSummary:
     seconds: float
     table: str
     baseline: DetectionResult
+    result: DetectionResult  # the final predictions on the validation subset
     progress_line: str = ""
 
     def lines(self, root: Store) -> list[str]:
@@ -182,23 +183,23 @@ def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
     last = [r for r in _epoch_rows(root, settings.run) if r["kind"] == "epoch"][-1]
     if not root.exists(predictions_path(settings.run)):
         raise InputError(f"run {settings.run} ended without its predictions")
-    evaluate_run(root, settings.run, settings.val_subset, settings.tiou)
+    result = _evaluate_run(root, settings.run, annotations, settings.val_subset, thresholds)
     write_run_page(root, settings.run)
     truth = annotations.ground_truth
     baseline = evaluate(truth(val_videos), class_prior_baseline(truth(train_videos), {
         v: (0.0, annotations.durations[v]) for v in val_videos}), thresholds)
     return TrainSummary(settings.run, settings.epochs, done, settings.workers,
                         time.monotonic() - started, map_table(thresholds, last["val_map"]),
-                        baseline)
+                        baseline, result)
 
 
-def evaluate_run(root: Store, run: str, subset: str, tiou: str) -> DetectionResult:
-    """The run's predictions scored against ROOT's annotations of `subset`, saved as
+def _evaluate_run(root: Store, run: str, annotations: AnnotationIndex, subset: str,
+                  thresholds: tuple[float, ...]) -> DetectionResult:
+    """The run's predictions scored against the annotations of `subset`, saved as
     runs/<run>/evaluation.json."""
-    annotations = AnnotationIndex(root)
     predictions = parse_predictions(root.read_text(predictions_path(run)), predictions_path(run))
     result = evaluate(annotations.ground_truth(annotations.videos(subset)), predictions,
-                      parse_thresholds(tiou))
+                      thresholds)
     root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict(), indent=1))
     return result
 
