@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from videos import bench_videos  # noqa: E402
 
 from lofipipe.cli import main as cli  # noqa: E402
+from lofipipe.data.snippets import SnippetReader  # noqa: E402
 from lofipipe.models.registry import build_encoder  # noqa: E402
 from lofipipe.pipeline.extract import run_extract  # noqa: E402
-from lofipipe.pipeline.snippet_reader import SnippetReader  # noqa: E402
 from lofipipe.schemas.config import load_config  # noqa: E402
 from lofipipe.schemas.schedule import load_schedule  # noqa: E402
 from lofipipe.storage import Store  # noqa: E402

@@ -29,10 +29,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 
 from lofipipe.cli import main as cli  # noqa: E402
+from lofipipe.data.annotations import AnnotationIndex  # noqa: E402
+from lofipipe.data.features import list_features  # noqa: E402
+from lofipipe.data.snippets import SnippetReader  # noqa: E402
 from lofipipe.models.registry import build_encoder  # noqa: E402
-from lofipipe.pipeline.annotation_index import AnnotationIndex  # noqa: E402
-from lofipipe.pipeline.extract import list_features  # noqa: E402
-from lofipipe.pipeline.snippet_reader import SnippetReader  # noqa: E402
 from lofipipe.storage import Store  # noqa: E402
 
 HEAD = ["--set", "train.batch_size=2", "--set", "train.warmup_epochs=2",

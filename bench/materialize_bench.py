@@ -31,14 +31,15 @@ import av
 sys.path.insert(0, str(Path(__file__).parent))
 from videos import bench_videos  # noqa: E402
 
-from lofipipe.pipeline.decode import SnippetDecoder  # noqa: E402
+from lofipipe.data.manifest import ok_videos  # noqa: E402
+from lofipipe.data.snippets import SnippetReader  # noqa: E402
+from lofipipe.media.decode import SnippetDecoder  # noqa: E402
 from lofipipe.pipeline.ingest import run_ingest  # noqa: E402
-from lofipipe.pipeline.materialize import ok_videos, run_materialize  # noqa: E402
-from lofipipe.pipeline.shards import ShardJob, ShardMaterializer  # noqa: E402
-from lofipipe.pipeline.snippet_reader import SnippetReader  # noqa: E402
+from lofipipe.pipeline.materialize import run_materialize  # noqa: E402
 from lofipipe.schemas.config import load_config  # noqa: E402
 from lofipipe.schemas.schedule import PRESETS  # noqa: E402
 from lofipipe.storage import Store  # noqa: E402
+from lofipipe.workers.shard_writer import ShardJob, ShardWriter  # noqa: E402
 
 WORKERS = 2
 REPEATS = 3
@@ -99,7 +100,7 @@ def single_vs_naive(paths: list[Path], work: Path) -> None:
     schedule = PRESETS["lofi-anet"]
     root = ingest(paths, work / "naive" / "root")
     videos = tuple(ok_videos(root))
-    stage = ShardMaterializer(schedule, root, "jpeg")
+    stage = ShardWriter(schedule, root, "jpeg")
     names = tuple(f.name for f in schedule.fidelities)
     started = time.perf_counter()
     stage.process(ShardJob(0, videos, names))
@@ -132,7 +133,7 @@ def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
     print(f"   decoding from the source videos: {decoding:6.2f} s (best of {REPEATS})")
     for encoding in ("jpeg", "raw"):
         root = ingest(paths, work / f"read-{label}-{encoding}" / "root")
-        stage = ShardMaterializer(schedule, root, encoding)
+        stage = ShardWriter(schedule, root, encoding)
         stage.process(ShardJob(0, tuple(ok_videos(root)), ("full",)))
         reader = SnippetReader(root, "full")
         count = sum(1 for _ in reader.videos())
@@ -147,13 +148,13 @@ def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
 # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork and exec.
 _MEMORY_PROBE = """
 import sys
-from lofipipe.pipeline.materialize import ok_videos
-from lofipipe.pipeline.shards import ShardJob, ShardMaterializer
+from lofipipe.data.manifest import ok_videos
+from lofipipe.workers.shard_writer import ShardJob, ShardWriter
 from lofipipe.schemas.schedule import PRESETS
 from lofipipe.storage import Store
 root = Store(sys.argv[1])
 schedule = PRESETS[sys.argv[2]]
-stage = ShardMaterializer(schedule, root, "jpeg")
+stage = ShardWriter(schedule, root, "jpeg")
 stage.process(ShardJob(0, tuple(ok_videos(root)), tuple(f.name for f in schedule.fidelities)))
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """

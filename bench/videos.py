@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lofipipe.pipeline.synth import FrameRenderer, encode_video, plan_dataset
+from lofipipe.media.synth import FrameRenderer, encode_video, plan_dataset
 from lofipipe.schemas.config import SynthConfig
 from lofipipe.storage import Store
 

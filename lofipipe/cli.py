@@ -13,12 +13,14 @@ import click
 
 from lofipipe import __version__
 from lofipipe.errors import InputError, LofipipeError, StrictError
+from lofipipe.layout import report_path
 from lofipipe.schemas.config import (
     Config,
     config_to_yaml,
     config_with,
     load_config,
 )
+from lofipipe.schemas.stage import StageSummary
 from lofipipe.storage import REDACTED, Store, is_secret_option, parse_storage_options, redact
 
 
@@ -96,8 +98,8 @@ def _size(value: str) -> tuple[int, int]:
 
 
 def _run_synth(config: Config, out: Store, command: str) -> None:
-    from lofipipe.pipeline.synth import synthesize
-    from lofipipe.progress import Progress
+    from lofipipe.media.synth import synthesize
+    from lofipipe.pipeline.progress import Progress
 
     with Progress("synth", config.synth.videos) as progress:
         summary = synthesize(config.synth, out, on_video=lambda _: progress.done())
@@ -135,14 +137,14 @@ def synth(out, videos, seconds, classes, size, fps, seed, config, storage_option
     _run_synth(config, Store(out, storage_options), _command_line())
 
 
-def _echo_summary(summary, root: Store) -> None:
+def _echo_summary(summary: StageSummary, root: Store) -> None:
     """The progress line of the work done, if any, then the summary lines; with --strict,
     exit code 3 when the summary counts failed videos."""
     if summary.progress_line:
         click.echo(summary.progress_line)
     for line in summary.lines(root):
         click.echo(line)
-    failed = getattr(summary, "failed_videos", 0)
+    failed = summary.failed_videos
     if failed and click.get_current_context().meta.get("lofipipe.strict"):
         raise StrictError(f"--strict: {failed} failed videos (reasons above)")
 
@@ -274,7 +276,7 @@ def features(root, config, storage_options):
     Examples:
       lofipipe features out/
     """
-    from lofipipe.pipeline.extract import list_features
+    from lofipipe.data.features import list_features
 
     found = list_features(Store(root, storage_options))
     for item in found:
@@ -300,8 +302,8 @@ def inspect(root, fidelity, video_id, out, rows, config, storage_options):
       lofipipe inspect out/ --fidelity full --out sheet.png
       lofipipe inspect out/ --fidelity t-lofi --video synth_0003 --out t.png --rows 8
     """
-    from lofipipe.pipeline.contact_sheet import contact_sheet
-    from lofipipe.pipeline.snippet_reader import SnippetReader
+    from lofipipe.data.snippets import SnippetReader
+    from lofipipe.reports.contact_sheet import contact_sheet
 
     reader = SnippetReader(Store(root, storage_options), fidelity)
     video = next(reader.videos({video_id} if video_id else None), None)
@@ -401,7 +403,6 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
     import torch
 
     from lofipipe.schemas.schedule import load_schedule
-    from lofipipe.training.lofi_trainer import training_fidelities
     from lofipipe.training.memory_plan import plan_fidelity, planned_schedule_yaml
 
     chosen = load_schedule(schedule)
@@ -410,7 +411,7 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
     click.echo(f"{mode} steps of {encoder} on {device}, budget {budget_gb:g} GiB")
     plans, measured = [], 0
     started = time.monotonic()
-    for fidelity in training_fidelities(chosen, mode):
+    for fidelity in chosen.training_fidelities(mode):
         def report(batch, peak, name=fidelity.name):
             click.echo(f"  {name} batch {batch}: {peak / 2**30:.3f} GiB "
                        f"{'fits' if peak <= budget else 'over'}", err=True)
@@ -544,7 +545,7 @@ def report(root, run_name, config, storage_options):
     Examples:
       lofipipe report lofipipe-demo/root --run demo-head
     """
-    from lofipipe.pipeline.run_page import write_run_page
+    from lofipipe.reports.run_page import write_run_page
 
     click.echo(f"report: {write_run_page(Store(root, storage_options), run_name)}")
 
@@ -569,8 +570,6 @@ def demo(directory, config, storage_options):
       lofipipe demo /tmp/demo --set synth.videos=8 --set train.epochs=10
     """
     from lofipipe.pipeline.job import run_job
-    from lofipipe.pipeline.run_page import run_page_path
-
     started = time.monotonic()
     base = Store(directory, storage_options)
     dataset, root = base.child("dataset"), base.child("root")
@@ -583,7 +582,7 @@ def demo(directory, config, storage_options):
     summary = run_job(config, storage_options, command)
     _echo_summary(summary, root)
     click.echo(f"demo finished in {time.monotonic() - started:.1f} s; the run's report: "
-               f"{root.url_of(run_page_path(summary.run))}")
+               f"{root.url_of(report_path(summary.run))}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,7 @@
-"""Exceptions that the CLI turns into a one-line message and an exit code."""
+"""Exceptions that the CLI turns into a one-line message and an exit code, and the failure
+of one video, which travels as data."""
+
+from __future__ import annotations
 
 
 class LofipipeError(Exception):
@@ -41,3 +44,30 @@ def one_line(error: BaseException, *, with_type: bool = False, last: bool = Fals
     if with_type or not text:
         text = f"{type(error).__name__}: {text}".rstrip(": ")
     return text
+
+
+class VideoFailure(Exception):
+    """One video that cannot be used. `reason` is a short code that failures are counted
+    by; `message` says what went wrong, in one line.
+
+    Tables keep a failure as one `error` text, `"reason: message"` (`line`), and
+    `parse` takes such a text apart again.
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+    @property
+    def line(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+    @classmethod
+    def parse(cls, line: str) -> VideoFailure:
+        reason, _, message = line.partition(":")
+        return cls(reason, message.strip())
+
+
+def failure_reason(line: str) -> str:
+    """The reason code of a stored failure line (`VideoFailure.line`)."""
+    return VideoFailure.parse(line).reason

@@ -7,8 +7,12 @@ import json
 
 import numpy as np
 
-from lofipipe.pipeline.features import LINEAGE, part_path, part_stats_path
-from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
+from lofipipe.layout import (
+    ANNOTATIONS_PATH,
+    feature_part_path,
+    feature_stats_path,
+    lineage_path,
+)
 from lofipipe.schemas.tables import ANNOTATIONS, FEATURES
 from lofipipe.storage import Store
 
@@ -44,13 +48,13 @@ def write_feature_set(root: Store, videos: int = 8, snippets: int = 32, dim: int
                      "snippet_start": start, "snippet_end": start + 0.5,
                      "source_fingerprint": f"blake2b:{index}"})
     root.write_table(ANNOTATIONS_PATH, ANNOTATIONS.from_rows(annotations))
-    root.write_text(f"features/{FINGERPRINT}/{LINEAGE}", json.dumps(
+    root.write_text(lineage_path(FINGERPRINT), json.dumps(
         {"fingerprint": FINGERPRINT, "encoder": "test", "schedule": "demo"}))
     for part, first in enumerate(range(0, videos, 4)):
         chunk = rows[first: first + 4]
-        root.write_table(part_path(FINGERPRINT, part), FEATURES.from_rows(chunk),
+        root.write_table(feature_part_path(FINGERPRINT, part), FEATURES.from_rows(chunk),
                          row_group_size=1)
-        root.write_text(part_stats_path(FINGERPRINT, part), json.dumps(
+        root.write_text(feature_stats_path(FINGERPRINT, part), json.dumps(
             {"part": part, "videos": [r["video_id"] for r in chunk], "failed": {},
              "source_fingerprints": {}}))
     return truth

@@ -2,13 +2,13 @@ import json
 
 import pytest
 
-from lofipipe.errors import InputError
-from lofipipe.pipeline.annotations import (
+from lofipipe.data.annotation_files import (
     normalize,
     parse_activitynet,
     parse_thumos,
     read_annotations,
 )
+from lofipipe.errors import InputError
 
 
 def _anet(database):

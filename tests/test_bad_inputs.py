@@ -17,7 +17,7 @@ from media import write_audio_only, write_timed_video, write_truncated, write_vi
 from reliability import record
 
 from lofipipe.cli import main
-from lofipipe.pipeline.video_ids import video_id_for_file
+from lofipipe.data.video_ids import video_id_for_file
 from lofipipe.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.reliability]

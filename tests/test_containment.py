@@ -18,7 +18,7 @@ from faults import kill_when, worker_pids
 from job_outputs import differences, job_outputs, row_changes
 from reliability import record
 
-from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.data.snippets import SnippetReader
 from lofipipe.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]

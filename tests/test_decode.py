@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from media import frame_level, write_marked_video, write_timed_video, write_video
 
-from lofipipe.pipeline.decode import SnippetDecoder, plan_snippets
-from lofipipe.pipeline.probe import VideoFailure, VideoItem, VideoProber
+from lofipipe.errors import VideoFailure
+from lofipipe.media.decode import SnippetDecoder, plan_snippets
 from lofipipe.schemas.schedule import PRESETS, Fidelity, Schedule
+from lofipipe.workers.video_prober import VideoItem, VideoProber
 
 RESIZE = Schedule("t", Fidelity("full", 4, 2, 16), (Fidelity("small", 4, 2, 8),
                                                     Fidelity("few", 2, 2, 16)))
@@ -130,7 +131,7 @@ def test_frame_levels_helper_is_consistent():
 
 def test_unreferenced_frames_nobody_needs_are_not_decoded(tmp_path, monkeypatch):
     """Skipping disposable H.264 frames changes nothing in the output."""
-    import lofipipe.pipeline.decode as decode
+    import lofipipe.media.decode as decode
 
     path = write_video(tmp_path / "b.mp4", seconds=6, fps=30)  # x264 defaults: B-frames
     for schedule in (RESIZE, STRIDE, PRESETS["demo"]):

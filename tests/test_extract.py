@@ -16,9 +16,9 @@ from cli_helpers import SHARDS, fresh_root, run
 from click.testing import CliRunner
 
 from lofipipe.cli import main
+from lofipipe.data.features import read_features
+from lofipipe.data.snippets import SnippetReader
 from lofipipe.models.registry import build_encoder
-from lofipipe.pipeline.features import read_features
-from lofipipe.pipeline.snippet_reader import SnippetReader
 from lofipipe.storage import Store
 
 pytestmark = pytest.mark.ray

@@ -10,7 +10,7 @@ from media import write_audio_only, write_truncated, write_video
 from reliability import record
 
 from lofipipe.cli import main
-from lofipipe.pipeline.video_ids import video_id_for_file
+from lofipipe.data.video_ids import video_id_for_file
 from lofipipe.schemas.tables import ANNOTATIONS, ERRORS, MANIFEST
 from lofipipe.storage import Store
 

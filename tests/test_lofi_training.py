@@ -13,18 +13,15 @@ from click.testing import CliRunner
 from faults import kill_a_train_worker_when, train_worker_pids
 
 from lofipipe.cli import main
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.features import read_features
 from lofipipe.evaluation.detection import parse_thresholds
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.features import read_features
+from lofipipe.layout import encoder_path
 from lofipipe.schemas.config import load_config
 from lofipipe.schemas.schedule import PRESETS
 from lofipipe.storage import Store
-from lofipipe.training.lofi_trainer import (
-    LofiTrainer,
-    LosaTrainer,
-    encoder_path,
-    schedule_plan,
-)
+from lofipipe.training.lofi_trainer import LofiTrainer, schedule_plan
+from lofipipe.training.losa_trainer import LosaTrainer
 from lofipipe.training.trainer import TrainJob
 
 

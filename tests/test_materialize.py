@@ -16,8 +16,8 @@ from cli_helpers import SHARDS, run, synth_and_ingest
 from click.testing import CliRunner
 
 from lofipipe.cli import main
-from lofipipe.pipeline.decode import SnippetDecoder
-from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.data.snippets import SnippetReader
+from lofipipe.media.decode import SnippetDecoder
 from lofipipe.schemas.schedule import PRESETS
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
@@ -170,8 +170,8 @@ def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
     script = (
         "import sys, time\n"
-        "import lofipipe.pipeline.shards as shards\n"
-        "from lofipipe.pipeline.materialize import ok_videos\n"
+        "import lofipipe.workers.shard_writer as shards\n"
+        "from lofipipe.data.manifest import ok_videos\n"
         "from lofipipe.schemas.schedule import PRESETS\n"
         "from lofipipe.storage import Store\n"
         "encode = shards.frames_column\n"
@@ -181,7 +181,7 @@ def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
         "shards.frames_column = slow\n"
         "root = Store(sys.argv[1])\n"
         "videos = tuple(ok_videos(root))\n"
-        "stage = shards.ShardMaterializer(PRESETS['demo'], root)\n"
+        "stage = shards.ShardWriter(PRESETS['demo'], root)\n"
         "print('started', flush=True)\n"
         "stage.process(shards.ShardJob(0, videos, ('full', 't-lofi')))\n"
     )
@@ -204,8 +204,8 @@ def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
 
 
 def test_exception_mid_shard_commits_nothing(ingested, tmp_path, monkeypatch):
-    import lofipipe.pipeline.shards as shards
-    from lofipipe.pipeline.materialize import ok_videos
+    import lofipipe.workers.shard_writer as shards
+    from lofipipe.data.manifest import ok_videos
 
     root = Store(str(_fresh_root(ingested, tmp_path)))
     calls = []
@@ -218,7 +218,7 @@ def test_exception_mid_shard_commits_nothing(ingested, tmp_path, monkeypatch):
 
     failing.__wrapped__ = shards.frames_column
     monkeypatch.setattr(shards, "frames_column", failing)
-    stage = shards.ShardMaterializer(DEMO, root)
+    stage = shards.ShardWriter(DEMO, root)
     with pytest.raises(RuntimeError, match="disk full"):
         stage.process(shards.ShardJob(0, tuple(ok_videos(root)), ("full", "s-lofi")))
     assert root.list("shards/full") == [] and root.list("shards/s-lofi") == []
@@ -303,14 +303,14 @@ def test_materialize_on_s3(ingested, tmp_path, s3_bucket):
 
 def test_spilled_videos_write_the_same_rows(ingested, tmp_path, monkeypatch):
     """Long videos' rows go to local disk before their shard; the shard is the same."""
-    import lofipipe.pipeline.shards as shards
-    from lofipipe.pipeline.materialize import ok_videos
+    import lofipipe.workers.shard_writer as shards
+    from lofipipe.data.manifest import ok_videos
 
     roots = {}
     for name, spill in (("memory", 2**40), ("disk", 1)):
         monkeypatch.setattr(shards, "_SPILL_BYTES", spill)
         root = Store(str(_fresh_root(ingested, tmp_path / name)))
-        shards.ShardMaterializer(DEMO, root).process(
+        shards.ShardWriter(DEMO, root).process(
             shards.ShardJob(0, tuple(ok_videos(root)), ("full", "t-lofi")))
         roots[name] = root
     for fidelity in ("full", "t-lofi"):

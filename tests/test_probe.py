@@ -3,7 +3,7 @@
 import pytest
 from media import write_audio_only, write_truncated, write_video
 
-from lofipipe.pipeline.probe import VideoItem, VideoProber
+from lofipipe.workers.video_prober import VideoItem, VideoProber
 
 
 def _probe(path):

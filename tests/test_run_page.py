@@ -8,10 +8,11 @@ import pytest
 from browser import render
 from cli_helpers import SHARDS, run
 
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.stage_log import record_stage, stage_totals
 from lofipipe.evaluation.detection import Segment, evaluate, parse_thresholds
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.run_page import collect_errors, write_run_page
-from lofipipe.pipeline.stage_log import record_stage, stage_totals
+from lofipipe.evaluation.ground_truth import ground_truth
+from lofipipe.reports.run_page import collect_errors, write_run_page
 from lofipipe.schemas.config import config_to_yaml, load_config
 from lofipipe.schemas.tables import METRICS
 from lofipipe.storage import Store
@@ -25,7 +26,7 @@ def _write_run(root: Store, run: str, epochs: int = 3, steps_per_epoch: int = 4)
                                 f"train.run={run}", f"train.epochs={epochs}"])
     root.write_text(f"runs/{run}/config.yaml", config_to_yaml(config, "lofipipe test"))
     annotations = AnnotationIndex(root)
-    truth = annotations.ground_truth(annotations.videos("validation"))
+    truth = ground_truth(annotations, annotations.videos("validation"))
     found = [Segment(s.video_id, s.label, s.start + 0.3, s.end, 0.9) for s in truth]
     result = evaluate(truth, found, parse_thresholds("0.5:0.95:0.05"))
     root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict()))

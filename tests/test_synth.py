@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from lofipipe.cli import main
-from lofipipe.pipeline.synth import MOTION_PATTERNS, synthesize
+from lofipipe.media.synth import MOTION_PATTERNS, synthesize
 from lofipipe.schemas.config import load_config
 from lofipipe.storage import Store
 
@@ -77,7 +77,7 @@ def test_actions_need_frames_and_motion(tmp_path):
     """The disc is visible exactly during actions (and still decoys) and moves only in
     actions: where and what an action is can be read off the frames' motion only."""
     out, config = _make(tmp_path, "e", "synth.videos=6")
-    from lofipipe.pipeline.synth import plan_dataset
+    from lofipipe.media.synth import plan_dataset
 
     moving, still = 0, 0
     for plan in plan_dataset(config):

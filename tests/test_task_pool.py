@@ -17,6 +17,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 class FlakyStage:
     """Hangs on "hang", kills its worker on "crash", raises on "bug", else doubles."""
 
+    name = "flaky"
     resources = {"num_cpus": 1}
 
     def process(self, item):

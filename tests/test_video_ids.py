@@ -1,7 +1,7 @@
 import pytest
 from reliability import record
 
-from lofipipe.pipeline.video_ids import (
+from lofipipe.data.video_ids import (
     annotation_key_to_video_id,
     video_id_for_file,
     video_id_from_stem,

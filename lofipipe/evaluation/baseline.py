@@ -4,11 +4,13 @@ the training set's class frequencies and mean action lengths."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lofipipe.evaluation.detection import Segment
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.evaluation.detection import DetectionResult, Segment, evaluate
+from lofipipe.evaluation.ground_truth import ground_truth
 
 
 def class_prior_baseline(training: Iterable[Segment], spans: Mapping[str, tuple[float, float]]
@@ -27,3 +29,11 @@ def class_prior_baseline(training: Iterable[Segment], spans: Mapping[str, tuple[
             out += [Segment(video_id, label, float(s), float(s + length), len(values) / total)
                     for s in starts]
     return out
+
+
+def baseline_result(annotations: AnnotationIndex, train_videos: Sequence[str],
+                    val_videos: Sequence[str], thresholds: Sequence[float]) -> DetectionResult:
+    """The baseline's scores on `val_videos`, with its priors from `train_videos`."""
+    spans = {video: (0.0, annotations.durations[video]) for video in val_videos}
+    predictions = class_prior_baseline(ground_truth(annotations, train_videos), spans)
+    return evaluate(ground_truth(annotations, val_videos), predictions, thresholds)

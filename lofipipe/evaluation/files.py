@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lofipipe.data.annotation_files import finite_number, json_mapping, read_annotations
 from lofipipe.errors import InputError
 from lofipipe.evaluation.detection import Segment
-from lofipipe.pipeline.annotations import finite_number, json_mapping, read_annotations
 from lofipipe.schemas.tables import ANNOTATIONS
 from lofipipe.storage import Store
 

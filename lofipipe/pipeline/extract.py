@@ -3,7 +3,6 @@ Data pool of encoder actors -> features/<fingerprint>/, incrementally."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -16,7 +15,18 @@ import ray
 import torch
 
 from lofipipe import __version__
-from lofipipe.errors import ConfigError
+from lofipipe.data.manifest import ok_videos, shard_groups
+from lofipipe.data.snippets import SnippetReader
+from lofipipe.data.stage_log import record_stage
+from lofipipe.errors import ConfigError, failure_reason
+from lofipipe.layout import (
+    STATS_PATTERN,
+    feature_dir,
+    feature_part_path,
+    feature_stats_path,
+    lineage_path,
+    part_number,
+)
 from lofipipe.models.registry import (
     ENCODERS,
     architecture_digest,
@@ -28,21 +38,11 @@ from lofipipe.models.weights import (
     load_encoder_weights,
     read_checkpoint,
 )
-from lofipipe.pipeline.features import (
-    LINEAGE,
-    FeatureExtractor,
-    PartJob,
-    part_path,
-    part_stats_path,
-)
-from lofipipe.pipeline.materialize import ok_videos
-from lofipipe.pipeline.shards import SourceVideo, fidelity_lineage, shard_groups
-from lofipipe.pipeline.snippet_reader import SnippetReader
-from lofipipe.pipeline.stage_log import record_stage
-from lofipipe.progress import Progress
+from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.storage import Store, redact
+from lofipipe.workers.feature_extractor import ExtractActor, FeatureExtractor, PartJob
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
 
 
@@ -60,7 +60,7 @@ class ExtractSummary:
 
     def add(self, stats: Mapping[str, Any]) -> None:
         self.videos += len(stats["videos"])
-        self.failed.update(error.split(":", 1)[0] for error in stats["failed"].values())
+        self.failed.update(failure_reason(line) for line in stats["failed"].values())
 
     @property
     def failed_videos(self) -> int:
@@ -75,22 +75,8 @@ class ExtractSummary:
         out.append(f"features {self.fingerprint}: {self.parts} parts from {self.source} "
                    f"({self.written} written, {self.skipped} already done), {self.videos} "
                    f"videos, {failed} failed" + (f" ({reasons})" if reasons else "")
-                   + f", under {root.url_of('features/' + self.fingerprint)}")
+                   + f", under {root.url_of(feature_dir(self.fingerprint))}")
         return out
-
-
-class _ExtractActor:
-    """Hosts one extractor (and so one loaded model) in a Ray actor."""
-
-    def __init__(self, extractor: FeatureExtractor, threads: int):
-        # Ray pins a worker to one thread unless told; an actor gets the CPUs it holds.
-        torch.set_num_threads(threads)
-        self.extractor = extractor
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        job = PartJob(row["part"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])),
-                      row["shard"])
-        return {"stats": json.dumps(self.extractor.process(job))}
 
 
 def _plan_parts(config: Config, root: Store, schedule: Schedule
@@ -102,15 +88,8 @@ def _plan_parts(config: Config, root: Store, schedule: Schedule
         return jobs, {job.part: {v.video_id: v.fingerprint for v in job.videos}
                       for job in jobs}, "raw"
     jobs, sources, encodings = [], {}, set()
-    expected = json.loads(json.dumps(fidelity_lineage(schedule, schedule.full.name, "")))
-    for shard in SnippetReader(root, schedule.full.name).shards():
-        stats = json.loads(root.read_text(shard.replace(".parquet", ".stats.json")))
-        lineage = {**stats["lineage"], "encoding": ""}
-        if lineage != expected:
-            raise ConfigError(
-                f"{root.url_of(shard)} holds snippets of schedule {lineage['schedule']!r}, "
-                f"not of {schedule.name!r}: pass --schedule {lineage['schedule']}, or "
-                f"materialize {schedule.name} first")
+    reader = SnippetReader(root, schedule.full.name)
+    for shard, stats in zip(reader.shards(), reader.check_schedule(schedule), strict=True):
         jobs.append(PartJob(stats["shard"], shard=shard))
         sources[stats["shard"]] = stats["source_fingerprints"]
         encodings.add(stats["lineage"]["encoding"])
@@ -119,11 +98,11 @@ def _plan_parts(config: Config, root: Store, schedule: Schedule
 
 def _remove_stale(root: Store, fingerprint: str, parts: int) -> None:
     """Parts past the current count (the dataset shrank): marker first, then the data."""
-    for name in root.list(f"features/{fingerprint}", pattern="part-*.stats.json"):
-        part = int(name.rsplit("/", 1)[-1][len("part-"):][:5])
+    for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN):
+        part = part_number(name)
         if part >= parts:
-            root.remove(part_stats_path(fingerprint, part))
-            root.remove(part_path(fingerprint, part))
+            root.remove(feature_stats_path(fingerprint, part))
+            root.remove(feature_part_path(fingerprint, part))
 
 
 @dataclass
@@ -173,7 +152,7 @@ def plan_extract(config: Config, root: Store, storage_options: Mapping[str, Any]
                              random_weights=not settings.checkpoint)
     todo = []
     for job in jobs:
-        marker = part_stats_path(fingerprint, job.part)
+        marker = feature_stats_path(fingerprint, job.part)
         done = json.loads(root.read_text(marker)) if root.exists(marker) else None
         if done is not None and done["source_fingerprints"] == sources[job.part]:
             summary.skipped += 1
@@ -194,7 +173,7 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
     fingerprint, from the full-fidelity shards or by decoding the videos."""
     plan = plan_extract(config, root, storage_options, command)
     fingerprint, summary = plan.fingerprint, plan.summary
-    root.write_text(f"features/{fingerprint}/{LINEAGE}", json.dumps(plan.lineage, indent=1))
+    root.write_text(lineage_path(fingerprint), json.dumps(plan.lineage, indent=1))
     _remove_stale(root, fingerprint, max((job.part + 1 for job in plan.jobs), default=0))
     if plan.todo:
         summary.progress_line = _run_jobs(config, root, storage_options, plan.schedule,
@@ -217,11 +196,9 @@ def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
     cpus = 1 if gpus else max(1, cluster_cpus() // actors)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    items = [{"part": job.part, "shard": job.shard,
-              "videos": json.dumps([dataclasses.asdict(v) for v in job.videos])}
-             for job in todo]
+    items = [job.as_row() for job in todo]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        _ExtractActor, fn_constructor_args=(extractor, cpus),
+        ExtractActor, fn_constructor_args=(extractor, cpus),
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0, num_cpus=cpus)
     snippets = 0
@@ -233,21 +210,7 @@ def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
             summary.add(stats)
             progress.done(count=len(stats["videos"]))
             for error in stats["failed"].values():
-                progress.done(failed_reason=error.split(":", 1)[0])
+                progress.done(failed_reason=failure_reason(error))
     record_stage(root, f"extract {fingerprint}", progress.seconds, progress.ok, snippets,
                  progress.failed)
     return progress.summary()
-
-
-def list_features(root: Store) -> list[dict[str, Any]]:
-    """Each fingerprint's lineage with its video count and bytes."""
-    out = []
-    for name in root.list("features", pattern=LINEAGE, recursive=True):
-        folder = name.rsplit("/", 1)[0]
-        lineage = json.loads(root.read_text(name))
-        parts = root.list_detailed(folder, pattern="part-*")
-        videos = sum(len(json.loads(root.read_text(p))["videos"]) for p, _ in parts
-                     if p.endswith(".stats.json"))
-        out.append({**lineage, "videos": videos,
-                    "bytes": sum(int(info.get("size", 0)) for _, info in parts)})
-    return out

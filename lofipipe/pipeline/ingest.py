@@ -15,22 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lofipipe import __version__
-from lofipipe.errors import InputError
-from lofipipe.pipeline.annotations import normalize, read_annotations
-from lofipipe.pipeline.probe import VideoItem, VideoProber, source_signature
-from lofipipe.pipeline.stage_log import record_stage
-from lofipipe.pipeline.video_ids import video_id_for_file
-from lofipipe.progress import Progress
+from lofipipe.data.annotation_files import normalize, read_annotations
+from lofipipe.data.manifest import manifest_rows
+from lofipipe.data.stage_log import record_stage
+from lofipipe.data.video_ids import video_id_for_file
+from lofipipe.errors import InputError, failure_reason
+from lofipipe.layout import ANNOTATIONS_PATH, ERRORS_PATH, INGEST_CONFIG_PATH, MANIFEST_PATH
+from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config, config_to_yaml
 from lofipipe.schemas.tables import ANNOTATIONS, ERRORS, MANIFEST
 from lofipipe.storage import Store, list_files
 from lofipipe.workers.runtime import ensure_ray
 from lofipipe.workers.task_pool import TaskFailure, map_with_time_limit
+from lofipipe.workers.video_prober import VideoItem, VideoProber, source_signature
 
-MANIFEST_PATH = "manifest/videos.parquet"
-ERRORS_PATH = "manifest/errors.parquet"
-CONFIG_PATH = "manifest/ingest.yaml"
-ANNOTATIONS_PATH = "annotations.parquet"
 _EXAMPLES = 5  # annotation issues spelled out in the summary; the rest are in the table
 
 
@@ -85,23 +83,17 @@ def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoI
     return items
 
 
-def manifest_rows(root: Store) -> dict[str, dict[str, Any]]:
-    """The manifest's rows by video_id (empty before the first ingest)."""
-    if not root.exists(MANIFEST_PATH):
-        return {}
-    table = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH))
-    return {row["video_id"]: row for row in table.to_pylist()}
+def is_unchanged(old: Mapping[str, Any] | None, item: VideoItem) -> bool:
+    """Whether a listed video is the one that probed fine last time (its manifest row
+    `old`), so that row stands without probing again."""
+    return bool(old and old["status"] == "ok" and old["uri"] == item.uri
+                and old["source_signature"] == item.source_signature)
 
 
 def _failed_row(item: VideoItem, failure: TaskFailure) -> dict[str, Any]:
     return {"video_id": item.video_id, "uri": item.uri, "size": item.size,
             "source_signature": item.source_signature, "status": "failed",
-            "error": f"{failure.reason}: {failure.message}", "lofipipe_version": __version__}
-
-
-def reason_of(error: str) -> str:
-    """The reason code at the front of a manifest `error` ("reason: message")."""
-    return error.split(":", 1)[0]
+            "error": failure.line, "lofipipe_version": __version__}
 
 
 def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: str,
@@ -118,8 +110,7 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
     to_probe = []
     for item in items:
         old = previous.get(item.video_id)
-        if (old and old["status"] == "ok" and old["uri"] == item.uri
-                and old["source_signature"] == item.source_signature):
+        if is_unchanged(old, item):
             rows[item.video_id] = old
         else:
             to_probe.append(item)
@@ -137,7 +128,7 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
             for item, outcome in map_with_time_limit(prober, to_probe, limit):
                 row = _failed_row(item, outcome) if isinstance(outcome, TaskFailure) else outcome
                 rows[item.video_id] = row
-                progress.done(reason_of(row["error"]) if row["status"] == "failed" else None)
+                progress.done(failure_reason(row["error"]) if row["status"] == "failed" else None)
         summary.progress_line = progress.summary()
         record_stage(root, "ingest", progress.seconds, progress.ok,
                      failed=progress.failed)
@@ -150,16 +141,16 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
         row = dict(rows[video_id], subset=annotations.subsets.get(video_id))
         new_rows.append(row)
     errors = [{"stage": "ingest", "video_id": row["video_id"], "uri": row["uri"],
-               "reason": reason_of(row["error"]), "error": row["error"], "attempts": 1}
+               "reason": failure_reason(row["error"]), "error": row["error"], "attempts": 1}
               for row in new_rows if row["status"] == "failed"] + annotations.issues
 
     root.write_table(MANIFEST_PATH, MANIFEST.from_rows(new_rows))
     root.write_table(ANNOTATIONS_PATH, ANNOTATIONS.from_rows(annotations.rows))
     root.write_table(ERRORS_PATH, ERRORS.from_rows(errors))
-    root.write_text(CONFIG_PATH, config_to_yaml(config, command))
+    root.write_text(INGEST_CONFIG_PATH, config_to_yaml(config, command))
 
     summary.ok = sum(row["status"] == "ok" for row in new_rows)
-    summary.failed = Counter(reason_of(row["error"]) for row in new_rows
+    summary.failed = Counter(failure_reason(row["error"]) for row in new_rows
                              if row["status"] == "failed")
     summary.hours = sum(row["duration"] or 0.0 for row in new_rows
                         if row["status"] == "ok") / 3600

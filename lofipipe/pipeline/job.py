@@ -14,20 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lofipipe.data.manifest import manifest_rows, ok_videos
 from lofipipe.errors import ConfigError
 from lofipipe.evaluation.detection import DetectionResult
+from lofipipe.layout import (
+    MANIFEST_PATH,
+    encoder_path,
+    evaluation_path,
+    predictions_path,
+    report_path,
+)
 from lofipipe.pipeline.extract import plan_extract, run_extract
-from lofipipe.pipeline.ingest import MANIFEST_PATH, list_videos, manifest_rows, run_ingest
-from lofipipe.pipeline.materialize import ok_videos, plan_jobs, run_materialize
+from lofipipe.pipeline.ingest import is_unchanged, list_videos, run_ingest
+from lofipipe.pipeline.materialize import plan_jobs, run_materialize
 from lofipipe.pipeline.recipe import run_lofi_recipe
-from lofipipe.pipeline.run_page import run_page_path
 from lofipipe.pipeline.train import run_train
 from lofipipe.schemas.config import Config, config_with
 from lofipipe.schemas.schedule import load_schedule
+from lofipipe.schemas.stage import StageSummary
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_epoch
-from lofipipe.training.lofi_trainer import encoder_path
-from lofipipe.training.trainer import predictions_path
 
 
 def check_job(config: Config) -> None:
@@ -68,9 +74,7 @@ def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
     steps = []
     listed = list_videos(job.videos, storage_options, config.ingest.extensions)
     previous = manifest_rows(root)
-    unchanged = [item for item in listed if (old := previous.get(item.video_id)) and
-                 old["status"] == "ok" and old["uri"] == item.uri and
-                 old["source_signature"] == item.source_signature]
+    unchanged = [item for item in listed if is_unchanged(previous.get(item.video_id), item)]
     todo = len(listed) - len(unchanged)
     steps.append(Step("ingest", "done" if not todo and root.exists(MANIFEST_PATH) else
                       "pending", f"{len(listed)} videos listed, {todo} to probe"))
@@ -103,9 +107,9 @@ def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
         state = "done" if done >= epochs and root.exists(predictions_path(run)) else (
             "pending" if not done else "partly done")
         steps.append(Step(f"train {run}", state, f"{done} of {epochs} epochs done"))
-    evaluated = root.exists(f"runs/{final_run(config)}/evaluation.json")
+    evaluated = root.exists(evaluation_path(final_run(config)))
     steps.append(Step("evaluate", "done" if evaluated else "pending",
-                      f"runs/{final_run(config)}/predictions.json"))
+                      predictions_path(final_run(config))))
     return steps
 
 
@@ -118,7 +122,7 @@ def _snippets(schedule, fidelity, duration: float) -> int:
 
 @dataclass
 class JobSummary:
-    steps: list[Any] = field(default_factory=list)
+    steps: list[tuple[str, StageSummary]] = field(default_factory=list)
     result: DetectionResult | None = None
     run: str = ""
     progress_line: str = ""
@@ -127,7 +131,7 @@ class JobSummary:
     def failed_videos(self) -> int:
         """Failures recorded by the steps (a video failed at ingest is counted there only;
         one that failed to decode counts in materialize and again in extract)."""
-        return sum(getattr(summary, "failed_videos", 0) for _, summary in self.steps)
+        return sum(summary.failed_videos for _, summary in self.steps)
 
     def lines(self, root: Store) -> list[str]:
         out = []
@@ -138,7 +142,7 @@ class JobSummary:
             out += summary.lines(root)
         if self.result is not None:
             out += [f"== evaluate {self.run}", self.result.table(per_class=True),
-                    f"report: {root.url_of(run_page_path(self.run))}"]
+                    f"report: {root.url_of(report_path(self.run))}"]
         return out
 
 

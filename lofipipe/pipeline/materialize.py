@@ -20,29 +20,27 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lofipipe.errors import InputError
-from lofipipe.pipeline.ingest import MANIFEST_PATH
-from lofipipe.pipeline.quarantine import attempt_bound, forget_journals
-from lofipipe.pipeline.shards import (
-    ShardJob,
-    ShardMaterializer,
-    SourceVideo,
-    fidelity_lineage,
-    shard_groups,
+from lofipipe.data.manifest import SourceVideo, ok_videos, shard_groups
+from lofipipe.data.stage_log import record_stage
+from lofipipe.errors import failure_reason
+from lofipipe.layout import (
+    MATERIALIZE_CONFIG_PATH,
+    SCHEDULE_PATH,
+    SHARDS_DIR,
+    STATS_PATTERN,
+    part_number,
+    shard_dir,
     shard_path,
-    stats_path,
+    shard_stats_path,
 )
-from lofipipe.pipeline.stage_log import record_stage
-from lofipipe.progress import Progress
+from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config, MaterializeConfig, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import Schedule, load_schedule
-from lofipipe.schemas.tables import MANIFEST
 from lofipipe.storage import Store
+from lofipipe.workers.quarantine import attempt_bound, forget_journals
 from lofipipe.workers.runtime import ensure_ray
+from lofipipe.workers.shard_writer import ShardJob, ShardWriter
 from lofipipe.workers.task_pool import TaskFailure, map_with_time_limit
-
-CONFIG_PATH = "shards/materialize.yaml"
-SCHEDULE_PATH = "shards/schedule.json"
 
 
 @dataclass
@@ -77,7 +75,7 @@ class MaterializeSummary:
             + len(self.abandoned)
 
     def lines(self, root: Store) -> list[str]:
-        out = [f"schedule {self.schedule}: shards under {root.url_of('shards')}"]
+        out = [f"schedule {self.schedule}: shards under {root.url_of(SHARDS_DIR)}"]
         out += [f"  shard {shard} not written (a rerun tries it again): {error}"
                 for shard, error in sorted(self.abandoned.items())]
         for name, f in self.fidelities.items():
@@ -91,21 +89,10 @@ class MaterializeSummary:
         return out
 
 
-def ok_videos(root: Store) -> list[SourceVideo]:
-    """The manifest's ok videos, sorted by id."""
-    if not root.exists(MANIFEST_PATH):
-        raise InputError(f"no manifest at {root.url_of(MANIFEST_PATH)}: run lofipipe ingest "
-                         f"first")
-    table = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH))
-    return sorted((SourceVideo(r["video_id"], r["uri"], r["fingerprint"], r["start_time"],
-                               r["duration"]) for r in table.to_pylist() if r["status"] == "ok"),
-                  key=lambda video: video.video_id)
-
-
 def _read_stats(root: Store, fidelity: str, shard: int) -> dict[str, Any] | None:
-    if not root.exists(stats_path(fidelity, shard)):
+    if not root.exists(shard_stats_path(fidelity, shard)):
         return None
-    return json.loads(root.read_text(stats_path(fidelity, shard)))
+    return json.loads(root.read_text(shard_stats_path(fidelity, shard)))
 
 
 def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
@@ -119,7 +106,7 @@ def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
         for fidelity in schedule.fidelities:
             stats = None if force else _read_stats(root, fidelity.name, shard)
             if (stats is not None and stats["source_fingerprints"] == fingerprints
-                    and stats["lineage"] == fidelity_lineage(schedule, fidelity.name, encoding)
+                    and stats["lineage"] == schedule.lineage(fidelity.name, encoding)
                     and not (retry_failed and stats["failed"])):
                 done[fidelity.name].append(stats)
             else:
@@ -132,14 +119,14 @@ def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
 def _remove_stale(root: Store, schedule: Schedule, shards: int) -> None:
     """Shards past the current count (the dataset shrank): marker first, then the data."""
     for fidelity in schedule.fidelities:
-        for name in root.list(f"shards/{fidelity.name}", pattern="part-*.stats.json"):
-            shard = int(name.rsplit("/", 1)[-1][len("part-"):][:5])
+        for name in root.list(shard_dir(fidelity.name), pattern=STATS_PATTERN):
+            shard = part_number(name)
             if shard >= shards:
-                root.remove(stats_path(fidelity.name, shard))
+                root.remove(shard_stats_path(fidelity.name, shard))
                 root.remove(shard_path(fidelity.name, shard))
 
 
-def _contained(stage: ShardMaterializer, jobs: list[ShardJob], settings: MaterializeConfig,
+def _contained(stage: ShardWriter, jobs: list[ShardJob], settings: MaterializeConfig,
                progress: Progress) -> Iterator[tuple[ShardJob, Any]]:
     """Runs the shard jobs as time-limited Ray tasks; a job whose task died or timed out
     runs again (see quarantine.py) until it commits or has had `attempt_bound` tries.
@@ -165,8 +152,7 @@ def _contained(stage: ShardMaterializer, jobs: list[ShardJob], settings: Materia
                 continue
             progress.write(f"shard {job.shard}: {outcome.message} ({outcome.reason}); "
                            f"trying again")
-            again.append(dataclasses.replace(job, last_failure=f"{outcome.reason}: "
-                                                               f"{outcome.message}"))
+            again.append(dataclasses.replace(job, last_failure=outcome.line))
         todo = again
 
 
@@ -186,11 +172,11 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
             summary.fidelities[name].add(stats)
             summary.fidelities[name].skipped += 1
     for fidelity in schedule.fidelities:
-        root.clear_staged(f"shards/{fidelity.name}")
+        root.clear_staged(shard_dir(fidelity.name))
     forget_journals(root, keep={job.shard for job in jobs})
     if jobs:
         ensure_ray(config.ray)
-        stage = ShardMaterializer(schedule, root, settings.encoding, settings.jpeg_quality,
+        stage = ShardWriter(schedule, root, settings.encoding, settings.jpeg_quality,
                                   settings.decode_threads, storage_options,
                                   settings.max_attempts)
         snippets = 0
@@ -207,11 +193,11 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
                 first = outcome[0]
                 progress.done(count=len(first["videos"]))
                 for error in first["failed"].values():
-                    progress.done(failed_reason=error.split(":", 1)[0])
+                    progress.done(failed_reason=failure_reason(error))
         summary.progress_line = progress.summary()
         record_stage(root, "materialize", progress.seconds, progress.ok, snippets,
                      progress.failed)
     _remove_stale(root, schedule, -(-len(videos) // settings.videos_per_shard))
     root.write_text(SCHEDULE_PATH, json.dumps(config_to_dict(schedule), indent=1))
-    root.write_text(CONFIG_PATH, config_to_yaml(config, command))
+    root.write_text(MATERIALIZE_CONFIG_PATH, config_to_yaml(config, command))
     return summary

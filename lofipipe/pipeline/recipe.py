@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lofipipe.errors import ConfigError
+from lofipipe.layout import encoder_path
 from lofipipe.pipeline.extract import ExtractSummary, run_extract
 from lofipipe.pipeline.train import TrainSummary, run_train
 from lofipipe.schemas.config import Config, config_with
 from lofipipe.storage import Store
-from lofipipe.training.lofi_trainer import encoder_path
 
 
 @dataclass
@@ -24,6 +24,11 @@ class RecipeSummary:
     features: ExtractSummary
     head: TrainSummary
     progress_line: str = ""
+
+    @property
+    def failed_videos(self) -> int:
+        """Videos the regenerated features lack (training skips what has no data)."""
+        return self.features.failed_videos
 
     def lines(self, root: Store) -> list[str]:
         return ["== stage 2: LoFi end to end", *self.adapt.lines(root),

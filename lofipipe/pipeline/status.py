@@ -10,12 +10,21 @@ from typing import Any
 
 import yaml
 
-from lofipipe.pipeline.extract import list_features
-from lofipipe.pipeline.ingest import ERRORS_PATH, MANIFEST_PATH
-from lofipipe.pipeline.materialize import CONFIG_PATH, ok_videos, plan_jobs
+from lofipipe.data.features import list_features
+from lofipipe.data.manifest import manifest_rows, ok_videos
+from lofipipe.data.runs import read_metrics, run_names
+from lofipipe.errors import failure_reason
+from lofipipe.layout import (
+    ERRORS_PATH,
+    MANIFEST_PATH,
+    MATERIALIZE_CONFIG_PATH,
+    predictions_path,
+    run_config_path,
+)
+from lofipipe.pipeline.materialize import plan_jobs
 from lofipipe.schemas.config import MaterializeConfig, build
 from lofipipe.schemas.schedule import load_schedule
-from lofipipe.schemas.tables import ERRORS, MANIFEST, METRICS
+from lofipipe.schemas.tables import ERRORS
 from lofipipe.storage import Store
 
 
@@ -35,9 +44,9 @@ def _ingest(root: Store, out: RootStatus) -> list[dict[str, Any]]:
     if not root.exists(MANIFEST_PATH):
         out.add("ingest: pending (no manifest)")
         return []
-    rows = MANIFEST.check(root.read_table(MANIFEST_PATH), root.url_of(MANIFEST_PATH)).to_pylist()
+    rows = list(manifest_rows(root).values())
     ok = [r for r in rows if r["status"] == "ok"]
-    failed = Counter((r["error"] or "unknown").split(":", 1)[0] for r in rows
+    failed = Counter(failure_reason(r["error"] or "unknown") for r in rows
                      if r["status"] != "ok")
     hours = sum(r["duration"] or 0.0 for r in ok) / 3600
     out.add(f"ingest: done, {len(ok)} videos ok ({hours:.2f} h), {sum(failed.values())} "
@@ -52,10 +61,10 @@ def _ingest(root: Store, out: RootStatus) -> list[dict[str, Any]]:
 
 
 def _materialize(root: Store, out: RootStatus) -> None:
-    if not root.exists(CONFIG_PATH):
+    if not root.exists(MATERIALIZE_CONFIG_PATH):
         out.add("materialize: pending (no shards)")
         return
-    saved = yaml.safe_load(root.read_text(CONFIG_PATH)) or {}
+    saved = yaml.safe_load(root.read_text(MATERIALIZE_CONFIG_PATH)) or {}
     settings = build(MaterializeConfig, saved.get("materialize", {}), "materialize.")
     schedule = load_schedule(settings.schedule)
     jobs, done = plan_jobs(root, schedule, ok_videos(root), settings.videos_per_shard,
@@ -88,20 +97,17 @@ def _features(root: Store, ok: list[dict[str, Any]], out: RootStatus) -> None:
 
 
 def _runs(root: Store, out: RootStatus) -> None:
-    names = sorted({path.split("/")[1] for path in root.list("runs", pattern="config.yaml",
-                                                              recursive=True)})
+    names = run_names(root)
     if not names:
         out.add("train: no runs")
         return
     out.add(f"train: {len(names)} runs")
     for name in names:
-        saved = (yaml.safe_load(root.read_text(f"runs/{name}/config.yaml")) or {}).get(
+        saved = (yaml.safe_load(root.read_text(run_config_path(name))) or {}).get(
             "train", {})
-        epochs = [r for r in METRICS.check(root.read_table(f"runs/{name}/metrics.parquet"),
-                                           name).to_pylist() if r["kind"] == "epoch"] \
-            if root.exists(f"runs/{name}/metrics.parquet") else []
+        epochs = read_metrics(root, name, kinds=("epoch",))
         total = saved.get("epochs", "?")
-        finished = root.exists(f"runs/{name}/predictions.json") and len(epochs) == total
+        finished = root.exists(predictions_path(name)) and len(epochs) == total
         state = "done" if finished else f"{len(epochs)}/{total} epochs"
         best = max(epochs, key=lambda r: r["val_average_map"], default=None)
         score = (f", best val average mAP {100 * best['val_average_map']:.2f} (epoch "

@@ -10,9 +10,6 @@ and rerunning the same command resumes the run the same way; the resolved config
 from __future__ import annotations
 
 import json
-import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -23,8 +20,12 @@ import ray
 import torch
 import yaml
 
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.runs import read_metrics
+from lofipipe.data.snippets import SnippetReader
+from lofipipe.data.stage_log import record_stage
 from lofipipe.errors import ConfigError, InputError
-from lofipipe.evaluation.baseline import class_prior_baseline
+from lofipipe.evaluation.baseline import baseline_result
 from lofipipe.evaluation.detection import (
     DetectionResult,
     evaluate,
@@ -32,29 +33,21 @@ from lofipipe.evaluation.detection import (
     parse_thresholds,
 )
 from lofipipe.evaluation.files import parse_predictions
+from lofipipe.evaluation.ground_truth import ground_truth
+from lofipipe.layout import evaluation_path, predictions_path, report_path, run_config_path, run_dir
 from lofipipe.models.registry import ENCODERS, build_encoder
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.run_page import run_page_path, write_run_page
-from lofipipe.pipeline.shards import fidelity_lineage
-from lofipipe.pipeline.snippet_reader import SnippetReader
-from lofipipe.pipeline.stage_log import record_stage
-from lofipipe.progress import Progress
+from lofipipe.pipeline.progress import Progress
+from lofipipe.reports.run_page import write_run_page
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
 from lofipipe.schemas.schedule import load_schedule
-from lofipipe.schemas.tables import METRICS
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_epoch
 from lofipipe.training.feature_set import FeatureSet
-from lofipipe.training.head_trainer import HeadTrainer
-from lofipipe.training.lofi_trainer import (
-    LofiTrainer,
-    LosaTrainer,
-    training_fidelities,
-    validation_fidelity,
-)
-from lofipipe.training.trainer import TrainJob, predictions_path
+from lofipipe.training.trainer import TrainJob
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
+from lofipipe.workers.train_worker import torch_trainer
 
+_SHOWN = ("epoch", "resume")  # the metrics rows the progress shows
 # Settings a resumed run may change: they do not alter what it computes.
 _RESUMABLE_CHANGES = {"workers", "max_failures", "keep_checkpoints"}
 
@@ -70,6 +63,7 @@ class TrainSummary:
     baseline: DetectionResult
     result: DetectionResult  # the final predictions on the validation subset
     progress_line: str = ""
+    failed_videos: int = 0  # training reads what earlier stages made of the ok videos
 
     def lines(self, root: Store) -> list[str]:
         first = self.baseline.thresholds[0]
@@ -81,24 +75,12 @@ class TrainSummary:
                 f"mAP@{first:.2f} {100 * self.baseline.mAP[0]:.2f}, average "
                 f"{100 * self.baseline.average_mAP:.2f}",
                 f"checkpoints, metrics.parquet, predictions.json and evaluation.json under "
-                f"{root.url_of('runs/' + self.run)}",
-                f"report: {root.url_of(run_page_path(self.run))}"]
-
-
-def _worker(job: TrainJob) -> None:
-    """Runs in each Ray Train worker."""
-    import ray.train
-    import ray.train.torch
-
-    context = ray.train.get_context()
-    kind = {"head": HeadTrainer, "lofi": LofiTrainer, "losa": LosaTrainer}[job.settings.mode]
-    trainer = kind(job, context.get_world_rank(), context.get_world_size(),
-                   wrap=ray.train.torch.prepare_model, log=lambda line: None)
-    trainer.run()  # the driver shows its epochs from the run's metrics
+                f"{root.url_of(run_dir(self.run))}",
+                f"report: {root.url_of(report_path(self.run))}"]
 
 
 def _check_resume(root: Store, config: Config) -> None:
-    saved_path = f"runs/{config.train.run}/config.yaml"
+    saved_path = run_config_path(config.train.run)
     if not root.exists(saved_path):
         return
     saved = (yaml.safe_load(root.read_text(saved_path)) or {}).get("train", {})
@@ -135,19 +117,11 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
                           f"-frame snippets, the {schedule.name} schedule has "
                           f"{schedule.full.frames}")
     videos = None
-    fidelities = training_fidelities(schedule, config.train.mode)
-    for fidelity in fidelities:
-        stats = SnippetReader(root, fidelity.name).stats()
-        expected = json.loads(json.dumps(fidelity_lineage(schedule, fidelity.name, "")))
-        for record in stats:
-            if {**record["lineage"], "encoding": ""} != expected:
-                raise ConfigError(f"the {fidelity.name} shards under {root.url} were "
-                                  f"materialized for schedule {record['lineage']['schedule']!r},"
-                                  f" not {schedule.name!r}: pass --schedule "
-                                  f"{record['lineage']['schedule']}")
+    for fidelity in schedule.training_fidelities(config.train.mode):
+        stats = SnippetReader(root, fidelity.name).check_schedule(schedule)
         found = {video for record in stats for video in record["videos"]}
         videos = found if videos is None else videos & found
-    validation = validation_fidelity(fidelities)
+    validation = schedule.validation_fidelity(config.train.mode)
     window = validation.snippets if schedule.sampling == "stride" else 0
     return AnnotationIndex(root), videos or set(), window
 
@@ -173,21 +147,19 @@ def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
                              f"than the {settings.workers} workers")
     thresholds = parse_thresholds(settings.tiou)
     _check_resume(root, config)
-    root.write_text(f"runs/{settings.run}/config.yaml", config_to_yaml(config, command))
+    root.write_text(run_config_path(settings.run), config_to_yaml(config, command))
     done = latest_epoch(root, settings.run)
     started = time.monotonic()
     if done < settings.epochs or not root.exists(predictions_path(settings.run)):
         _train_on_ray(config, root, train_videos, val_videos, thresholds, window)
         record_stage(root, f"train {settings.run}", time.monotonic() - started,
                      len(train_videos) * (settings.epochs - done))
-    last = [r for r in _epoch_rows(root, settings.run) if r["kind"] == "epoch"][-1]
+    last = read_metrics(root, settings.run, kinds=("epoch",))[-1]
     if not root.exists(predictions_path(settings.run)):
         raise InputError(f"run {settings.run} ended without its predictions")
     result = _evaluate_run(root, settings.run, annotations, settings.val_subset, thresholds)
     write_run_page(root, settings.run)
-    truth = annotations.ground_truth
-    baseline = evaluate(truth(val_videos), class_prior_baseline(truth(train_videos), {
-        v: (0.0, annotations.durations[v]) for v in val_videos}), thresholds)
+    baseline = baseline_result(annotations, train_videos, val_videos, thresholds)
     return TrainSummary(settings.run, settings.epochs, done, settings.workers,
                         time.monotonic() - started, map_table(thresholds, last["val_map"]),
                         baseline, result)
@@ -198,9 +170,9 @@ def _evaluate_run(root: Store, run: str, annotations: AnnotationIndex, subset: s
     """The run's predictions scored against the annotations of `subset`, saved as
     runs/<run>/evaluation.json."""
     predictions = parse_predictions(root.read_text(predictions_path(run)), predictions_path(run))
-    result = evaluate(annotations.ground_truth(annotations.videos(subset)), predictions,
+    result = evaluate(ground_truth(annotations, annotations.videos(subset)), predictions,
                       thresholds)
-    root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict(), indent=1))
+    root.write_text(evaluation_path(run), json.dumps(result.to_dict(), indent=1))
     return result
 
 
@@ -215,34 +187,10 @@ def _train_on_ray(config: Config, root: Store, train_videos: list[str],
     _fit(job, gpus > 0, threads)
 
 
-def _epoch_rows(root: Store, run: str) -> list[dict[str, Any]]:
-    path = f"runs/{run}/metrics.parquet"
-    if not root.exists(path):
-        return []
-    rows = METRICS.check(root.read_table(path), root.url_of(path)).to_pylist()
-    return [r for r in rows if r["kind"] != "step"]
-
-
 def _fit(job: TrainJob, use_gpu: bool, threads: int) -> None:
     """Runs the TorchTrainer while showing epochs done from the run's metrics."""
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     settings = job.settings
-    trainer = TorchTrainer(
-        lambda: _worker(job),
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else
-                                     {"CPU": threads}),
-        run_config=RunConfig(
-            name=f"lofipipe-{job.run}-{os.getpid()}",
-            # Ray keeps only its own run state here: lofipipe writes the checkpoints.
-            storage_path=os.path.join(tempfile.gettempdir(), "lofipipe-ray-train"),
-            failure_config=FailureConfig(max_failures=settings.max_failures),
-            # Ray Train's INFO lines (process groups, DDP wrapping) and its warnings that
-            # the state API is off (lofipipe starts Ray without the dashboard) are noise.
-            logging_config=LoggingConfig(log_level="ERROR")))
+    trainer = torch_trainer(job, use_gpu, threads)
     failure: list[BaseException] = []
 
     def fit() -> None:
@@ -254,12 +202,12 @@ def _fit(job: TrainJob, use_gpu: bool, threads: int) -> None:
     thread = threading.Thread(target=fit, daemon=True)
     thread.start()
     with Progress("train", settings.epochs, unit="epoch") as progress:
-        rows = _epoch_rows(job.root, job.run)
+        rows = read_metrics(job.root, job.run, kinds=_SHOWN)
         seen = len(rows)
         progress.done(count=sum(row["kind"] == "epoch" for row in rows))
         while thread.is_alive():
             thread.join(timeout=2.0)
-            rows = _epoch_rows(job.root, job.run)
+            rows = read_metrics(job.root, job.run, kinds=_SHOWN)
             for row in rows[seen:]:
                 if row["kind"] == "resume":
                     progress.write(f"worker group restarted: resumed after epoch "

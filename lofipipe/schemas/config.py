@@ -34,7 +34,7 @@ class RayConfig:
         _check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", "must be at least 1")
 
 
-# The synthetic dataset's action classes: one motion pattern each (see pipeline/synth.py).
+# The synthetic dataset's action classes: one motion pattern each (see media/synth.py).
 MOTION_PATTERNS = (
     "swing", "bounce", "orbit", "pulse", "zigzag", "figure_eight", "shake", "sweep",
 )
@@ -106,7 +106,7 @@ class MaterializeConfig:
     """Snippet shards for a schedule's fidelities."""
 
     schedule: str = "demo"  # a preset (lofi-anet, lofi-thumos, multigrid, demo) or .yaml file
-    encoding: Literal["raw", "jpeg"] = "raw"  # see pipeline/frame_codec.py
+    encoding: Literal["raw", "jpeg"] = "raw"  # see media/frame_codec.py
     jpeg_quality: int = 90
     videos_per_shard: int = 8
     decode_threads: int = 0  # per video; 0 lets FFmpeg choose

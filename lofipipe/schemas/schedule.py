@@ -103,6 +103,23 @@ class Schedule:
         raise ConfigError(f"schedule {self.name}: no fidelity {name!r} "
                           f"(has: {', '.join(f.name for f in self.fidelities)})")
 
+    def lineage(self, fidelity: str, encoding: str) -> dict[str, object]:
+        """What the snippets of `fidelity`, stored in `encoding`, depend on besides the
+        source videos (kept in each shard's stats)."""
+        return {"schedule": self.name, "sampling": self.sampling, "fps": self.fps,
+                "stride": self.stride, "encoding": encoding,
+                **self.fidelity(fidelity).content}
+
+    def training_fidelities(self, mode: str) -> tuple[Fidelity, ...]:
+        """What a training mode takes: LoFi the reduced fidelities, LoSA and the head the
+        full one."""
+        return self.train if mode == "lofi" else (self.full,)
+
+    def validation_fidelity(self, mode: str) -> Fidelity:
+        """The fidelity a mode validates at: of those it trains on, the one with the most
+        snippets (then pixels)."""
+        return max(self.training_fidelities(mode), key=lambda f: (f.snippets, f.size))
+
     def snippet_stride(self, fidelity: Fidelity) -> int:
         """Stride sampling: frames (at `fps`) between the starts of consecutive snippets."""
         assert self.stride is not None

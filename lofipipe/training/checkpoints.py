@@ -11,11 +11,8 @@ from typing import Any
 import torch
 
 from lofipipe.errors import InputError, one_line
+from lofipipe.layout import checkpoint_path, checkpoints_dir
 from lofipipe.storage import Store
-
-
-def checkpoint_path(run: str, epoch: int) -> str:
-    return f"runs/{run}/checkpoints/epoch-{epoch:04d}.pt"
 
 
 def save_checkpoint(root: Store, run: str, epoch: int, state: dict[str, Any],
@@ -25,20 +22,20 @@ def save_checkpoint(root: Store, run: str, epoch: int, state: dict[str, Any],
     torch.save(state, buffer)
     path = checkpoint_path(run, epoch)
     root.write_bytes(path, buffer.getvalue())
-    for old in root.list(f"runs/{run}/checkpoints", pattern="epoch-*.pt")[:-keep]:
+    for old in root.list(checkpoints_dir(run), pattern="epoch-*.pt")[:-keep]:
         root.remove(old)
     return path
 
 
 def latest_epoch(root: Store, run: str) -> int:
     """Epochs done by the newest committed checkpoint (0 without one)."""
-    found = root.list(f"runs/{run}/checkpoints", pattern="epoch-*.pt")
+    found = root.list(checkpoints_dir(run), pattern="epoch-*.pt")
     return int(found[-1].rsplit("-", 1)[1][:4]) if found else 0
 
 
 def latest_checkpoint(root: Store, run: str) -> dict[str, Any] | None:
     """The newest committed checkpoint's state (weights-only load), or None."""
-    found = root.list(f"runs/{run}/checkpoints", pattern="epoch-*.pt")
+    found = root.list(checkpoints_dir(run), pattern="epoch-*.pt")
     if not found:
         return None
     try:

@@ -13,10 +13,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.errors import InputError
+from lofipipe.layout import (
+    FEATURES_DIR,
+    STATS_PATTERN,
+    feature_dir,
+    feature_part_path,
+    lineage_path,
+)
 from lofipipe.models.tal_head import assign_targets
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.features import LINEAGE, part_path
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
 
@@ -73,13 +79,12 @@ class FeatureSet:
 
     def __init__(self, root: Store, fingerprint: str):
         self.root, self.fingerprint = root, fingerprint
-        folder = f"features/{fingerprint}"
-        if not root.exists(f"{folder}/{LINEAGE}"):
-            raise InputError(f"no features {fingerprint!r} under {root.url_of('features')} "
+        if not root.exists(lineage_path(fingerprint)):
+            raise InputError(f"no features {fingerprint!r} under {root.url_of(FEATURES_DIR)} "
                              f"(lofipipe features {root.url} lists them)")
-        self.lineage = json.loads(root.read_text(f"{folder}/{LINEAGE}"))
+        self.lineage = json.loads(root.read_text(lineage_path(fingerprint)))
         self.index: dict[str, tuple[int, int]] = {}  # video_id -> (part, row group)
-        for name in root.list(folder, pattern="part-*.stats.json"):
+        for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN):
             stats = json.loads(root.read_text(name))
             for row, video_id in enumerate(stats["videos"]):
                 self.index[video_id] = (stats["part"], row)
@@ -112,9 +117,9 @@ class FeatureSet:
         part, row = self.index[video_id]
         if part not in self._files:
             self._files[part] = pq.ParquetFile(self.root.open_arrow(
-                part_path(self.fingerprint, part)))
+                feature_part_path(self.fingerprint, part)))
         table = FEATURES.check(self._files[part].read_row_group(row),
-                               self.root.url_of(part_path(self.fingerprint, part)))
+                               self.root.url_of(feature_part_path(self.fingerprint, part)))
         record = table.to_pylist()[0]
         video = VideoFeatures(
             video_id, np.asarray(record["values"], np.float32).reshape(

@@ -9,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from lofipipe.evaluation.detection import Segment
+from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.models.tal_head import HeadOutput, TALHead
 from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_window
 from lofipipe.training.trainer import StepPlan, Trainer
@@ -49,7 +50,7 @@ class HeadTrainer(Trainer):
         return self.data.read(video_id)
 
     def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
-        return self.data.annotations.ground_truth(video_ids)
+        return ground_truth(self.data.annotations, video_ids)
 
     def description(self) -> dict[str, Any]:
         return {"mode": "head", "features": self.job.settings.features,

@@ -15,33 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.snippets import SnippetReader
 from lofipipe.evaluation.detection import Segment
-from lofipipe.models.registry import Encoder
+from lofipipe.evaluation.ground_truth import ground_truth
+from lofipipe.layout import encoder_path
 from lofipipe.models.tal_head import HeadOutput, TALHead
 from lofipipe.models.weights import build_weighted_encoder
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.snippet_reader import SnippetReader, VideoSnippets
-from lofipipe.schemas.schedule import Fidelity, Schedule, load_schedule
-from lofipipe.training.feature_set import Batch, VideoFeatures, collate
+from lofipipe.schemas.schedule import Schedule, load_schedule
+from lofipipe.training.feature_set import Batch, VideoFeatures
+from lofipipe.training.snippet_detector import SnippetDetector, as_features
 from lofipipe.training.trainer import StepPlan, Trainer, parameter_groups
-
-_CHUNK = 32  # snippets per encoder call (and per recomputed block with checkpointing)
-
-
-def encoder_path(run: str) -> str:
-    return f"runs/{run}/encoder.pt"
-
-
-def training_fidelities(schedule: Schedule, mode: str) -> tuple[Fidelity, ...]:
-    """What a mode trains on: LoFi the reduced fidelities, LoSA and the head the full one."""
-    return schedule.train if mode == "lofi" else (schedule.full,)
-
-
-def validation_fidelity(fidelities: Sequence[Fidelity]) -> Fidelity:
-    """The fidelity validation encodes at: the one with the most snippets (then pixels)."""
-    return max(fidelities, key=lambda f: (f.snippets, f.size))
 
 
 def schedule_plan(schedule: Schedule, epoch: int, videos: int) -> list[StepPlan]:
@@ -57,49 +42,6 @@ def schedule_plan(schedule: Schedule, epoch: int, videos: int) -> list[StepPlan]
     return plans
 
 
-class SnippetDetector(nn.Module):
-    """Encoder and head as one module, so data parallelism sees all parameters: uint8
-    snippets of several videos -> per-video features -> the head's output."""
-
-    def __init__(self, encoder: Encoder, head: TALHead, recompute: bool = False,
-                 autocast: bool = False):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-        self.recompute, self.autocast = recompute, autocast
-
-    def encode(self, snippets: torch.Tensor) -> torch.Tensor:
-        """(N, F, 3, S, S) uint8 -> (N, C) float32, in chunks (a LoSA encoder takes a
-        video's snippets at once: its adapters run along them)."""
-        device = next(self.parameters()).device
-        outputs = []
-        chunks = [snippets] if self.encoder.losa else snippets.split(_CHUNK)
-        with torch.autocast(device.type, enabled=self.autocast and device.type == "cuda"):
-            for chunk in chunks:
-                chunk = chunk.to(device, non_blocking=True)
-                if self.recompute and torch.is_grad_enabled():
-                    outputs.append(checkpoint(self.encoder, chunk, use_reentrant=False))
-                else:
-                    outputs.append(self.encoder(chunk))
-        return torch.cat(outputs).float()
-
-    def forward(self, videos: Sequence[VideoSnippets], levels: int
-                ) -> tuple[HeadOutput, Batch]:
-        if self.encoder.losa:
-            parts = [self.encode(video.frames) for video in videos]
-        else:
-            values = self.encode(torch.cat([video.frames for video in videos]))
-            parts = values.split([len(video.frames) for video in videos])
-        batch = collate([_as_features(video, part) for video, part in zip(
-            videos, parts, strict=True)], self.head.num_classes, levels)
-        device = parts[0].device
-        return self.head(batch.features.to(device), batch.mask.to(device)), batch
-
-
-def _as_features(video: VideoSnippets, values) -> VideoFeatures:
-    return VideoFeatures(video.video_id, values, video.start, video.end, video.segments,
-                         video.labels, video.first_index)
-
-
 class LofiTrainer(Trainer):
     """Trains encoder and head on the reduced fidelities of `job.schedule`."""
 
@@ -108,9 +50,9 @@ class LofiTrainer(Trainer):
         self.schedule = load_schedule(job.schedule)
         self.annotations = AnnotationIndex(job.root)
         self.labels = self.annotations.label_names
-        fidelities = training_fidelities(self.schedule, settings.mode)
-        self.readers = {f.name: SnippetReader(job.root, f.name) for f in fidelities}
-        self.validation = validation_fidelity(fidelities).name
+        self.readers = {f.name: SnippetReader(job.root, f.name)
+                        for f in self.schedule.training_fidelities(settings.mode)}
+        self.validation = self.schedule.validation_fidelity(settings.mode).name
         encoder = build_weighted_encoder(settings.encoder, settings.mode == "losa",
                                          settings.checkpoint, job.root.options, settings.seed)
         self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim,
@@ -155,10 +97,10 @@ class LofiTrainer(Trainer):
         video = SnippetReader(self.job.root, self.validation).read_video(video_id)
         with torch.no_grad():
             values = self.model.encode(video.frames).cpu().numpy()
-        return _as_features(video, values)
+        return as_features(video, values)
 
     def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
-        return self.annotations.ground_truth(video_ids)
+        return ground_truth(self.annotations, video_ids)
 
     def model_state(self) -> dict[str, Any]:
         return {"head": self.head.state_dict(),
@@ -178,20 +120,4 @@ class LofiTrainer(Trainer):
 
     def description(self) -> dict[str, Any]:
         return {"mode": "lofi", "encoder": self.job.settings.encoder,
-                "schedule": self.schedule.name}
-
-
-class LosaTrainer(LofiTrainer):
-    """LoSA mode (Gupta et al., WACV 2025): a frozen ViT backbone run without gradients,
-    its LoSA adapters, gated fusion and the head trained on full-fidelity snippets. The
-    adapted encoder (backbone and adapters) is `runs/<run>/encoder.pt`, which
-    `extract --losa --checkpoint` loads."""
-
-    def epoch_plan(self, epoch: int) -> list[StepPlan]:
-        size = self.job.settings.batch_size
-        count = max(1, len(self.job.train_videos) // size)
-        return [StepPlan(self.schedule.full.name, size)] * count
-
-    def description(self) -> dict[str, Any]:
-        return {"mode": "losa", "encoder": self.job.settings.encoder,
                 "schedule": self.schedule.name}

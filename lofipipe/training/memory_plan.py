@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import yaml
 
+from lofipipe.data.snippets import VideoSnippets
 from lofipipe.errors import ConfigError
 from lofipipe.models.registry import ENCODERS, build_encoder
 from lofipipe.models.tal_head import TALHead
-from lofipipe.pipeline.snippet_reader import VideoSnippets
 from lofipipe.schemas.config import HeadConfig, config_to_dict
 from lofipipe.schemas.schedule import Fidelity, Schedule
 from lofipipe.training.feature_set import VideoFeatures, collate
-from lofipipe.training.lofi_trainer import SnippetDetector
+from lofipipe.training.snippet_detector import SnippetDetector
 from lofipipe.training.trainer import head_losses, parameter_groups
 
 _CLASSES = 20  # synthetic labels; the head's classifier is a small part of its memory

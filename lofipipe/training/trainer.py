@@ -24,14 +24,16 @@ import torch.distributed as dist
 from torch import nn
 
 from lofipipe import __version__
+from lofipipe.data.runs import write_metrics
 from lofipipe.evaluation.detection import DetectionResult, Segment, evaluate
+from lofipipe.layout import predictions_path
 from lofipipe.models.tal_head import HeadOutput, TALHead, diou_loss_1d, sigmoid_focal_loss
 from lofipipe.models.tal_postprocess import PostProcessing, detect, soft_nms
+from lofipipe.reports.figures import write_report_plot
 from lofipipe.schemas.config import TrainConfig
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_checkpoint, save_checkpoint
 from lofipipe.training.feature_set import Batch, VideoFeatures, collate, inference_windows
-from lofipipe.training.run_report import write_metrics, write_report_plot
 
 
 @dataclass
@@ -57,10 +59,6 @@ class StepPlan:
     fidelity: str | None
     batch_size: int
     lr_scale: float = 1.0
-
-
-def predictions_path(run: str) -> str:
-    return f"runs/{run}/predictions.json"
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -15,12 +15,13 @@ from typing import Any
 
 import ray
 
-from lofipipe.errors import StorageError, one_line
+from lofipipe.errors import StorageError, VideoFailure, one_line
+from lofipipe.schemas.stage import Stage
 from lofipipe.workers.runtime import cluster_cpus
 
 
 @ray.remote(max_retries=0)
-def _run_stage(stage: Any, item: Any) -> Any:
+def _run_stage(stage: Stage[Any, Any], item: Any) -> Any:
     return stage.process(item)
 
 
@@ -33,11 +34,16 @@ def _ready() -> None:
 class TaskFailure:
     """Why an item's task produced no result."""
 
-    reason: str  # timeout | worker_died | task_error
+    reason: str  # timeout | worker_died | task_error | ray_error
     message: str
 
+    @property
+    def line(self) -> str:
+        """The failure as tables keep it (`VideoFailure.line`)."""
+        return VideoFailure(self.reason, self.message).line
 
-def map_with_time_limit(stage: Any, items: Sequence[Any],
+
+def map_with_time_limit(stage: Stage[Any, Any], items: Sequence[Any],
                         timeout_s: float | Callable[[Any], float]
                         ) -> Iterator[tuple[Any, Any]]:
     """Yields `(item, result_or_TaskFailure)` in completion order.
@@ -47,10 +53,10 @@ def map_with_time_limit(stage: Any, items: Sequence[Any],
     counted from submission, measures its run. `timeout_s` may depend on the item.
     """
     limit = timeout_s if callable(timeout_s) else lambda _: timeout_s
-    cpus = float(getattr(stage, "resources", {}).get("num_cpus", 1))
+    cpus = float(stage.resources.get("num_cpus", 1))
     window = max(1, int(cluster_cpus() // max(cpus, 0.001)))
     ray.get([_ready.options(num_cpus=cpus).remote() for _ in range(min(window, len(items)))])
-    remote = _run_stage.options(num_cpus=cpus)
+    remote = _run_stage.options(num_cpus=cpus, name=f"lofipipe.{stage.name}")
     stage_ref = ray.put(stage)
     pending = list(items)[::-1]
     running: dict[ray.ObjectRef, tuple[Any, float]] = {}

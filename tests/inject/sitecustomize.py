@@ -34,10 +34,10 @@ def _patch(module) -> None:
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Patches lofipipe.pipeline.decode right after it is first imported."""
+    """Patches lofipipe.media.decode right after it is first imported."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != "lofipipe.pipeline.decode":
+        if fullname != "lofipipe.media.decode":
             return None
         sys.meta_path.remove(self)
         try:

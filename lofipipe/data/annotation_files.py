@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lofipipe.data.video_ids import annotation_key_to_video_id
 from lofipipe.errors import InputError, NotFoundError
-from lofipipe.pipeline.video_ids import annotation_key_to_video_id
 from lofipipe.storage import Store, list_files
 
 _THUMOS_NAME = re.compile(r"^(?P<label>.+)_(?P<subset>val|test)\.txt$")

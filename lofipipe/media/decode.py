@@ -19,11 +19,15 @@ import fsspec
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from lofipipe.errors import one_line
-from lofipipe.pipeline.probe import VideoFailure, normal_rotation
+from lofipipe.errors import VideoFailure, one_line
 from lofipipe.schemas.schedule import Fidelity, Schedule
 
 _SAME_TIME = 1e-6
+
+
+def normal_rotation(degrees: float) -> int:
+    """A frame's rotation metadata as 0, 90, 180 or 270 degrees."""
+    return int(round(degrees / 90.0)) % 4 * 90
 
 
 @dataclass(frozen=True)

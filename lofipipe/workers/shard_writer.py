@@ -18,20 +18,22 @@ import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lofipipe import __version__
-from lofipipe.pipeline.decode import Snippet, SnippetDecoder
-from lofipipe.pipeline.frame_codec import frames_column
-from lofipipe.pipeline.probe import VideoFailure
-from lofipipe.pipeline.quarantine import ShardJournal
+from lofipipe.data.manifest import SourceVideo
+from lofipipe.errors import VideoFailure, failure_reason
+from lofipipe.layout import shard_path, shard_stats_path
+from lofipipe.media.decode import Snippet, SnippetDecoder
+from lofipipe.media.frame_codec import frames_column
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
+from lofipipe.workers.quarantine import ShardJournal
 from lofipipe.workers.runtime import node_id
 
 # A record batch (and so a Parquet row group) closes at this many snippets or bytes.
@@ -44,25 +46,6 @@ _SMALL_COLUMNS = [name for name in SNIPPETS.column_names if name != "frames"]
 _FRAMES = SNIPPETS.column_names.index("frames")
 
 
-def shard_path(fidelity: str, shard: int) -> str:
-    return f"shards/{fidelity}/part-{shard:05d}.parquet"
-
-
-def stats_path(fidelity: str, shard: int) -> str:
-    return f"shards/{fidelity}/part-{shard:05d}.stats.json"
-
-
-@dataclass(frozen=True)
-class SourceVideo:
-    """What decoding needs of a manifest row."""
-
-    video_id: str
-    uri: str
-    fingerprint: str
-    start_time: float
-    duration: float
-
-
 @dataclass(frozen=True)
 class ShardJob:
     """The videos of one shard index and the fidelities still to write for them."""
@@ -71,21 +54,6 @@ class ShardJob:
     videos: tuple[SourceVideo, ...]  # sorted by id
     fidelities: tuple[str, ...]
     last_failure: str = ""  # why the previous attempt produced nothing (see quarantine.py)
-
-
-def shard_groups(videos: list[SourceVideo], videos_per_shard: int
-                 ) -> list[tuple[SourceVideo, ...]]:
-    """The videos of each shard index: `videos_per_shard` at a time in the given (video_id)
-    order. Feature parts follow the same groups, whether read from shards or decoded."""
-    return [tuple(videos[first: first + videos_per_shard])
-            for first in range(0, len(videos), videos_per_shard)]
-
-
-def fidelity_lineage(schedule: Schedule, fidelity: str, encoding: str) -> dict[str, Any]:
-    """What a shard's snippets depend on besides the source videos."""
-    return {"schedule": schedule.name, "sampling": schedule.sampling, "fps": schedule.fps,
-            "stride": schedule.stride, "encoding": encoding,
-            **schedule.fidelity(fidelity).content}
 
 
 class _VideoSpool:
@@ -153,7 +121,7 @@ class _VideoSpool:
 
 
 @dataclass
-class ShardMaterializer:
+class ShardWriter:
     """Writes the shards of one `ShardJob`: each video decoded once for all fidelities.
 
     Args:
@@ -169,7 +137,8 @@ class ShardMaterializer:
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     max_attempts: int = 2  # attempts that may die on one video before it is quarantined
-    resources = {"num_cpus": 1}
+    name = "materialize"
+    resources: ClassVar[Mapping[str, float]] = {"num_cpus": 1}
 
     def process(self, job: ShardJob) -> list[dict[str, Any]]:
         """Writes part-<shard> of each fidelity in `job`; returns their stats."""
@@ -208,16 +177,16 @@ class ShardMaterializer:
                         stats[name]["videos"].append(video.video_id)
                 except VideoFailure as failure:
                     for name in stats:
-                        stats[name]["failed"][video.video_id] = f"{failure.reason}: {failure}"
+                        stats[name]["failed"][video.video_id] = failure.line
                 finally:
                     for spool in spools.values():
                         spool.close()
         journal.close()  # before the commit: a committed shard never keeps a journal
         for name, record in stats.items():
-            failures = Counter(error.split(":", 1)[0] for error in record["failed"].values())
+            failures = Counter(failure_reason(line) for line in record["failed"].values())
             record["failures"] = dict(sorted(failures.items()))
             record["bytes"] = int(self.root.info(shard_path(name, job.shard))["size"])
-            self.root.write_text(stats_path(name, job.shard), json.dumps(record, indent=1))
+            self.root.write_text(shard_stats_path(name, job.shard), json.dumps(record, indent=1))
         return list(stats.values())
 
     def _compression(self) -> dict[str, str]:
@@ -231,7 +200,7 @@ class ShardMaterializer:
         return {
             "fidelity": fidelity, "shard": job.shard, "rows": 0, "videos": [], "failed": {},
             "source_fingerprints": {v.video_id: v.fingerprint for v in job.videos},
-            "lineage": fidelity_lineage(self.schedule, fidelity, self.encoding),
+            "lineage": self.schedule.lineage(fidelity, self.encoding),
             "lofipipe_version": __version__, "node": node_id(),
         }
 

@@ -20,20 +20,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from lofipipe.layout import JOURNAL_DIR, journal_path, part_number
 from lofipipe.storage import Store
-
-JOURNAL_DIR = "_lofipipe/journal/materialize"
-
-
-def journal_path(shard: int) -> str:
-    return f"{JOURNAL_DIR}/part-{shard:05d}.json"
 
 
 def forget_journals(root: Store, keep: set[int]) -> None:
     """Removes the journals of shards other than `keep` (those still to write): shards
     committed, or gone, by a run that was killed before it could clean up."""
     for name in root.list(JOURNAL_DIR, pattern="part-*.json"):
-        if int(name.rsplit("-", 1)[1][:5]) not in keep:
+        if part_number(name) not in keep:
             root.remove(name)
 
 

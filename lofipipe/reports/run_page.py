@@ -17,17 +17,26 @@ from typing import Any
 
 import yaml
 
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.runs import read_metrics
+from lofipipe.data.snippets import SnippetReader
+from lofipipe.data.stage_log import stage_totals
 from lofipipe.errors import InputError
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.contact_sheet import contact_sheet
-from lofipipe.pipeline.ingest import ERRORS_PATH
-from lofipipe.pipeline.snippet_reader import SnippetReader
-from lofipipe.pipeline.stage_log import stage_totals
+from lofipipe.layout import (
+    ERRORS_PATH,
+    FEATURES_DIR,
+    SHARDS_DIR,
+    STATS_PATTERN,
+    evaluation_path,
+    feature_dir,
+    report_path,
+    run_config_path,
+)
+from lofipipe.reports.contact_sheet import contact_sheet
+from lofipipe.reports.figures import map_per_tiou, per_class_ap, png, training_curves
 from lofipipe.schemas.schedule import Schedule, load_schedule
-from lofipipe.schemas.tables import ERRORS, METRICS
+from lofipipe.schemas.tables import ERRORS
 from lofipipe.storage import Store
-from lofipipe.training.lofi_trainer import training_fidelities, validation_fidelity
-from lofipipe.training.run_figures import map_per_tiou, per_class_ap, png, training_curves
 
 MAX_ERRORS = 200  # rows in the error table; the rest are counted
 _SHEET_ROWS = 8
@@ -45,29 +54,22 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
 """
 
 
-def run_page_path(run: str) -> str:
-    return f"runs/{run}/report.html"
-
-
 def write_run_page(root: Store, run: str) -> str:
     """Writes the run's report page; returns its URL."""
-    root.write_text(run_page_path(run), render_run_page(root, run))
-    return root.url_of(run_page_path(run))
+    root.write_text(report_path(run), render_run_page(root, run))
+    return root.url_of(report_path(run))
 
 
 def render_run_page(root: Store, run: str) -> str:
-    config_path = f"runs/{run}/config.yaml"
+    config_path = run_config_path(run)
     if not root.exists(config_path):
         raise InputError(f"no run {run!r} under {root.url} (no {config_path})")
     config_text = root.read_text(config_path)
     config = yaml.safe_load(config_text) or {}
     train = config.get("train", {})
-    metrics_path = f"runs/{run}/metrics.parquet"
-    rows = METRICS.check(root.read_table(metrics_path), root.url_of(metrics_path)).to_pylist() \
-        if root.exists(metrics_path) else []
-    evaluation_path = f"runs/{run}/evaluation.json"
-    evaluation = json.loads(root.read_text(evaluation_path)) \
-        if root.exists(evaluation_path) else None
+    rows = read_metrics(root, run)
+    evaluation = json.loads(root.read_text(evaluation_path(run))) \
+        if root.exists(evaluation_path(run)) else None
     schedule = load_schedule(config.get("materialize", {}).get("schedule", "lofi-anet"))
     sections = [
         _header(run, train, rows, evaluation),
@@ -190,11 +192,11 @@ def collect_errors(root: Store, features: str | None = None) -> list[tuple[str, 
     if root.exists(ERRORS_PATH):
         for row in ERRORS.check(root.read_table(ERRORS_PATH), ERRORS_PATH).to_pylist():
             found[(row["stage"], row["video_id"] or "-", row["error"])] = None
-    for name in root.list("shards", pattern="part-*.stats.json", recursive=True):
+    for name in root.list(SHARDS_DIR, pattern=STATS_PATTERN, recursive=True):
         for video, error in json.loads(root.read_text(name))["failed"].items():
             found[("materialize", video, error)] = None
-    folder = f"features/{features}" if features else "features"
-    for name in root.list(folder, pattern="part-*.stats.json", recursive=True):
+    folder = feature_dir(features) if features else FEATURES_DIR
+    for name in root.list(folder, pattern=STATS_PATTERN, recursive=True):
         for video, error in json.loads(root.read_text(name))["failed"].items():
             if ("materialize", video, error) not in found:
                 found[("extract", video, error)] = None
@@ -215,8 +217,7 @@ def _errors(root: Store, train: dict[str, Any]) -> str:
 
 def _contact(root: Store, train: dict[str, Any], schedule: Schedule) -> str:
     mode = train.get("mode", "head")
-    fidelity = (validation_fidelity(training_fidelities(schedule, mode)) if mode == "lofi"
-                else schedule.full)
+    fidelity = schedule.validation_fidelity(mode)
     reader = SnippetReader(root, fidelity.name)
     try:
         videos = [video for stats in reader.stats() for video in stats["videos"]]

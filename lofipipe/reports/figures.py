@@ -14,6 +14,9 @@ matplotlib.use("Agg")  # workers and servers have no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
 from matplotlib.figure import Figure  # noqa: E402
 
+from lofipipe.layout import report_plot_path  # noqa: E402
+from lofipipe.storage import Store  # noqa: E402
+
 
 def png(figure: Figure) -> bytes:
     """The figure as PNG bytes; closes it."""
@@ -74,3 +77,9 @@ def per_class_ap(evaluation: Mapping[str, Any]) -> Figure:
     axes.set(xlabel="average AP (%)", xlim=(0, 100), title="AP per class")
     figure.tight_layout()
     return figure
+
+
+def write_report_plot(root: Store, run: str, rows: Sequence[dict[str, Any]],
+                      thresholds: Sequence[float]) -> None:
+    """`report.png` of a run that trains: loss, learning rate and validation mAP."""
+    root.write_bytes(report_plot_path(run), png(training_curves(run, rows, thresholds)))

@@ -7,13 +7,14 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import av
 import fsspec
 
 from lofipipe import __version__
-from lofipipe.errors import one_line
+from lofipipe.errors import VideoFailure, one_line
+from lofipipe.media.decode import normal_rotation
 from lofipipe.schemas.config import IngestConfig
 
 
@@ -25,14 +26,6 @@ class VideoItem:
     uri: str
     size: int
     source_signature: str  # size + mtime or ETag, to notice a changed file cheaply
-
-
-class VideoFailure(Exception):
-    """A video that cannot be used; `reason` is a short code to count failures by."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def source_signature(info: Mapping[str, Any]) -> str:
@@ -82,10 +75,6 @@ def _measure_end(container, stream, claimed: float, rate: float) -> float | None
     return None if last is None else last + (gap or 1.0 / rate)
 
 
-def normal_rotation(degrees: float) -> int:
-    return int(round(degrees / 90.0)) % 4 * 90
-
-
 @dataclass
 class VideoProber:
     """Probes one video: container and stream facts, one decoded frame, a content hash.
@@ -97,7 +86,8 @@ class VideoProber:
 
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     settings: IngestConfig = field(default_factory=IngestConfig)
-    resources = {"num_cpus": 1}
+    name = "probe"
+    resources: ClassVar[Mapping[str, float]] = {"num_cpus": 1}
 
     def process(self, item: VideoItem) -> dict[str, Any]:
         """A manifest row for `item`, with `status` ok or failed (and a one-line `error`)."""
@@ -119,9 +109,9 @@ class VideoProber:
                 row["fingerprint"] = self._fingerprint(handle)
             row.update(status="ok", error=None)
         except VideoFailure as failure:
-            row.update(status="failed", error=f"{failure.reason}: {failure}")
+            row.update(status="failed", error=failure.line)
         except OSError as error:
-            row.update(status="failed", error=f"read_error: {one_line(error)}")
+            row.update(status="failed", error=VideoFailure("read_error", one_line(error)).line)
         row["probe_seconds"] = time.monotonic() - started
         return row
 

@@ -14,6 +14,7 @@ features without touching them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,24 +25,15 @@ import numpy as np
 import torch
 
 from lofipipe import __version__
-from lofipipe.pipeline.decode import SnippetDecoder
-from lofipipe.pipeline.probe import VideoFailure
-from lofipipe.pipeline.shards import SourceVideo
-from lofipipe.pipeline.snippet_reader import SnippetReader
+from lofipipe.data.manifest import SourceVideo
+from lofipipe.data.snippets import SnippetReader
+from lofipipe.errors import VideoFailure
+from lofipipe.layout import feature_part_path, feature_stats_path, stats_of
+from lofipipe.media.decode import SnippetDecoder
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
 from lofipipe.workers.runtime import node_id
-
-LINEAGE = "lineage.json"
-
-
-def part_path(fingerprint: str, part: int) -> str:
-    return f"features/{fingerprint}/part-{part:05d}.parquet"
-
-
-def part_stats_path(fingerprint: str, part: int) -> str:
-    return f"features/{fingerprint}/part-{part:05d}.stats.json"
 
 
 @dataclass(frozen=True)
@@ -52,6 +44,16 @@ class PartJob:
     part: int
     videos: tuple[SourceVideo, ...] = ()
     shard: str = ""
+
+    def as_row(self) -> dict[str, Any]:
+        """A Ray Data row (plain values only)."""
+        return {"part": self.part, "shard": self.shard,
+                "videos": json.dumps([dataclasses.asdict(v) for v in self.videos])}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> PartJob:
+        return cls(row["part"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])),
+                   row["shard"])
 
 
 @dataclass
@@ -120,8 +122,7 @@ class FeatureExtractor:
         """Writes the feature part of one job; returns its stats."""
         failed: dict[str, str] = {}
         if job.shard:
-            shard_stats = json.loads(self.root.read_text(
-                job.shard.replace(".parquet", ".stats.json")))
+            shard_stats = json.loads(self.root.read_text(stats_of(job.shard)))
             sources = shard_stats["source_fingerprints"]
             failed.update(shard_stats["failed"])  # failed to decode when materialized
             encoded = self._read(job.shard)
@@ -138,14 +139,14 @@ class FeatureExtractor:
             if self.export:
                 self._export(video)
         # One row group per video: a trainer reads one video's features without the rest.
-        self.root.write_table(part_path(self.fingerprint, job.part), FEATURES.from_rows(rows),
-                              row_group_size=1)
+        self.root.write_table(feature_part_path(self.fingerprint, job.part),
+                              FEATURES.from_rows(rows), row_group_size=1)
         record = {"part": job.part, "source": job.shard or "videos",
                   "videos": [r["video_id"] for r in rows], "rows": len(rows),
                   "snippets": sum(r["num_snippets"] for r in rows),
                   "failed": failed, "source_fingerprints": sources,
                   "lofipipe_version": __version__, "node": node_id()}
-        self.root.write_text(part_stats_path(self.fingerprint, job.part),
+        self.root.write_text(feature_stats_path(self.fingerprint, job.part),
                              json.dumps(record, indent=1))
         return record
 
@@ -178,7 +179,7 @@ class FeatureExtractor:
             try:
                 values = self.encode(batches())
             except VideoFailure as failure:
-                failed[video.video_id] = f"{failure.reason}: {failure}"
+                failed[video.video_id] = failure.line
                 continue
             times = np.array(spans, np.float64)
             yield _Encoded(video.video_id, values, times[:, 0], times[:, 1], fidelity.frames)
@@ -198,15 +199,14 @@ class FeatureExtractor:
             "snippet_center": centers, "encoder_fingerprint": self.fingerprint}))
 
 
-def read_features(root: Store, fingerprint: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """video_id -> ((T, C) features, (T, 2) snippet start/end) of one fingerprint."""
-    out = {}
-    for name in root.list(f"features/{fingerprint}", pattern="part-*.stats.json"):
-        table = FEATURES.check(root.read_table(name.replace(".stats.json", ".parquet")),
-                               root.url_of(name))
-        for row in table.to_pylist():
-            values = np.asarray(row["values"], np.float32).reshape(row["num_snippets"],
-                                                                   row["dim"])
-            out[row["video_id"]] = (values, np.stack([row["snippet_start"],
-                                                      row["snippet_end"]], axis=1))
-    return out
+class ExtractActor:
+    """Hosts one extractor (and so one loaded model) in a Ray Data actor: a part's row in,
+    its stats out."""
+
+    def __init__(self, extractor: FeatureExtractor, threads: int):
+        # Ray pins a worker to one thread unless told; an actor gets the CPUs it holds.
+        torch.set_num_threads(threads)
+        self.extractor = extractor
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"stats": json.dumps(self.extractor.process(PartJob.from_row(row)))}

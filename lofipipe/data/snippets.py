@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from lofipipe.errors import InputError
-from lofipipe.pipeline.annotation_index import AnnotationIndex
-from lofipipe.pipeline.frame_codec import decode_jpeg_frames
-from lofipipe.pipeline.shards import stats_path
+from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.errors import ConfigError, InputError
+from lofipipe.layout import SHARDS_DIR, STATS_PATTERN, parquet_of, shard_dir, stats_of
+from lofipipe.media.frame_codec import decode_jpeg_frames
+from lofipipe.schemas.schedule import Schedule
 from lofipipe.storage import Store
 
 
@@ -80,11 +81,11 @@ class SnippetReader:
 
     def shards(self) -> list[str]:
         """Paths of the committed shards (those with their stats marker), in order."""
-        names = self.root.list(f"shards/{self.fidelity}", pattern="part-*.stats.json")
+        names = self.root.list(shard_dir(self.fidelity), pattern=STATS_PATTERN)
         if not names:
             raise InputError(f"no committed shards for fidelity {self.fidelity!r} under "
-                             f"{self.root.url_of('shards')}: run lofipipe materialize first")
-        return [name.replace(".stats.json", ".parquet") for name in names]
+                             f"{self.root.url_of(SHARDS_DIR)}: run lofipipe materialize first")
+        return [parquet_of(name) for name in names]
 
     def videos(self, video_ids: set[str] | None = None) -> Iterator[VideoSnippets]:
         """Every video's snippets, shard by shard, optionally only `video_ids`."""
@@ -186,9 +187,27 @@ class SnippetReader:
 
     def stats(self) -> list[dict]:
         """The stats markers of the committed shards."""
-        return [json.loads(self.root.read_text(
-            stats_path(self.fidelity, int(shard.rsplit("-", 1)[1][:5]))))
-            for shard in self.shards()]
+        return [json.loads(self.root.read_text(stats_of(shard))) for shard in self.shards()]
+
+    def check_schedule(self, schedule: Schedule) -> list[dict]:
+        """The stats markers, once every shard is known to hold this fidelity of
+        `schedule` (in any frame encoding).
+
+        Raises:
+            ConfigError: a shard was materialized for another schedule.
+        """
+        # Through JSON, as the markers were: tuples become lists, keys strings.
+        expected = json.loads(json.dumps(schedule.lineage(self.fidelity, "")))
+        shards = self.shards()
+        records = [json.loads(self.root.read_text(stats_of(shard))) for shard in shards]
+        for shard, record in zip(shards, records, strict=True):
+            lineage = {**record["lineage"], "encoding": ""}
+            if lineage != expected:
+                raise ConfigError(
+                    f"{self.root.url_of(shard)} holds snippets of schedule "
+                    f"{lineage['schedule']!r}, not of {schedule.name!r}: pass --schedule "
+                    f"{lineage['schedule']}, or materialize {schedule.name} first")
+        return records
 
 
 def _shard_rows(reader: SnippetReader, video_ids, window: int | None, item: dict) -> list[dict]:

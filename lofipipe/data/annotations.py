@@ -3,12 +3,9 @@ each video's segments in seconds."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from lofipipe.evaluation.detection import Segment
-from lofipipe.pipeline.ingest import ANNOTATIONS_PATH
+from lofipipe.layout import ANNOTATIONS_PATH
 from lofipipe.schemas.tables import ANNOTATIONS
 from lofipipe.storage import Store
 
@@ -44,12 +41,3 @@ class AnnotationIndex:
     def segments(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """[N, 2] seconds and [N] label ids of one video's actions."""
         return self._segments.get(video_id, _EMPTY)
-
-    def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
-        """The annotated actions of these videos, for evaluation."""
-        out = []
-        for video_id in video_ids:
-            spans, labels = self.segments(video_id)
-            out += [Segment(video_id, self.label_names[label], float(a), float(b))
-                    for (a, b), label in zip(spans, labels, strict=True)]
-        return out

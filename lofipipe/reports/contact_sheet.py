@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lofipipe.pipeline.snippet_reader import VideoSnippets
+from lofipipe.data.snippets import VideoSnippets
 
 _MIN_TILE = 64  # small fidelities are enlarged to at least this many pixels per frame
 _CAPTION = 14

@@ -1,0 +1,1 @@
+"""Readers of the tables and records under ROOT: manifest, annotations, snippets, features, runs."""

@@ -1,0 +1,48 @@
+"""The feature sets under ROOT (`features/<fingerprint>/`): what each holds, and one set's
+features read back whole."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from lofipipe.layout import (
+    FEATURES_DIR,
+    LINEAGE_NAME,
+    PART_PATTERN,
+    STATS_PATTERN,
+    feature_dir,
+    parquet_of,
+)
+from lofipipe.schemas.tables import FEATURES
+from lofipipe.storage import Store
+
+
+def list_features(root: Store) -> list[dict[str, Any]]:
+    """Each fingerprint's lineage with its video count and bytes."""
+    out = []
+    for name in root.list(FEATURES_DIR, pattern=LINEAGE_NAME, recursive=True):
+        folder = name.rsplit("/", 1)[0]
+        lineage = json.loads(root.read_text(name))
+        parts = root.list_detailed(folder, pattern=PART_PATTERN)
+        videos = sum(len(json.loads(root.read_text(p))["videos"]) for p, _ in parts
+                     if p.endswith(".stats.json"))
+        out.append({**lineage, "videos": videos,
+                    "bytes": sum(int(info.get("size", 0)) for _, info in parts)})
+    return out
+
+
+def read_features(root: Store, fingerprint: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """video_id -> ((T, C) features, (T, 2) snippet start/end) of one fingerprint."""
+    out = {}
+    for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN):
+        table = FEATURES.check(root.read_table(parquet_of(name)),
+                               root.url_of(name))
+        for row in table.to_pylist():
+            values = np.asarray(row["values"], np.float32).reshape(row["num_snippets"],
+                                                                   row["dim"])
+            out[row["video_id"]] = (values, np.stack([row["snippet_start"],
+                                                      row["snippet_end"]], axis=1))
+    return out

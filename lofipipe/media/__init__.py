@@ -1,0 +1,1 @@
+"""Decoding, frame codecs and synthetic videos: pixels in and out, no Ray, no ROOT."""

@@ -1,0 +1,1 @@
+"""What a person reads: the run page, its figures, contact sheets."""

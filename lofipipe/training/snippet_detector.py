@@ -1,0 +1,60 @@
+"""Encoder and TAL head as one module: uint8 snippets of several videos in, the head's
+output out. LoFi, LoSA and the memory planner train and measure this module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lofipipe.data.snippets import VideoSnippets
+from lofipipe.models.registry import Encoder
+from lofipipe.models.tal_head import HeadOutput, TALHead
+from lofipipe.training.feature_set import Batch, VideoFeatures, collate
+
+_CHUNK = 32  # snippets per encoder call (and per recomputed block with checkpointing)
+
+
+class SnippetDetector(nn.Module):
+    """Encoder and head as one module, so data parallelism sees all parameters: uint8
+    snippets of several videos -> per-video features -> the head's output."""
+
+    def __init__(self, encoder: Encoder, head: TALHead, recompute: bool = False,
+                 autocast: bool = False):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+        self.recompute, self.autocast = recompute, autocast
+
+    def encode(self, snippets: torch.Tensor) -> torch.Tensor:
+        """(N, F, 3, S, S) uint8 -> (N, C) float32, in chunks (a LoSA encoder takes a
+        video's snippets at once: its adapters run along them)."""
+        device = next(self.parameters()).device
+        outputs = []
+        chunks = [snippets] if self.encoder.losa else snippets.split(_CHUNK)
+        with torch.autocast(device.type, enabled=self.autocast and device.type == "cuda"):
+            for chunk in chunks:
+                chunk = chunk.to(device, non_blocking=True)
+                if self.recompute and torch.is_grad_enabled():
+                    outputs.append(checkpoint(self.encoder, chunk, use_reentrant=False))
+                else:
+                    outputs.append(self.encoder(chunk))
+        return torch.cat(outputs).float()
+
+    def forward(self, videos: Sequence[VideoSnippets], levels: int
+                ) -> tuple[HeadOutput, Batch]:
+        if self.encoder.losa:
+            parts = [self.encode(video.frames) for video in videos]
+        else:
+            values = self.encode(torch.cat([video.frames for video in videos]))
+            parts = values.split([len(video.frames) for video in videos])
+        batch = collate([as_features(video, part) for video, part in zip(
+            videos, parts, strict=True)], self.head.num_classes, levels)
+        device = parts[0].device
+        return self.head(batch.features.to(device), batch.mask.to(device)), batch
+
+
+def as_features(video: VideoSnippets, values) -> VideoFeatures:
+    return VideoFeatures(video.video_id, values, video.start, video.end, video.segments,
+                         video.labels, video.first_index)
