@@ -36,7 +36,9 @@ STAGES_DIR = "_lofipipe/stages"
 JOURNAL_DIR = "_lofipipe/journal/materialize"
 
 PART_PATTERN = "part-*"
+STATS_SUFFIX = ".stats.json"
 STATS_PATTERN = "part-*.stats.json"
+JOURNAL_PATTERN = "part-*.json"
 
 
 def part_number(path: str) -> int:
@@ -46,12 +48,12 @@ def part_number(path: str) -> int:
 
 def stats_of(part: str) -> str:
     """The commit marker beside a part's Parquet file."""
-    return part.replace(".parquet", ".stats.json")
+    return part.replace(".parquet", STATS_SUFFIX)
 
 
 def parquet_of(marker: str) -> str:
     """The Parquet file a commit marker stands for."""
-    return marker.replace(".stats.json", ".parquet")
+    return marker.replace(STATS_SUFFIX, ".parquet")
 
 
 def shard_dir(fidelity: str) -> str:

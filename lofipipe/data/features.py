@@ -13,6 +13,7 @@ from lofipipe.layout import (
     LINEAGE_NAME,
     PART_PATTERN,
     STATS_PATTERN,
+    STATS_SUFFIX,
     feature_dir,
     parquet_of,
 )
@@ -28,7 +29,7 @@ def list_features(root: Store) -> list[dict[str, Any]]:
         lineage = json.loads(root.read_text(name))
         parts = root.list_detailed(folder, pattern=PART_PATTERN)
         videos = sum(len(json.loads(root.read_text(p))["videos"]) for p, _ in parts
-                     if p.endswith(".stats.json"))
+                     if p.endswith(STATS_SUFFIX))
         out.append({**lineage, "videos": videos,
                     "bytes": sum(int(info.get("size", 0)) for _, info in parts)})
     return out

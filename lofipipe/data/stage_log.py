@@ -14,9 +14,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from lofipipe.layout import STAGES_DIR
 from lofipipe.storage import Store
-
-STAGES_DIR = "_lofipipe/stages"
 
 
 @dataclass

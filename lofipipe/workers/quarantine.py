@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from lofipipe.layout import JOURNAL_DIR, journal_path, part_number
+from lofipipe.layout import JOURNAL_DIR, JOURNAL_PATTERN, journal_path, part_number
 from lofipipe.storage import Store
 
 
 def forget_journals(root: Store, keep: set[int]) -> None:
     """Removes the journals of shards other than `keep` (those still to write): shards
     committed, or gone, by a run that was killed before it could clean up."""
-    for name in root.list(JOURNAL_DIR, pattern="part-*.json"):
+    for name in root.list(JOURNAL_DIR, pattern=JOURNAL_PATTERN):
         if part_number(name) not in keep:
             root.remove(name)
 
