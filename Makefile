@@ -23,5 +23,8 @@ test: setup browser
 reliability: setup browser
 	LOFIPIPE_RELIABILITY_DOC=docs/reliability.md .venv/bin/python -m pytest -m reliability
 
+# Formatting, lint and types, as CI and the pre-commit hooks check them.
 lint: setup
-	.venv/bin/ruff check lofipipe tests
+	.venv/bin/ruff format --check lofipipe tests bench
+	.venv/bin/ruff check lofipipe tests bench
+	.venv/bin/mypy

@@ -26,7 +26,7 @@ def pytest_sessionfinish(session, exitstatus):
     when every test passed: a failed one records nothing)."""
     target = os.environ.get("LOFIPIPE_RELIABILITY_DOC")
     if target and exitstatus == 0:
-        from reliability import RECORDED, write_table
+        from support.reliability import RECORDED, write_table
 
         if RECORDED:
             write_table(Path(target))
@@ -113,7 +113,7 @@ def s3_bucket(s3_server):
 
 @pytest.fixture(scope="session")
 def small_video(tmp_path_factory) -> Path:
-    from media import write_video
+    from support.media import write_video
 
     return write_video(tmp_path_factory.mktemp("media") / "small.mp4")
 
@@ -122,7 +122,7 @@ def small_video(tmp_path_factory) -> Path:
 def demo_shards(tmp_path_factory, ray_local) -> Path:
     """`base/root`: 4 small synthetic videos ingested and materialized with the demo
     schedule, 2 per shard; copy it (cli_helpers.fresh_root) before changing it."""
-    from cli_helpers import SHARDS, run, synth_and_ingest
+    from support.cli import SHARDS, run, synth_and_ingest
 
     base = tmp_path_factory.mktemp("demo-shards")
     synth_and_ingest(base, 4)

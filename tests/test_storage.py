@@ -3,7 +3,7 @@ import os
 import pyarrow as pa
 import pytest
 import s3fs
-from reliability import record
+from support.reliability import record
 
 from lofipipe.errors import StorageError
 from lofipipe.storage import REDACTED, Store, list_files, parse_storage_options, redact

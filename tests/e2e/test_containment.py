@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import fresh_root
-from faults import kill_when, worker_pids
-from job_outputs import differences, job_outputs, row_changes
-from reliability import record
+from support.cli import fresh_root
+from support.faults import kill_when, worker_pids
+from support.job_outputs import differences, job_outputs, row_changes
+from support.reliability import record
 
 from lofipipe.data.snippets import SnippetReader
 from lofipipe.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-INJECT = Path(__file__).parent / "inject"
+INJECT = Path(__file__).parent.parent / "support" / "inject"
 
 
 def _materialize(root: Path, faults: str, *sets: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
 import pytest
-from reliability import record
+from support.reliability import record
 
 from lofipipe.errors import ConfigError
 from lofipipe.schemas.config import (

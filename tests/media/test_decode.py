@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from media import frame_level, write_marked_video, write_timed_video, write_video
+from support.media import frame_level, write_marked_video, write_timed_video, write_video
 
 from lofipipe.errors import VideoFailure
 from lofipipe.media.decode import SnippetDecoder, plan_snippets

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import SHARDS, run, synth_and_ingest
 from click.testing import CliRunner
+from support.cli import SHARDS, run, synth_and_ingest
 
 from lofipipe.cli import main
 from lofipipe.data.snippets import SnippetReader

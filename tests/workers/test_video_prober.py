@@ -1,7 +1,7 @@
 """The probe stage in-process, without Ray, on real files."""
 
 import pytest
-from media import write_audio_only, write_truncated, write_video
+from support.media import write_audio_only, write_truncated, write_video
 
 from lofipipe.workers.video_prober import VideoItem, VideoProber
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from cli_helpers import small_synth
 from click.testing import CliRunner
-from job_outputs import differences, job_outputs, row_changes
-from media import write_audio_only, write_timed_video, write_truncated, write_video
-from reliability import record
+from support.cli import small_synth
+from support.job_outputs import differences, job_outputs, row_changes
+from support.media import write_audio_only, write_timed_video, write_truncated, write_video
+from support.reliability import record
 
 from lofipipe.cli import main
 from lofipipe.data.video_ids import video_id_for_file

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from reliability import record
+from support.reliability import record
 
 from lofipipe.errors import InputError
 from lofipipe.models.registry import (

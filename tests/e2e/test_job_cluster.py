@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-from cluster import driver, node_ids, ray_cluster
 from conftest import S3_KEY, S3_SECRET
-from faults import kill_when
-from job_outputs import differences, job_outputs, row_changes
-from reliability import record
+from support.cluster import driver, node_ids, ray_cluster
+from support.faults import kill_when
+from support.job_outputs import differences, job_outputs, row_changes
+from support.reliability import record
 
 from lofipipe.storage import Store
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from cli_helpers import SHARDS, fresh_root, run
 from click.testing import CliRunner
+from support.cli import SHARDS, fresh_root, run
 
 from lofipipe.cli import main
 from lofipipe.data.features import read_features

@@ -6,8 +6,8 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from media import write_audio_only, write_truncated, write_video
-from reliability import record
+from support.media import write_audio_only, write_truncated, write_video
+from support.reliability import record
 
 from lofipipe.cli import main
 from lofipipe.data.video_ids import video_id_for_file

@@ -3,7 +3,7 @@ and a schedule file that carries them."""
 
 import re
 
-from cli_helpers import run
+from support.cli import run
 
 from lofipipe.schemas.config import HeadConfig
 from lofipipe.schemas.schedule import PRESETS, load_schedule

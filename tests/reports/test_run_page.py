@@ -5,8 +5,8 @@ import json
 import shutil
 
 import pytest
-from browser import render
-from cli_helpers import SHARDS, run
+from support.browser import render
+from support.cli import SHARDS, run
 
 from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.data.stage_log import record_stage, stage_totals

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import run, small_synth
+from support.cli import run, small_synth
 
 from lofipipe.pipeline.job import check_job, training_runs
 from lofipipe.schemas.config import load_config
 
-RECIPES = sorted((Path(__file__).parent.parent / "lofipipe/recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[2] / "lofipipe/recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)

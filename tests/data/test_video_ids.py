@@ -1,5 +1,5 @@
 import pytest
-from reliability import record
+from support.reliability import record
 
 from lofipipe.data.video_ids import (
     annotation_key_to_video_id,

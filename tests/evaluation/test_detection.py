@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from cli_helpers import run
 from click.testing import CliRunner
+from support.cli import run
 
 from lofipipe.cli import main
 from lofipipe.evaluation.baseline import class_prior_baseline

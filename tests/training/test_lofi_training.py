@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 import torch
-from cli_helpers import SHARDS, fresh_root, run, synth_and_ingest
 from click.testing import CliRunner
-from faults import kill_a_train_worker_when, train_worker_pids
+from support.cli import SHARDS, fresh_root, run, synth_and_ingest
+from support.faults import kill_a_train_worker_when, train_worker_pids
 
 from lofipipe.cli import main
 from lofipipe.data.annotations import AnnotationIndex

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run
 from click.testing import CliRunner
-from faults import kill_a_train_worker_when, train_worker_pids
-from feature_data import FINGERPRINT, write_feature_set
-from reliability import record
+from support.cli import run
+from support.faults import kill_a_train_worker_when, train_worker_pids
+from support.feature_data import FINGERPRINT, write_feature_set
+from support.reliability import record
 
 from lofipipe.cli import main
 from lofipipe.evaluation.detection import parse_thresholds

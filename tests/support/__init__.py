@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: tiny videos, CLI runs, clusters, faults, the reliability table."""
