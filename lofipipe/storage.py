@@ -10,6 +10,7 @@ LOFIPIPE_STORAGE_RETRY_S seconds (default 120) before they become errors.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fnmatch
@@ -147,15 +148,15 @@ class Store:
     url: str
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         url = self.url if "://" in self.url else os.path.abspath(self.url)
         object.__setattr__(self, "url", url.rstrip("/") or "/")
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         # The filesystem object is rebuilt in each process; only the URL and options travel.
         return {"url": self.url, "options": dict(self.options)}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
         object.__setattr__(self, "url", state["url"])
         object.__setattr__(self, "options", state["options"])
 
@@ -265,7 +266,7 @@ class Store:
 
         return self._do("read", relpath, read)
 
-    def open_arrow(self, relpath: str):
+    def open_arrow(self, relpath: str) -> pa.NativeFile | IO[Any]:
         """Opens an object for reading by pyarrow: a native (memory-mapped) file when local,
         which pyarrow reads without going through Python for every block."""
         if self.is_local:
@@ -288,8 +289,9 @@ class Store:
         """
         return [path for path, _ in self.list_detailed(relpath, pattern, recursive)]
 
+    # `builtins.list`: in the class body from here on, `list` is the method above.
     def list_detailed(self, relpath: str = "", pattern: str | None = None,
-                      recursive: bool = False) -> list[tuple[str, dict[str, Any]]]:
+                      recursive: bool = False) -> builtins.list[tuple[str, dict[str, Any]]]:
         """Like `list`, with each file's fsspec info (size, mtime or ETag)."""
         base = self.path(relpath)
 
@@ -360,11 +362,11 @@ class Store:
                 data = spool.read()
                 self._do("write", relpath, lambda: self.fs.pipe_file(target, data))
                 return
-            with tempfile.NamedTemporaryFile() as staged:
+            with tempfile.NamedTemporaryFile() as upload:
                 spool.seek(0)
-                shutil.copyfileobj(spool, staged)
-                staged.flush()
-                self._do("write", relpath, lambda: self.fs.put_file(staged.name, target))
+                shutil.copyfileobj(spool, upload)
+                upload.flush()
+                self._do("write", relpath, lambda: self.fs.put_file(upload.name, target))
 
     def clear_staged(self, relpath: str) -> int:
         """Removes the staged copies that killed writers left in a folder; returns how many.
@@ -415,9 +417,12 @@ def list_files(url: str, options: Mapping[str, Any], extensions: Iterable[str]
     sorted by URL so that work is split deterministically.
     """
     suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
-    if _GLOB_CHARS.search(url.split("://", 1)[-1]):
-        pattern = url if "://" in url else os.path.abspath(url)
-        fixed_prefix = pattern[: _GLOB_CHARS.search(pattern).start()]
+    pattern = url if "://" in url else os.path.abspath(url)
+    # abspath drops glob characters in a segment that a `..` removes: a plain path then.
+    first_glob = (_GLOB_CHARS.search(pattern) if _GLOB_CHARS.search(url.split("://", 1)[-1])
+                  else None)
+    if first_glob is not None:
+        fixed_prefix = pattern[: first_glob.start()]
         store = Store(fixed_prefix.rpartition("/")[0] or "/", options)
         with store._errors("list", ""):
             found = store.fs.glob(store.fs._strip_protocol(pattern), detail=True)

@@ -9,13 +9,18 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
 from lofipipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
 
 
 def _check(condition: bool, key: str, message: str) -> None:
@@ -30,7 +35,7 @@ class RayConfig:
     address: str | None = None  # None: RAY_ADDRESS if set, else a new local instance
     num_cpus: int | None = None  # for a local instance; None: all cores of the machine
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", "must be at least 1")
 
 
@@ -56,7 +61,7 @@ class SynthConfig:
     action_seconds: tuple[float, float] = (2.0, 5.0)
     distractors: int = 3
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(self.videos >= 1, "videos", "must be at least 1")
         _check(1 <= self.classes <= len(MOTION_PATTERNS), "classes",
                f"must be between 1 and {len(MOTION_PATTERNS)}")
@@ -91,7 +96,7 @@ class IngestConfig:
     max_duration_s: float = 24 * 3600.0
     max_file_gb: float = 64.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(len(self.extensions) > 0, "extensions", "must list at least one extension")
         _check(self.probe_timeout_s > 0, "probe_timeout_s", "must be > 0")
         _check(self.probe_timeout_s_per_gb >= 0, "probe_timeout_s_per_gb", "must be >= 0")
@@ -115,7 +120,7 @@ class MaterializeConfig:
     video_timeout_s_per_hour: float = 1800.0
     max_attempts: int = 2  # attempts that may crash or hang on a video before quarantine
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be between 1 and 100")
         _check(self.videos_per_shard >= 1, "videos_per_shard", "must be at least 1")
         _check(self.decode_threads >= 0, "decode_threads", "must be >= 0")
@@ -137,7 +142,7 @@ class ExtractConfig:
     export: str | None = None  # folder URL for <video_id>.npy files (ActionFormer, OpenTAD)
     seed: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be at least 1")
         _check(self.workers >= 0, "workers", "must be >= 0")
 
@@ -153,7 +158,7 @@ class HeadConfig:
     max_segments: int = 100  # kept per video
     pre_nms_topk: int = 2000  # candidates per level
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(self.dim >= 1, "dim", "must be at least 1")
         _check(1 <= self.levels <= 6, "levels", "must be between 1 and 6")
         _check(self.window >= 0, "window", "must be >= 0")
@@ -193,7 +198,7 @@ class TrainConfig:
     seed: int = 0
     head: HeadConfig = field(default_factory=HeadConfig)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(self.workers >= 1, "workers", "must be at least 1")
         _check(self.epochs >= 1, "epochs", "must be at least 1")
         _check(self.encoder_epochs >= 1, "encoder_epochs", "must be at least 1")
@@ -268,7 +273,7 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             return tuple(_coerce(args[0], item, key) for item in value)
         _check(len(value) == len(args), key, f"expected {len(args)} items, got {len(value)}")
         return tuple(_coerce(arg, item, key) for arg, item in zip(args, value, strict=True))
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         _check(isinstance(value, Mapping), key, f"expected a mapping, got {value!r}")
         return build(kind, value, key + ".")
     if kind is bool:
@@ -288,7 +293,7 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {kind!r} for {key}")
 
 
-def build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+def build(cls: type[_Section], values: Mapping[str, Any], prefix: str = "") -> _Section:
     """Builds the dataclass `cls` from plain values, checking keys and types.
 
     Raises:
@@ -326,12 +331,15 @@ def parse_override(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         raise ConfigError(f"{key}: cannot parse value {raw!r}") from None
-    for part in reversed(key.split(".")):
-        value = {part: value}
-    return value
+    *parents, leaf = key.split(".")
+    nested: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        nested = {part: nested}
+    return nested
 
 
-def read_yaml_mapping(path: str, read_text=None) -> dict[str, Any]:
+def read_yaml_mapping(path: str, read_text: Callable[[str], str] | None = None
+                      ) -> dict[str, Any]:
     """Reads a YAML file whose top level is a mapping, with the safe loader.
 
     Args:
@@ -354,7 +362,7 @@ def read_yaml_mapping(path: str, read_text=None) -> dict[str, Any]:
 
 
 def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] | str] = (),
-                read_text=None) -> Config:
+                read_text: Callable[[str], str] | None = None) -> Config:
     """Builds the config from defaults, an optional YAML file and overrides.
 
     Args:
@@ -377,7 +385,7 @@ def config_with(config: Config, **sections: Mapping[str, Any]) -> Config:
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A plain, YAML-safe dict of a config (tuples become lists)."""
 
-    def plain(value):
+    def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple):

@@ -12,6 +12,7 @@ proportionally larger stride.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +38,7 @@ class Fidelity:
     size: int = 224
     batch_size: int = 0  # this fidelity's batch, e.g. from lofipipe plan; 0: the schedule's
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
                "name", f"must be letters, digits, '-' or '_', got {self.name!r}")
         _check(self.snippets >= 1, "snippets", "must be at least 1")
@@ -71,7 +72,7 @@ class Schedule:
     cycle_batches: int = 16  # short cycle: switch fidelity every this many batches
     batch_size: int = 16  # long and short cycles; the base batch for multigrid
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         names = [f.name for f in self.fidelities]
         _check(len(set(names)) == len(names), "train", f"fidelity names repeat: {names}")
         _check(len(self.train) >= 1, "train", "needs at least one fidelity")
@@ -187,7 +188,8 @@ PRESETS: dict[str, Schedule] = {
 }
 
 
-def load_schedule(name_or_path: str, read_text=None) -> Schedule:
+def load_schedule(name_or_path: str, read_text: Callable[[str], str] | None = None
+                  ) -> Schedule:
     """A preset by name, or a schedule from a YAML file (same fields as `Schedule`)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]

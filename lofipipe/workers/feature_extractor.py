@@ -92,8 +92,8 @@ class FeatureExtractor:
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self):
-        self._model = None
+    def __post_init__(self) -> None:
+        self._model: torch.nn.Module | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -137,7 +137,7 @@ class FeatureExtractor:
                 "values": video.values.ravel(), "snippet_start": video.start,
                 "snippet_end": video.end, "source_fingerprint": sources.get(video.video_id)})
             if self.export:
-                self._export(video)
+                self._export(video, self.export)
         # One row group per video: a trainer reads one video's features without the rest.
         self.root.write_table(feature_part_path(self.fingerprint, job.part),
                               FEATURES.from_rows(rows), row_group_size=1)
@@ -164,7 +164,8 @@ class FeatureExtractor:
         for video in videos:
             spans: list[tuple[float, float]] = []
 
-            def batches(video=video, spans=spans):
+            def batches(video: SourceVideo = video, spans: list[tuple[float, float]] = spans
+                        ) -> Iterator[torch.Tensor]:
                 pending: list[np.ndarray] = []
                 for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
                                                 (fidelity,)):
@@ -184,8 +185,8 @@ class FeatureExtractor:
             times = np.array(spans, np.float64)
             yield _Encoded(video.video_id, values, times[:, 0], times[:, 1], fidelity.frames)
 
-    def _export(self, video: _Encoded) -> None:
-        out = Store(self.export, self.storage_options)
+    def _export(self, video: _Encoded, export: str) -> None:
+        out = Store(export, self.storage_options)
         buffer = io.BytesIO()
         np.save(buffer, video.values)
         out.write_bytes(f"{video.video_id}.npy", buffer.getvalue())

@@ -69,7 +69,9 @@ class _VideoSpool:
         self.pending = 0  # bytes of `frames`
         self.batches: list[pa.RecordBatch] = []
         self.held = 0
-        self.file = self.writer = self.path = None
+        self.path = ""  # the IPC file on local disk, once spilled
+        self.file: pa.NativeFile | None = None
+        self.writer: pa.ipc.RecordBatchStreamWriter | None = None
         self.count = 0
 
     def add(self, row: dict[str, Any], frames: np.ndarray) -> None:
@@ -104,7 +106,7 @@ class _VideoSpool:
 
     def copy_to(self, parquet: pq.ParquetWriter) -> None:
         self._flush()
-        if self.writer is not None:
+        if self.writer is not None and self.file is not None:  # spilled: both or neither
             self.writer.close()
             self.file.close()
             with pa.OSFile(self.path, "rb") as source:

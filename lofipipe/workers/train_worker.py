@@ -6,11 +6,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 from lofipipe.training.head_trainer import HeadTrainer
 from lofipipe.training.lofi_trainer import LofiTrainer
 from lofipipe.training.losa_trainer import LosaTrainer
 from lofipipe.training.trainer import Trainer, TrainJob
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
 
 TRAINERS: dict[str, type[Trainer]] = {"head": HeadTrainer, "lofi": LofiTrainer,
                                       "losa": LosaTrainer}
@@ -29,7 +33,7 @@ def train_worker(job: TrainJob) -> None:
     trainer.run()  # the driver shows its epochs from the run's metrics
 
 
-def torch_trainer(job: TrainJob, use_gpu: bool, threads: int):
+def torch_trainer(job: TrainJob, use_gpu: bool, threads: int) -> TorchTrainer:
     """A `TorchTrainer` of `job.settings.workers` workers, each holding a GPU or `threads`
     CPUs; a worker group that fails restarts up to `train.max_failures` times."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -42,7 +46,9 @@ def torch_trainer(job: TrainJob, use_gpu: bool, threads: int):
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else
                                      {"CPU": threads}),
-        run_config=RunConfig(
+        # ray.train exports Train v2's RunConfig, which takes logging_config; mypy sees only
+        # v1's, which ray.train imports first and replaces when v2 is on (the default).
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=f"lofipipe-{job.run}-{os.getpid()}",
             # Ray keeps only its own run state here: lofipipe writes the checkpoints.
             storage_path=os.path.join(tempfile.gettempdir(), "lofipipe-ray-train"),

@@ -7,7 +7,8 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from fractions import Fraction
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import av
 import fsspec
@@ -16,6 +17,10 @@ from lofipipe import __version__
 from lofipipe.errors import VideoFailure, one_line
 from lofipipe.media.decode import normal_rotation
 from lofipipe.schemas.config import IngestConfig
+
+if TYPE_CHECKING:
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,7 @@ def source_signature(info: Mapping[str, Any]) -> str:
     return f"{info.get('size', '')}:{str(stamp).strip(chr(34))}"
 
 
-def _seconds(value: int | None, time_base) -> float | None:
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     if value is None or time_base is None:
         return None
     return float(value * time_base)
@@ -44,18 +49,20 @@ def _seconds(value: int | None, time_base) -> float | None:
 _END_TOLERANCE_S = 1.0  # how far the last frame may fall short of the container's claim
 
 
-def _claimed_end(container, stream, start: float) -> float | None:
+def _claimed_end(container: InputContainer, stream: VideoStream, time_base: Fraction,
+                 start: float) -> float | None:
     """The earliest end time the headers allow: a container-level duration is read both as
     a length and as an end time, since muxers disagree (Matroska writes the end)."""
     if stream.duration:
-        return start + float(stream.duration * stream.time_base)
+        return start + float(stream.duration * time_base)
     if container.duration:
         length = container.duration / av.time_base
         return length if length > start else start + length
     return None
 
 
-def _measure_end(container, stream, claimed: float, rate: float) -> float | None:
+def _measure_end(container: InputContainer, stream: VideoStream, time_base: Fraction,
+                 claimed: float, rate: float) -> float | None:
     """When the last decodable frame stops showing, by decoding from the last keyframe
     before the claimed end. A file cut short behind a complete index (an MP4 with its moov
     atom first) opens fine and shows itself only here.
@@ -65,7 +72,7 @@ def _measure_end(container, stream, claimed: float, rate: float) -> float | None
     """
     last = gap = None
     try:
-        container.seek(int(claimed / stream.time_base), stream=stream, backward=True)
+        container.seek(int(claimed / time_base), stream=stream, backward=True)
         for frame in container.decode(stream):
             if frame.time is not None:
                 gap = frame.time - last if last is not None else gap
@@ -115,9 +122,10 @@ class VideoProber:
         row["probe_seconds"] = time.monotonic() - started
         return row
 
-    def _probe_container(self, handle) -> dict[str, Any]:
+    def _probe_container(self, handle: IO[bytes]) -> dict[str, Any]:
         try:
-            container = av.open(handle, metadata_errors="ignore")
+            # "r", which av.open would read off the handle's "rb" anyway, types it as input
+            container = av.open(handle, "r", metadata_errors="ignore")
         except av.error.FFmpegError as error:
             raise VideoFailure("not_a_video", f"not a readable video container "
                                               f"({one_line(error)})") from None
@@ -137,13 +145,17 @@ class VideoProber:
                 frame = next(container.decode(stream))
             if frame is None:
                 raise VideoFailure("undecodable", "no video frame could be decoded")
-            start = _seconds(stream.start_time, stream.time_base)
+            # FFmpeg sets a time base on every demuxed stream; PyAV's type allows None.
+            time_base = stream.time_base
+            if time_base is None:
+                raise VideoFailure("no_duration", "the video stream has no time base")
+            start = _seconds(stream.start_time, time_base)
             start = start if start is not None else frame.time
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            claimed = _claimed_end(container, stream, start)
+            claimed = _claimed_end(container, stream, time_base, start)
             if claimed is None or claimed <= start:
                 raise VideoFailure("no_duration", "the container gives no duration")
-            end = _measure_end(container, stream, claimed, rate or 25.0)
+            end = _measure_end(container, stream, time_base, claimed, rate or 25.0)
             if end is None or end < claimed - _END_TOLERANCE_S:
                 shown = "nothing" if end is None else f"frames up to {end - start:.3g} s"
                 raise VideoFailure("truncated", f"the headers promise "
@@ -166,7 +178,7 @@ class VideoProber:
                 "has_audio": bool(container.streams.audio),
             }
 
-    def _fingerprint(self, handle) -> str:
+    def _fingerprint(self, handle: IO[bytes]) -> str:
         digest = hashlib.blake2b(digest_size=16)
         while block := handle.read(self.settings.fingerprint_block_mb * 2**20):
             digest.update(block)
