@@ -35,6 +35,8 @@ from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_checkpoint, save_checkpoint
 from lofipipe.training.feature_set import Batch, VideoFeatures, collate, inference_windows
 
+PLOT_EVERY_S = 30.0  # how often a training run redraws report.png
+
 
 @dataclass
 class TrainJob:
@@ -141,6 +143,7 @@ class Trainer(ABC):
                                    max_segments=settings.head.max_segments)
         self.rows: list[dict[str, Any]] = []
         self.epoch = 0
+        self.plotted = -math.inf  # when report.png was last drawn (time.monotonic)
         state = latest_checkpoint(job.root, job.run)
         if state is not None:
             self.load_model_state(state)
@@ -309,7 +312,12 @@ class Trainer(ABC):
             "lofipipe_version": __version__,
         }, job.settings.keep_checkpoints)
         write_metrics(job.root, job.run, self.rows)
-        write_report_plot(job.root, job.run, self.rows, job.thresholds)
+        # Drawing the curves costs about 0.3 s, more than an epoch of a small head: the
+        # picture follows the run every PLOT_EVERY_S and is complete after the last epoch.
+        if (self.epoch == job.settings.epochs
+                or time.monotonic() - self.plotted >= PLOT_EVERY_S):
+            write_report_plot(job.root, job.run, self.rows, job.thresholds)
+            self.plotted = time.monotonic()
         first = f"mAP@{job.thresholds[0]:.2f} {100 * result.mAP[0]:5.2f}"
         self.log(f"epoch {self.epoch}/{job.settings.epochs}: loss {mean['loss']:.4f}, "
                  f"val {first}, average {100 * result.average_mAP:5.2f}, "
