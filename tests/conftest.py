@@ -118,7 +118,7 @@ def small_video(tmp_path_factory) -> Path:
     return write_video(tmp_path_factory.mktemp("media") / "small.mp4")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory, ray_local) -> Path:
     """`base/root`: 4 small synthetic videos ingested and materialized with the demo
     schedule, 2 per shard; copy it (cli_helpers.fresh_root) before changing it."""

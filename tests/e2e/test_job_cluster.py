@@ -3,24 +3,26 @@ real Ray cluster on this machine, with ROOT and the videos on S3 (moto's server)
 
 - A driver killed with SIGKILL during materialize, then during extract, then during
   training, and rerun each time, ends with the outputs of an uninterrupted run.
-- On two nodes (a head and a worker node, one CPU each) the work runs on both, and the
-  outputs equal the single-node run's.
+- On two nodes (a head and a worker node, one CPU each), with the S3 server down for 4 s
+  in the middle of the job, the work runs on both nodes, the job rides out the outage, and
+  the outputs equal the single-node run's.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import S3_KEY, S3_SECRET
 from support.cluster import driver, node_ids, ray_cluster
 from support.faults import kill_when
 from support.job_outputs import differences, job_outputs, row_changes
 from support.reliability import record
 
+from lofipipe.cli import main
 from lofipipe.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.s3, pytest.mark.reliability]
@@ -43,8 +45,8 @@ train:
   run: k
   encoder: tiny
   workers: 2
-  epochs: 4
-  encoder_epochs: 3
+  epochs: 2
+  encoder_epochs: 2
   batch_size: 2
   warmup_epochs: 1
   head:
@@ -63,23 +65,33 @@ class Job:
         return Store(f"s3://{self.bucket}/{root}", {"endpoint_url": self.endpoint,
                                                      "key": S3_KEY, "secret": S3_SECRET})
 
-    def start(self, root: str, cluster, *extra: str):
+    def recipe(self, root: str) -> list[str]:
+        """`run --config RECIPE` and the storage options of the job on `root`."""
         recipe = self.folder / f"{root}.yaml"
         recipe.write_text(RECIPE.format(bucket=self.bucket, root=root))
         # The secret also travels as a storage option (inside Ray task arguments), the way
         # that could leak into saved configs, reports or errors: the clean run checks it.
-        return driver(["run", "--config", str(recipe), "--address", cluster.address,
-                       "--storage-option", f"endpoint_url={self.endpoint}",
-                       "--storage-option", f"secret={S3_SECRET}",
-                       "--storage-option", f"key={S3_KEY}", *extra], CREDENTIALS)
+        return ["run", "--config", str(recipe), "--storage-option",
+                f"endpoint_url={self.endpoint}", "--storage-option", f"secret={S3_SECRET}",
+                "--storage-option", f"key={S3_KEY}"]
 
-    def run(self, root: str, cluster, *extra: str) -> tuple[str, float]:
-        """Runs the job to the end; returns its output (stdout and stderr) and wall time."""
-        started = time.monotonic()
+    def start(self, root: str, cluster, *extra: str):
+        return driver([*self.recipe(root), "--address", cluster.address, *extra],
+                      CREDENTIALS)
+
+    def plan(self, root: str) -> dict[str, str]:
+        """`lofipipe run --dry-run` (which reads ROOT and needs no Ray): each step's state."""
+        result = CliRunner().invoke(main, [*self.recipe(root), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        return {m[1]: m[2] for m in re.finditer(
+            r"^(\S.*?) {2,}(done|pending|partly done)\b", result.output, re.MULTILINE)}
+
+    def run(self, root: str, cluster, *extra: str) -> str:
+        """Runs the job to the end; returns its output (stdout and stderr)."""
         process = self.start(root, cluster, *extra)
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
-        return out + err, time.monotonic() - started
+        return out + err
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +120,11 @@ def single_node(job):
 
 @pytest.fixture(scope="module")
 def clean_run(job, single_node):
-    """The uninterrupted run on one node: (its outputs, its wall time)."""
-    out, seconds = job.run("clean", single_node)
+    """The outputs of the uninterrupted run on one node."""
+    out = job.run("clean", single_node)
     assert "== evaluate k-head" in out
     _assert_no_secret(job.store("clean"), out, single_node)
-    return job_outputs(job.store("clean")), seconds
+    return job_outputs(job.store("clean"))
 
 
 def _assert_no_secret(store: Store, output: str, cluster) -> None:
@@ -137,17 +149,10 @@ def _committed(store: Store, folder: str) -> int:
     return len(store.list(folder, pattern="part-*.stats.json", recursive=True))
 
 
-def _plan(job: Job, root: str, cluster) -> dict[str, str]:
-    """`lofipipe run --dry-run`: each step's state."""
-    out, _ = job.run(root, cluster, "--dry-run")
-    return {m[1]: m[2] for m in re.finditer(r"^(\S.*?) {2,}(done|pending|partly done)\b",
-                                             out, re.MULTILINE)}
-
-
 def test_killed_driver_reruns_to_the_clean_outputs(job, single_node, clean_run):
     store = job.store("killed")
     shards = sum(path.startswith("shards/") and path.endswith(".stats.json")
-                 for path in clean_run[0])
+                 for path in clean_run)
     points = [
         ("materialize", lambda: _committed(store, "shards") >= 1),
         ("extract", lambda: _committed(store, "features") >= 1),
@@ -156,50 +161,42 @@ def test_killed_driver_reruns_to_the_clean_outputs(job, single_node, clean_run):
     for step, reached in points:
         process = job.start("killed", single_node)
         assert kill_when(process, reached), f"the job finished before {step} was reached"
-        plan = _plan(job, "killed", single_node)
+        plan = job.plan("killed")
         assert plan[step] != "done", (step, plan)  # killed in the middle of that step
         if step == "materialize":
             assert _committed(store, "shards") < shards
-    out, _ = job.run("killed", single_node)
+    out = job.run("killed", single_node)
     assert "resumed after epoch" in out  # training continued from its checkpoint
-    assert differences(clean_run[0], job_outputs(store)) == []
-    lost, duplicated = row_changes(clean_run[0], job_outputs(store))
+    assert differences(clean_run, job_outputs(store)) == []
+    lost, duplicated = row_changes(clean_run, job_outputs(store))
     for step, _ in points:
         record("fault", f"driver killed (SIGKILL) during {step}, rerun",
                "the rerun continued; final ROOT equal to an uninterrupted run's",
                "test_job_cluster", lost, duplicated)
-    assert set(_plan(job, "killed", single_node).values()) == {"done"}
+    assert set(job.plan("killed").values()) == {"done"}
 
 
-def test_s3_down_during_the_job_loses_nothing(job, single_node, clean_run, s3_outage):
+def test_two_nodes_share_the_work_and_ride_out_an_s3_outage(job, clean_run, s3_outage):
     """The S3 server stops for 4 s once the first shard is committed, then comes back with
-    its objects: the job rides it out and ends with the clean run's outputs."""
-    store = job.store("outage")
-    process = job.start("outage", single_node)
-    restarts = []
-    assert kill_when(process, lambda: _committed(store, "shards") >= 1,
-                     kill=lambda: restarts.append(s3_outage(4.0)))
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
+    its objects: the job on two nodes rides it out and ends with the clean run's outputs,
+    with shards and feature parts written on both nodes."""
+    store = job.store("two-nodes")
+    with ray_cluster([1, 1], CREDENTIALS) as cluster:
+        process = job.start("two-nodes", cluster)
+        restarts = []
+        assert kill_when(process, lambda: _committed(store, "shards") >= 1,
+                         kill=lambda: restarts.append(s3_outage(4.0)))
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        nodes = node_ids(cluster)
     restarts[0].join()
     outputs = job_outputs(store)
-    assert differences(clean_run[0], outputs) == []
-    lost, duplicated = row_changes(clean_run[0], outputs)
+    assert differences(clean_run, outputs) == []
+    lost, duplicated = row_changes(clean_run, outputs)
     record("fault", "S3 server stopped for 4 s during the job's writes, then restarted",
            "the job finished on its own (storage retries); ROOT equal to a clean run's",
            "test_job_cluster", lost, duplicated)
-
-
-def test_two_nodes_share_the_work_and_match_one(job, clean_run, capsys):
-    with ray_cluster([1, 1], CREDENTIALS) as cluster:
-        out, seconds = job.run("two-nodes", cluster)
-        nodes = node_ids(cluster)
-    store = job.store("two-nodes")
-    assert differences(clean_run[0], job_outputs(store)) == []
     for folder in ("shards", "features"):
         used = {json.loads(store.read_text(path))["node"]
                 for path in store.list(folder, pattern="part-*.stats.json", recursive=True)}
         assert used == nodes, f"{folder}: written on {len(used)} of the {len(nodes)} nodes"
-    with capsys.disabled():
-        print(f"\n[multi-node] the LoFi job on 2 nodes x 1 CPU: {seconds:.1f} s; on 1 node "
-              f"x 2 CPUs: {clean_run[1]:.1f} s ({seconds / clean_run[1]:.2f}x)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 def worker_pids(title: bytes) -> set[int]:
     """Processes on this machine whose title holds `title` (Ray names its workers after
-    the task or actor they run: ray::RayTrainWorker, ray::_run_stage, ...)."""
+    the task or actor they run: ray::RayTrainWorker, ray::lofipipe.materialize, ...)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

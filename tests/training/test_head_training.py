@@ -142,19 +142,19 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
     write_feature_set(Store(str(tmp_path)), videos=48, validation=4)
     outputs = []
     thread = threading.Thread(target=lambda: outputs.append(_train(
-        tmp_path, "k", 2, 40, "--set", "train.head.dim=256")))
+        tmp_path, "k", 2, 16, "--set", "train.head.dim=256")))
     earlier = train_worker_pids()
     thread.start()
     assert kill_a_train_worker_when(tmp_path / "runs/k/checkpoints/epoch-0002.pt",
                                     thread.is_alive, earlier) == 2
     thread.join(timeout=300)
-    assert outputs and "run k: 40 epochs on 2 workers" in outputs[0]
+    assert outputs and "run k: 16 epochs on 2 workers" in outputs[0]
     assert "worker group restarted: resumed after epoch" in outputs[0]
     rows = _rows(tmp_path, "k")
     resumed = [r["epoch"] for r in rows if r["kind"] == "resume"]
-    assert len(resumed) == 1 and 2 <= resumed[0] < 40
-    assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 40 * 11 + 1))
-    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, 41))
+    assert len(resumed) == 1 and 2 <= resumed[0] < 16
+    assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 16 * 11 + 1))
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, 17))
     record("fault", "Ray Train worker killed (SIGKILL) during training",
            f"the worker group restarted from the epoch-{resumed[0]} checkpoint; every step "
            f"and epoch recorded once", "test_head_training")
