@@ -41,8 +41,10 @@ REDACTED = "***"
 # which object stores also make visible only when it completes.
 _SINGLE_PUT_BYTES = 64 * 2**20
 _STAGED_SUFFIX = ".partial"  # local writes are staged as .<name>.<random>.partial
+# FileExpired: the object was replaced between opening and reading it (a worker rewrote
+# a run's metrics while the driver read them); reading again gets the whole new version.
 _TRANSIENT_NAMES = ("Connect", "Timeout", "Disconnected", "IncompleteRead", "SlowDown",
-                    "ServiceUnavailable", "ResponseParserError", "BrokenPipe")
+                    "ServiceUnavailable", "ResponseParserError", "BrokenPipe", "FileExpired")
 T = TypeVar("T")
 # A local write that fails with one of these failed for want of room or rights on the disk.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

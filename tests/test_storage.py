@@ -6,7 +6,14 @@ import s3fs
 from support.reliability import record
 
 from lofipipe.errors import StorageError
-from lofipipe.storage import REDACTED, Store, list_files, parse_storage_options, redact
+from lofipipe.storage import (
+    REDACTED,
+    Store,
+    is_transient,
+    list_files,
+    parse_storage_options,
+    redact,
+)
 
 
 class Boom(Exception):
@@ -127,6 +134,23 @@ def test_s3_listing_sees_what_other_processes_wrote(s3_bucket):
     other.pipe_file(f"{bucket}/fresh/parts/b.json", b"{}")
     assert store.list("parts") == ["parts/a.json", "parts/b.json"]
     assert store.exists("parts/b.json")
+
+
+@pytest.mark.s3
+def test_s3_object_replaced_while_read_is_read_again(s3_bucket):
+    """A worker rewrites a run's metrics while the driver reads them: the reader's open
+    object expires (its ETag changed), which is worth a retry that reads the new version."""
+    bucket, options = s3_bucket
+    store = Store(f"s3://{bucket}/race", options)
+    store.write_table("runs/r/metrics.parquet", pa.table({"step": [1]}))
+    handle = s3fs.S3FileSystem(skip_instance_cache=True, **options).open(
+        f"{bucket}/race/runs/r/metrics.parquet", "rb", block_size=4)
+    handle.read(4)
+    store.write_table("runs/r/metrics.parquet", pa.table({"step": [1, 2]}))
+    with pytest.raises(OSError) as expired:
+        handle.read()
+    assert type(expired.value).__name__ == "FileExpired" and is_transient(expired.value)
+    assert store.read_table("runs/r/metrics.parquet")["step"].to_pylist() == [1, 2]
 
 
 @pytest.mark.s3
