@@ -56,19 +56,40 @@ def main() -> None:
     ray.init(include_dashboard=False, logging_level="ERROR")
     size = (160, 120) if args.quick else (640, 360)
     sources = bench_videos(f"extract-{size[0]}", args.videos, 60, *size, 30)
-    overrides = [f"extract.encoder={args.encoder}", f"materialize.schedule={args.schedule}",
-                 "materialize.videos_per_shard=1"]
+    overrides = [
+        f"extract.encoder={args.encoder}",
+        f"materialize.schedule={args.schedule}",
+        "materialize.videos_per_shard=1",
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         root = Store(str(Path(scratch) / "root"))
         annotations = Path(scratch) / "annotations.json"
-        annotations.write_text(json.dumps({"database": {path.stem: {
-            "subset": "training", "duration": 60.0,
-            "annotations": [{"segment": [10.0, 20.0], "label": "action"}]}
-            for path in sources}}))
-        cli(["ingest", root.url, "--videos", str(sources[0].parent),
-             "--annotations", str(annotations)], standalone_mode=False)
-        cli(["materialize", root.url, *(f"--set={o}" for o in overrides)],
-            standalone_mode=False)
+        annotations.write_text(
+            json.dumps(
+                {
+                    "database": {
+                        path.stem: {
+                            "subset": "training",
+                            "duration": 60.0,
+                            "annotations": [{"segment": [10.0, 20.0], "label": "action"}],
+                        }
+                        for path in sources
+                    }
+                }
+            )
+        )
+        cli(
+            [
+                "ingest",
+                root.url,
+                "--videos",
+                str(sources[0].parent),
+                "--annotations",
+                str(annotations),
+            ],
+            standalone_mode=False,
+        )
+        cli(["materialize", root.url, *(f"--set={o}" for o in overrides)], standalone_mode=False)
         config = load_config(None, overrides)
         full = load_schedule(args.schedule).full
 
@@ -93,15 +114,23 @@ def main() -> None:
             root.remove(name)
         _, decoding = _timed(lambda: run_extract(config, root, {}, "bench"))
     ray.shutdown()
-    print(f"\nextract {args.encoder}: {len(sources)} videos, {snippets} snippets "
-          f"({args.schedule} full fidelity, {full.frames} frames at {full.size} px from "
-          f"{size[0]}x{size[1]}), torch threads {torch.get_num_threads()}")
-    print(f"   read {reading:7.2f} s + bare forward {bare:7.2f} s = limit {limit:7.2f} s "
-          f"({snippets / limit:6.2f} snippets/s)")
-    print(f"   lofipipe extract          {pipeline:7.2f} s ({snippets / pipeline:6.2f} "
-          f"snippets/s) -> {pipeline / limit - 1:+.1%} over the limit (target <= +15%)")
-    print(f"   lofipipe extract --from videos {decoding:7.2f} s ({snippets / decoding:6.2f} "
-          f"snippets/s), {decoding / pipeline:.2f}x the time from shards")
+    print(
+        f"\nextract {args.encoder}: {len(sources)} videos, {snippets} snippets "
+        f"({args.schedule} full fidelity, {full.frames} frames at {full.size} px from "
+        f"{size[0]}x{size[1]}), torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"   read {reading:7.2f} s + bare forward {bare:7.2f} s = limit {limit:7.2f} s "
+        f"({snippets / limit:6.2f} snippets/s)"
+    )
+    print(
+        f"   lofipipe extract          {pipeline:7.2f} s ({snippets / pipeline:6.2f} "
+        f"snippets/s) -> {pipeline / limit - 1:+.1%} over the limit (target <= +15%)"
+    )
+    print(
+        f"   lofipipe extract --from videos {decoding:7.2f} s ({snippets / decoding:6.2f} "
+        f"snippets/s), {decoding / pipeline:.2f}x the time from shards"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,16 @@ from lofipipe.data.snippets import SnippetReader  # noqa: E402
 from lofipipe.models.registry import build_encoder  # noqa: E402
 from lofipipe.storage import Store  # noqa: E402
 
-HEAD = ["--set", "train.batch_size=2", "--set", "train.warmup_epochs=2",
-        "--set", "train.head.dim=128", "--set", "train.epochs=30"]
+HEAD = [
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.warmup_epochs=2",
+    "--set",
+    "train.head.dim=128",
+    "--set",
+    "train.epochs=30",
+]
 
 
 def _cli(*words) -> None:
@@ -97,8 +105,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         base = Path(scratch)
         _cli("synth", base / "data", "--videos", args.videos)
-        _cli("ingest", base / "root", "--videos", base / "data/videos",
-             "--annotations", base / "data/annotations.json")
+        _cli(
+            "ingest",
+            base / "root",
+            "--videos",
+            base / "data/videos",
+            "--annotations",
+            base / "data/annotations.json",
+        )
         _cli("materialize", base / "root", "--schedule", "demo")
         root = Store(str(base / "root"))
         for seed in range(args.seeds):
@@ -106,30 +120,81 @@ def main() -> None:
             root.write_bytes(f"pretrained-{seed}.pth", checkpoint)
             weights = root.url_of(f"pretrained-{seed}.pth")
             seeds = ["--set", f"train.seed={seed}"]
-            _cli("extract", root.url, "--encoder", "tiny", "--schedule", "demo",
-                 "--checkpoint", weights)
-            features = next(item["fingerprint"] for item in list_features(root)
-                            if (item["checkpoint"] or "").endswith(f"pretrained-{seed}.pth"))
-            _cli("train", root.url, "--mode", "head", "--features", features,
-                 "--run", f"frozen-{seed}", *HEAD, *seeds)
-            _cli("train", root.url, "--recipe", "lofi", "--schedule", "demo", "--encoder",
-                 "tiny", "--checkpoint", weights, "--run", f"lofi-{seed}", *HEAD, *seeds,
-                 "--set", "train.encoder_epochs=10")
-            results.append((seed, accuracy, _last_epoch(root, f"frozen-{seed}"),
-                            _last_epoch(root, f"lofi-{seed}-head")))
-    print(f"\nLoFi on the synthetic dataset ({args.videos} videos, demo schedule, tiny "
-          f"pretrained for classification on trimmed clips), validation mAP (%)")
-    print(f"{'seed':>4}  {'clip acc':>8}  {'(a) frozen @0.5 / avg':>22}  "
-          f"{'(b) LoFi @0.5 / avg':>20}")
+            _cli(
+                "extract",
+                root.url,
+                "--encoder",
+                "tiny",
+                "--schedule",
+                "demo",
+                "--checkpoint",
+                weights,
+            )
+            features = next(
+                item["fingerprint"]
+                for item in list_features(root)
+                if (item["checkpoint"] or "").endswith(f"pretrained-{seed}.pth")
+            )
+            _cli(
+                "train",
+                root.url,
+                "--mode",
+                "head",
+                "--features",
+                features,
+                "--run",
+                f"frozen-{seed}",
+                *HEAD,
+                *seeds,
+            )
+            _cli(
+                "train",
+                root.url,
+                "--recipe",
+                "lofi",
+                "--schedule",
+                "demo",
+                "--encoder",
+                "tiny",
+                "--checkpoint",
+                weights,
+                "--run",
+                f"lofi-{seed}",
+                *HEAD,
+                *seeds,
+                "--set",
+                "train.encoder_epochs=10",
+            )
+            results.append(
+                (
+                    seed,
+                    accuracy,
+                    _last_epoch(root, f"frozen-{seed}"),
+                    _last_epoch(root, f"lofi-{seed}-head"),
+                )
+            )
+    print(
+        f"\nLoFi on the synthetic dataset ({args.videos} videos, demo schedule, tiny "
+        f"pretrained for classification on trimmed clips), validation mAP (%)"
+    )
+    print(
+        f"{'seed':>4}  {'clip acc':>8}  {'(a) frozen @0.5 / avg':>22}  {'(b) LoFi @0.5 / avg':>20}"
+    )
     for seed, accuracy, frozen, lofi in results:
-        print(f"{seed:>4}  {100 * accuracy:8.1f}  {100 * frozen[0]:12.2f} / {100 * frozen[1]:6.2f}"
-              f"  {100 * lofi[0]:10.2f} / {100 * lofi[1]:6.2f}")
+        print(
+            f"{seed:>4}  {100 * accuracy:8.1f}  {100 * frozen[0]:12.2f} / {100 * frozen[1]:6.2f}"
+            f"  {100 * lofi[0]:10.2f} / {100 * lofi[1]:6.2f}"
+        )
     frozen = np.array([r[2] for r in results]) * 100
     lofi = np.array([r[3] for r in results]) * 100
-    print(f"mean  {'':8}  {frozen[:, 0].mean():12.2f} / {frozen[:, 1].mean():6.2f}"
-          f"  {lofi[:, 0].mean():10.2f} / {lofi[:, 1].mean():6.2f}")
-    print(f"(b) - (a), average mAP: {lofi[:, 1].mean() - frozen[:, 1].mean():+.2f} points "
-          f"(std over seeds: (a) {frozen[:, 1].std():.2f}, (b) {lofi[:, 1].std():.2f})")
+    print(
+        f"mean  {'':8}  {frozen[:, 0].mean():12.2f} / {frozen[:, 1].mean():6.2f}"
+        f"  {lofi[:, 0].mean():10.2f} / {lofi[:, 1].mean():6.2f}"
+    )
+    print(
+        f"(b) - (a), average mAP: {lofi[:, 1].mean() - frozen[:, 1].mean():+.2f} points "
+        f"(std over seeds: (a) {frozen[:, 1].std():.2f}, (b) {lofi[:, 1].std():.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -81,19 +81,28 @@ def throughput(paths: list[Path], work: Path, label: str) -> None:
         started = time.perf_counter()
         seconds = sum(pool.map(decode_only, [str(p) for p in paths]))
         limit = time.perf_counter() - started
-    print(f"\n1. throughput, {len(paths)} videos of {label}, {seconds:.0f} s of video, "
-          f"{WORKERS} processes")
+    print(
+        f"\n1. throughput, {len(paths)} videos of {label}, {seconds:.0f} s of video, "
+        f"{WORKERS} processes"
+    )
     print(f"   decode-only limit: {limit:6.2f} s  {seconds / limit:7.1f} s of video per s")
     for encoding in ("jpeg", "raw"):
         root = ingest(paths, work / f"throughput-{label}-{encoding}" / "root")
-        config = load_config(None, ["materialize.schedule=lofi-anet",
-                                    f"materialize.encoding={encoding}",
-                                    f"materialize.videos_per_shard={len(paths) // WORKERS}"])
+        config = load_config(
+            None,
+            [
+                "materialize.schedule=lofi-anet",
+                f"materialize.encoding={encoding}",
+                f"materialize.videos_per_shard={len(paths) // WORKERS}",
+            ],
+        )
         started = time.perf_counter()
         run_materialize(config, root, {}, "bench")
         took = time.perf_counter() - started
-        print(f"   materialize {encoding:4s}: {took:6.2f} s  {seconds / took:7.1f} s of video "
-              f"per s  -> {limit / took:.2f} of the limit (target >= 0.8)")
+        print(
+            f"   materialize {encoding:4s}: {took:6.2f} s  {seconds / took:7.1f} s of video "
+            f"per s  -> {limit / took:.2f} of the limit (target >= 0.8)"
+        )
 
 
 def single_vs_naive(paths: list[Path], work: Path) -> None:
@@ -109,17 +118,23 @@ def single_vs_naive(paths: list[Path], work: Path) -> None:
     for name in names:
         stage.process(ShardJob(1, videos, (name,)))
     naive = time.perf_counter() - started
-    print(f"\n2. one pass for {len(names)} fidelities vs one pass each, {len(videos)} videos, "
-          f"one process")
-    print(f"   single pass {once:6.2f} s, naive {naive:6.2f} s -> {naive / once:.2f}x faster "
-          f"(target >= 2x)")
+    print(
+        f"\n2. one pass for {len(names)} fidelities vs one pass each, {len(videos)} videos, "
+        f"one process"
+    )
+    print(
+        f"   single pass {once:6.2f} s, naive {naive:6.2f} s -> {naive / once:.2f}x faster "
+        f"(target >= 2x)"
+    )
 
 
 def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
     schedule = PRESETS["lofi-anet"]
     full = schedule.full
-    print(f"\n3. full-fidelity snippets ({full.snippets}x{full.frames} frames at {full.size}) "
-          f"of {len(paths)} videos of {label}, one process")
+    print(
+        f"\n3. full-fidelity snippets ({full.snippets}x{full.frames} frames at {full.size}) "
+        f"of {len(paths)} videos of {label}, one process"
+    )
     root = ingest(paths, work / f"decode-{label}" / "root")
     videos = ok_videos(root)
     decoder = SnippetDecoder(schedule)
@@ -140,9 +155,11 @@ def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
         reading = best_of(REPEATS, lambda reader=reader: sum(1 for _ in reader.videos()))
         stats = reader.stats()
         per_snippet = sum(s["bytes"] for s in stats) / sum(s["rows"] for s in stats)
-        print(f"   reading {encoding:4s} shards: {reading:6.2f} s for {count} videos -> "
-              f"{decoding / reading:5.1f}x faster (target >= 10x, best of {REPEATS}); "
-              f"{per_snippet / 1024:7.1f} KiB per snippet")
+        print(
+            f"   reading {encoding:4s} shards: {reading:6.2f} s for {count} videos -> "
+            f"{decoding / reading:5.1f}x faster (target >= 10x, best of {REPEATS}); "
+            f"{per_snippet / 1024:7.1f} KiB per snippet"
+        )
 
 
 # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork and exec.
@@ -166,12 +183,18 @@ def peak_memory(short: Path, long: Path, work: Path) -> None:
         peaks = {}
         for label, path in (("1 min", short), ("10 min", long)):
             root = ingest([path], work / f"memory-{schedule}-{label.replace(' ', '')}" / "root")
-            out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, root.url, schedule],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _MEMORY_PROBE, root.url, schedule],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             peaks[label] = int(out.stdout.strip().splitlines()[-1]) / 1024
-        print(f"   {schedule:12s} 1 min {peaks['1 min']:7.1f} MiB, 10 min "
-              f"{peaks['10 min']:7.1f} MiB -> {peaks['10 min'] / peaks['1 min']:.2f}x "
-              f"(target <= 1.3x)")
+        print(
+            f"   {schedule:12s} 1 min {peaks['1 min']:7.1f} MiB, 10 min "
+            f"{peaks['10 min']:7.1f} MiB -> {peaks['10 min'] / peaks['1 min']:.2f}x "
+            f"(target <= 1.3x)"
+        )
 
 
 def main() -> None:
@@ -187,13 +210,17 @@ def main() -> None:
         long = bench_videos("quick-10min", 1, 60, 160, 120, 15)[0]
     else:
         # ActivityNet-like: two minutes at 30 fps, at the two common download sizes.
-        sets = {"640x360": bench_videos("anet", 4, 120, 640, 360, 30),
-                "1280x720": bench_videos("anet720", 4, 120, 1280, 720, 30)}
+        sets = {
+            "640x360": bench_videos("anet", 4, 120, 640, 360, 30),
+            "1280x720": bench_videos("anet720", 4, 120, 1280, 720, 30),
+        }
         short = bench_videos("memory-1min", 1, 60, 320, 240, 15)[0]
         long = bench_videos("memory-10min", 1, 600, 320, 240, 15)[0]
     videos = next(iter(sets.values()))  # the cheapest to decode: the hardest case below
-    print(f"lofipipe materialize benchmarks ({'quick' if args.quick else 'full'} run); "
-          f"inputs under /tmp/lofipipe-bench")
+    print(
+        f"lofipipe materialize benchmarks ({'quick' if args.quick else 'full'} run); "
+        f"inputs under /tmp/lofipipe-bench"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         for label, paths in sets.items():

@@ -30,10 +30,12 @@ from lofipipe.training.memory_plan import step_peak_bytes  # noqa: E402
 
 def lofi_fidelities(snippets: int, frames: int) -> list[Fidelity]:
     """Full fidelity (L@224) and the LoFi reductions: L@112, L/4@224, L/2@158."""
-    return [Fidelity("full", snippets, frames, 224),
-            Fidelity("s-lofi", snippets, frames, 112),
-            Fidelity("t-lofi", max(1, snippets // 4), frames, 224),
-            Fidelity("st-lofi", max(1, snippets // 2), frames, round(224 / math.sqrt(2)))]
+    return [
+        Fidelity("full", snippets, frames, 224),
+        Fidelity("s-lofi", snippets, frames, 112),
+        Fidelity("t-lofi", max(1, snippets // 4), frames, 224),
+        Fidelity("st-lofi", max(1, snippets // 2), frames, round(224 / math.sqrt(2))),
+    ]
 
 
 def main() -> None:
@@ -43,25 +45,28 @@ def main() -> None:
     args = parser.parse_args()
     head = HeadConfig(levels=3)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"peak memory of one training step of one video on {device} (GiB; ratio to "
-          f"end-to-end at full fidelity)")
+    print(
+        f"peak memory of one training step of one video on {device} (GiB; ratio to "
+        f"end-to-end at full fidelity)"
+    )
     for encoder, snippets in (("tsm_r18", args.snippets_tsm), ("vit_s", args.snippets_vit)):
         frames = ENCODERS[encoder].frames
         fidelities = lofi_fidelities(snippets, frames)
-        rows = [(f"end-to-end {f.name} ({f.snippets}x{f.frames}x{f.size})", "lofi", f)
-                for f in fidelities]
+        rows = [
+            (f"end-to-end {f.name} ({f.snippets}x{f.frames}x{f.size})", "lofi", f)
+            for f in fidelities
+        ]
         if encoder.startswith("vit_"):
-            rows.append((f"LoSA adapters, full ({snippets}x{frames}x224)", "losa",
-                         fidelities[0]))
-        rows.append((f"head only, features of full ({snippets}x{frames}x224)", "head",
-                     fidelities[0]))
+            rows.append((f"LoSA adapters, full ({snippets}x{frames}x224)", "losa", fidelities[0]))
+        rows.append(
+            (f"head only, features of full ({snippets}x{frames}x224)", "head", fidelities[0])
+        )
         print(f"\n{encoder}:")
         reference = None
         for label, mode, fidelity in rows:
             peak = step_peak_bytes(mode, encoder, fidelity, 1, head)
             reference = reference or peak
-            print(f"  {label:<46} {peak / 2**30:7.3f} GiB  {peak / reference:6.3f}x",
-                  flush=True)
+            print(f"  {label:<46} {peak / 2**30:7.3f} GiB  {peak / reference:6.3f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,15 @@ from lofipipe.storage import Store
 CACHE = Path("/tmp/lofipipe-bench")
 
 
-def bench_videos(name: str, count: int, seconds: float, width: int, height: int, fps: int,
-                 preset: str = "veryfast") -> list[Path]:
+def bench_videos(
+    name: str,
+    count: int,
+    seconds: float,
+    width: int,
+    height: int,
+    fps: int,
+    preset: str = "veryfast",
+) -> list[Path]:
     """`count` videos of the synthetic kind, encoded like published video (CABAC,
     B-frames) unless `preset` says otherwise; made once and kept under /tmp."""
     folder = CACHE / name
@@ -20,8 +27,14 @@ def bench_videos(name: str, count: int, seconds: float, width: int, height: int,
     if all(path.exists() for path in paths):
         return paths
     longest = min(5.0, (seconds - 4) / 3)
-    config = SynthConfig(videos=count, seconds=seconds, width=width, height=height, fps=fps,
-                         action_seconds=(min(2.0, longest), longest))
+    config = SynthConfig(
+        videos=count,
+        seconds=seconds,
+        width=width,
+        height=height,
+        fps=fps,
+        action_seconds=(min(2.0, longest), longest),
+    )
     store = Store(str(folder))
     for plan in plan_dataset(config):
         renderer = FrameRenderer(plan, config)

@@ -31,7 +31,7 @@ def _command_line() -> str:
         if words and words[-1] == flag:
             word = _mask_option(word)
         elif word.startswith(flag + "="):
-            word = f"{flag}={_mask_option(word[len(flag) + 1:])}"
+            word = f"{flag}={_mask_option(word[len(flag) + 1 :])}"
         words.append(word)
     return redact(shlex.join(["lofipipe", *words]))
 
@@ -41,25 +41,44 @@ def _mask_option(pair: str) -> str:
     return f"{name}={REDACTED}" if sep and is_secret_option(name.rsplit(".", 1)[-1]) else pair
 
 
-def common_options(func: Callable | None = None, *, default_config: str | None = None
-                   ) -> Callable:
+def common_options(func: Callable | None = None, *, default_config: str | None = None) -> Callable:
     """--config, --set, --storage-option and --address, shared by every command.
     `default_config` is the file read when no --config is given."""
     if func is None:
         return functools.partial(common_options, default_config=default_config)
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                  default=default_config, show_default=default_config is not None,
-                  help="YAML config file; see the resolved config saved by any run.")
-    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override one config key, e.g. --set ingest.probe_timeout_s=30.")
-    @click.option("--storage-option", "storage_pairs", multiple=True, metavar="KEY=VALUE",
-                  help="fsspec storage option, e.g. endpoint_url=http://127.0.0.1:9000 "
-                       "(credentials are best left to the environment).")
-    @click.option("--address", envvar="RAY_ADDRESS", default=None,
-                  help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
-    @click.option("--strict", is_flag=True,
-                  help="Exit with code 3 when any video failed (after the summary).")
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=default_config,
+        show_default=default_config is not None,
+        help="YAML config file; see the resolved config saved by any run.",
+    )
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override one config key, e.g. --set ingest.probe_timeout_s=30.",
+    )
+    @click.option(
+        "--storage-option",
+        "storage_pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="fsspec storage option, e.g. endpoint_url=http://127.0.0.1:9000 "
+        "(credentials are best left to the environment).",
+    )
+    @click.option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        default=None,
+        help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).",
+    )
+    @click.option(
+        "--strict", is_flag=True, help="Exit with code 3 when any video failed (after the summary)."
+    )
     @functools.wraps(func)
     def wrapper(config_path, overrides, storage_pairs, address, strict, **kwargs):
         click.get_current_context().meta["lofipipe.strict"] = strict
@@ -106,8 +125,10 @@ def _run_synth(config: Config, out: Store, command: str) -> None:
     out.write_text("synth.yaml", config_to_yaml(config, command))
     subsets = ", ".join(f"{n} {s}" for s, n in sorted(summary.by_subset.items()))
     click.echo(progress.summary())
-    click.echo(f"synth: {summary.videos} videos ({subsets}), {summary.seconds / 60:.1f} min, "
-               f"{summary.segments} action segments of {summary.classes} classes")
+    click.echo(
+        f"synth: {summary.videos} videos ({subsets}), {summary.seconds / 60:.1f} min, "
+        f"{summary.segments} action segments of {summary.classes} classes"
+    )
     click.echo(f"wrote {out.url_of('videos/')} and {out.url_of('annotations.json')}")
 
 
@@ -132,8 +153,17 @@ def synth(out, videos, seconds, classes, size, fps, seed, config, storage_option
       lofipipe synth s3://bucket/synth --videos 100 --seconds 60 --classes 6 --size 224x168
     """
     width, height = _size(size) if size else (None, None)
-    config = _with_options(config, "synth", videos=videos, seconds=seconds, classes=classes,
-                           fps=fps, seed=seed, width=width, height=height)
+    config = _with_options(
+        config,
+        "synth",
+        videos=videos,
+        seconds=seconds,
+        classes=classes,
+        fps=fps,
+        seed=seed,
+        width=width,
+        height=height,
+    )
     _run_synth(config, Store(out, storage_options), _command_line())
 
 
@@ -155,21 +185,28 @@ def _with_options(config: Config, section: str, **given) -> Config:
     return config_with(config, **{section: chosen})
 
 
-def _run_ingest(config: Config, root: Store, videos: str, annotations: str,
-                storage_options: dict, command: str) -> None:
+def _run_ingest(
+    config: Config, root: Store, videos: str, annotations: str, storage_options: dict, command: str
+) -> None:
     from lofipipe.pipeline.ingest import run_ingest
 
-    _echo_summary(run_ingest(config, root, videos, annotations, storage_options, command),
-                  root)
+    _echo_summary(run_ingest(config, root, videos, annotations, storage_options, command), root)
 
 
 @main.command()
 @click.argument("root")
-@click.option("--videos", "videos_url", required=True,
-              help="Folder (searched recursively) or glob of video files, any fsspec URL.")
-@click.option("--annotations", "annotations_url", required=True,
-              help="ActivityNet-style .json, or THUMOS-14 <Class>_<subset>.txt files "
-                   "(folder or glob).")
+@click.option(
+    "--videos",
+    "videos_url",
+    required=True,
+    help="Folder (searched recursively) or glob of video files, any fsspec URL.",
+)
+@click.option(
+    "--annotations",
+    "annotations_url",
+    required=True,
+    help="ActivityNet-style .json, or THUMOS-14 <Class>_<subset>.txt files (folder or glob).",
+)
 @common_options
 def ingest(root, videos_url, annotations_url, config, storage_options):
     """Probe the videos and write ROOT/manifest/videos.parquet and ROOT/annotations.parquet.
@@ -184,24 +221,41 @@ def ingest(root, videos_url, annotations_url, config, storage_options):
       lofipipe ingest s3://bucket/thumos --videos 's3://bucket/raw/*.mp4' \\
           --annotations s3://bucket/raw/annotations/ --set ingest.probe_timeout_s=30
     """
-    _run_ingest(config, Store(root, storage_options), videos_url, annotations_url,
-                storage_options, _command_line())
+    _run_ingest(
+        config,
+        Store(root, storage_options),
+        videos_url,
+        annotations_url,
+        storage_options,
+        _command_line(),
+    )
 
 
-def _run_materialize(config: Config, root: Store, storage_options: dict, command: str,
-                     force: bool = False, retry_failed: bool = False) -> None:
+def _run_materialize(
+    config: Config,
+    root: Store,
+    storage_options: dict,
+    command: str,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> None:
     from lofipipe.pipeline.materialize import run_materialize
 
-    _echo_summary(run_materialize(config, root, storage_options, command, force,
-                                  retry_failed), root)
+    _echo_summary(
+        run_materialize(config, root, storage_options, command, force, retry_failed), root
+    )
 
 
 @main.command()
 @click.argument("root")
-@click.option("--schedule", help="Preset (lofi-anet, lofi-anet-short, lofi-thumos, "
-                                 "multigrid, demo) or a schedule .yaml file.")
-@click.option("--encoding", type=click.Choice(["jpeg", "raw"]),
-              help="How frames are stored in the shards.")
+@click.option(
+    "--schedule",
+    help="Preset (lofi-anet, lofi-anet-short, lofi-thumos, "
+    "multigrid, demo) or a schedule .yaml file.",
+)
+@click.option(
+    "--encoding", type=click.Choice(["jpeg", "raw"]), help="How frames are stored in the shards."
+)
 @click.option("--retry-failed", is_flag=True, help="Also redo shards with failed videos.")
 @click.option("--force", is_flag=True, help="Redo every shard.")
 @common_options
@@ -218,8 +272,9 @@ def materialize(root, schedule, encoding, retry_failed, force, config, storage_o
       lofipipe materialize out/ --schedule demo --retry-failed
     """
     config = _with_options(config, "materialize", schedule=schedule, encoding=encoding)
-    _run_materialize(config, Store(root, storage_options), storage_options, _command_line(),
-                     force, retry_failed)
+    _run_materialize(
+        config, Store(root, storage_options), storage_options, _command_line(), force, retry_failed
+    )
 
 
 def _run_extract(config: Config, root: Store, storage_options: dict, command: str):
@@ -232,19 +287,23 @@ def _run_extract(config: Config, root: Store, storage_options: dict, command: st
 
 @main.command()
 @click.argument("root")
-@click.option("--encoder", help="Encoder name: tiny, tsm_r18, tsm_r50, vit_s, vit_b, vit_l, "
-                                "vit_g.")
+@click.option("--encoder", help="Encoder name: tiny, tsm_r18, tsm_r50, vit_s, vit_b, vit_l, vit_g.")
 @click.option("--checkpoint", help="Weights URL (any storage); without it, random weights.")
 @click.option("--losa", is_flag=True, default=None, help="ViTs: add LoSA adapters.")
 @click.option("--schedule", help="Schedule whose full-fidelity snippets are encoded.")
-@click.option("--from", "source", type=click.Choice(["shards", "videos"]),
-              help="Read the full-fidelity shards (default) or decode the ingested videos "
-                   "directly, without shards.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["shards", "videos"]),
+    help="Read the full-fidelity shards (default) or decode the ingested videos "
+    "directly, without shards.",
+)
 @click.option("--export", help="Folder URL for <video_id>.npy (T, C) files and JSON sidecars.")
 @click.option("--workers", type=int, help="Encoder actors (default: one per GPU or CPU).")
 @common_options
-def extract(root, encoder, checkpoint, losa, schedule, source, export, workers, config,
-            storage_options):
+def extract(
+    root, encoder, checkpoint, losa, schedule, source, export, workers, config, storage_options
+):
     """Encode the full-fidelity snippets of ROOT's videos into
     ROOT/features/<encoder fingerprint>/, one Parquet row per video, reading them from the
     snippet shards or (--from videos) decoding the ingested videos.
@@ -260,8 +319,16 @@ def extract(root, encoder, checkpoint, losa, schedule, source, export, workers, 
           --checkpoint s3://bucket/ckpt/tsm_r18_k400.pth --export s3://bucket/anet/npy
       lofipipe extract out/ --encoder tsm_r18 --schedule lofi-anet --from videos
     """
-    config = _with_options(config, "extract", encoder=encoder, checkpoint=checkpoint,
-                           losa=losa, source=source, export=export, workers=workers)
+    config = _with_options(
+        config,
+        "extract",
+        encoder=encoder,
+        checkpoint=checkpoint,
+        losa=losa,
+        source=source,
+        export=export,
+        workers=workers,
+    )
     config = _with_options(config, "materialize", schedule=schedule)
     _run_extract(config, Store(root, storage_options), storage_options, _command_line())
 
@@ -280,9 +347,11 @@ def features(root, config, storage_options):
 
     found = list_features(Store(root, storage_options))
     for item in found:
-        click.echo(f"{item['fingerprint']}  {item['encoder']:14s} {item['videos']:6d} videos "
-                   f"{item['bytes'] / 2**20:9.1f} MiB  weights {item['weights']}  schedule "
-                   f"{item['schedule']}  checkpoint {item['checkpoint'] or '-'}")
+        click.echo(
+            f"{item['fingerprint']}  {item['encoder']:14s} {item['videos']:6d} videos "
+            f"{item['bytes'] / 2**20:9.1f} MiB  weights {item['weights']}  schedule "
+            f"{item['schedule']}  checkpoint {item['checkpoint'] or '-'}"
+        )
     click.echo(f"{len(found)} feature sets")
 
 
@@ -313,8 +382,10 @@ def inspect(root, fidelity, video_id, out, rows, config, storage_options):
     parent, _, name = out.rpartition("/")
     with Store(parent or ".", storage_options).writer(name) as handle:
         sheet.save(handle, format="PNG")
-    click.echo(f"wrote {out}: video {video.video_id}, {len(video.start)} snippets of "
-               f"{video.frames.shape[1]} frames at {video.frames.shape[-1]} px")
+    click.echo(
+        f"wrote {out}: video {video.video_id}, {len(video.start)} snippets of "
+        f"{video.frames.shape[1]} frames at {video.frames.shape[-1]} px"
+    )
 
 
 def _run_train(config: Config, root: Store, storage_options: dict, command: str) -> None:
@@ -331,23 +402,41 @@ def _run_recipe(config: Config, root: Store, storage_options: dict, command: str
 
 @main.command()
 @click.argument("root")
-@click.option("--mode", type=click.Choice(["head", "lofi", "losa"]),
-              help="head: the TAL head on extracted features; lofi: encoder and head end to "
-                   "end on the schedule's reduced-fidelity shards; losa: a frozen ViT's LoSA "
-                   "adapters and the head on the full-fidelity shards.")
+@click.option(
+    "--mode",
+    type=click.Choice(["head", "lofi", "losa"]),
+    help="head: the TAL head on extracted features; lofi: encoder and head end to "
+    "end on the schedule's reduced-fidelity shards; losa: a frozen ViT's LoSA "
+    "adapters and the head on the full-fidelity shards.",
+)
 @click.option("--features", help="head: feature fingerprint (lofipipe features lists them).")
 @click.option("--schedule", help="lofi, losa: the schedule the shards were materialized with.")
 @click.option("--encoder", help="lofi, losa: encoder name (tiny, tsm_r18, ..., vit_s, ...).")
 @click.option("--checkpoint", help="lofi, losa: the encoder's starting weights (any URL).")
-@click.option("--recipe", type=click.Choice(["lofi"]),
-              help="lofi: LoFi end to end (runs NAME-lofi), full-fidelity features from the "
-                   "adapted encoder, then a head from scratch on them (NAME-head).")
+@click.option(
+    "--recipe",
+    type=click.Choice(["lofi"]),
+    help="lofi: LoFi end to end (runs NAME-lofi), full-fidelity features from the "
+    "adapted encoder, then a head from scratch on them (NAME-head).",
+)
 @click.option("--run", "run_name", help="Run name: outputs go to ROOT/runs/NAME/.")
 @click.option("--workers", type=int, help="Data-parallel Ray Train workers (default 1).")
 @click.option("--epochs", type=int, help="Training epochs (default 30).")
 @common_options
-def train(root, mode, features, schedule, encoder, checkpoint, recipe, run_name, workers,
-          epochs, config, storage_options):
+def train(
+    root,
+    mode,
+    features,
+    schedule,
+    encoder,
+    checkpoint,
+    recipe,
+    run_name,
+    workers,
+    epochs,
+    config,
+    storage_options,
+):
     """Train on Ray Train workers: the TAL head on features (--mode head), or an encoder
     and the head end to end on reduced-fidelity snippet shards (--mode lofi). AdamW with
     warm-up and cosine decay, the validation mAP after every epoch, a checkpoint after
@@ -368,9 +457,17 @@ def train(root, mode, features, schedule, encoder, checkpoint, recipe, run_name,
       lofipipe train out/ --recipe lofi --schedule lofi-anet --encoder tsm_r18 \\
           --checkpoint s3://bucket/ckpt/tsm_r18_k400.pth --run anet
     """
-    config = _with_options(config, "train", mode=mode, features=features, encoder=encoder,
-                           checkpoint=checkpoint, run=run_name, workers=workers,
-                           epochs=epochs)
+    config = _with_options(
+        config,
+        "train",
+        mode=mode,
+        features=features,
+        encoder=encoder,
+        checkpoint=checkpoint,
+        run=run_name,
+        workers=workers,
+        epochs=epochs,
+    )
     config = _with_options(config, "materialize", schedule=schedule)
     store = Store(root, storage_options)
     if recipe:
@@ -383,11 +480,18 @@ def train(root, mode, features, schedule, encoder, checkpoint, recipe, run_name,
 @click.option("--schedule", required=True, help="Preset or schedule .yaml file.")
 @click.option("--encoder", required=True, help="Encoder name (tiny, tsm_r18, ..., vit_s, ...).")
 @click.option("--mode", type=click.Choice(["lofi", "losa", "head"]), required=True)
-@click.option("--budget-gb", type=float, required=True,
-              help="Memory for one training step: GPU memory, or process memory on CPU.")
+@click.option(
+    "--budget-gb",
+    type=float,
+    required=True,
+    help="Memory for one training step: GPU memory, or process memory on CPU.",
+)
 @click.option("--max-batch", default=256, show_default=True, help="Largest batch to try.")
-@click.option("--write", "out", help="Write the schedule with these batch sizes to this "
-                                     "YAML file (any storage URL).")
+@click.option(
+    "--write",
+    "out",
+    help="Write the schedule with these batch sizes to this YAML file (any storage URL).",
+)
 @common_options
 def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_options):
     """Measure the peak memory of real training steps on this machine and print the largest
@@ -412,26 +516,36 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
     plans, measured = [], 0
     started = time.monotonic()
     for fidelity in chosen.training_fidelities(mode):
-        def report(batch, peak, name=fidelity.name):
-            click.echo(f"  {name} batch {batch}: {peak / 2**30:.3f} GiB "
-                       f"{'fits' if peak <= budget else 'over'}", err=True)
 
-        plans.append(plan_fidelity(mode, encoder, fidelity, budget, config.train.head,
-                                   max_batch, report))
+        def report(batch, peak, name=fidelity.name):
+            click.echo(
+                f"  {name} batch {batch}: {peak / 2**30:.3f} GiB "
+                f"{'fits' if peak <= budget else 'over'}",
+                err=True,
+            )
+
+        plans.append(
+            plan_fidelity(mode, encoder, fidelity, budget, config.train.head, max_batch, report)
+        )
         measured += len(plans[-1].measured)
     click.echo(f"{'fidelity':<10} {'shape':<14} {'batch':>5}  {'peak GiB':>8}")
     for item in plans:
         f = item.fidelity
-        click.echo(f"{f.name:<10} {f'{f.snippets}x{f.frames}x{f.size}':<14} "
-                   f"{item.batch_size:>5}  {item.peak_bytes / 2**30:8.3f}"
-                   + ("  (not even one video fits)" if not item.batch_size else ""))
+        click.echo(
+            f"{f.name:<10} {f'{f.snippets}x{f.frames}x{f.size}':<14} "
+            f"{item.batch_size:>5}  {item.peak_bytes / 2**30:8.3f}"
+            + ("  (not even one video fits)" if not item.batch_size else "")
+        )
     click.echo(f"{measured} steps measured in {time.monotonic() - started:.1f} s")
     if out:
-        header = (f"# {_command_line()}\n# batch sizes measured on {device} for a "
-                  f"{budget_gb:g} GiB budget ({mode}, {encoder})\n")
+        header = (
+            f"# {_command_line()}\n# batch sizes measured on {device} for a "
+            f"{budget_gb:g} GiB budget ({mode}, {encoder})\n"
+        )
         parent, _, name = out.rpartition("/")
         Store(parent or ".", storage_options).write_text(
-            name, planned_schedule_yaml(chosen, plans, header))
+            name, planned_schedule_yaml(chosen, plans, header)
+        )
         click.echo(f"wrote {out}")
 
 
@@ -454,8 +568,12 @@ def status(root, config, storage_options):
 
 
 @main.command(name="run")
-@click.option("--dry-run", is_flag=True, help="Print each step, what is done and what would "
-                                               "run, and the estimated work; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print each step, what is done and what would "
+    "run, and the estimated work; change nothing.",
+)
 @common_options
 def run_recipe(dry_run, config, storage_options):
     """Run the whole graph of a recipe file (--config): ingest, materialize, extract, train
@@ -477,27 +595,43 @@ def run_recipe(dry_run, config, storage_options):
         for step in steps:
             click.echo(f"{step.name:<{width}}  {step.state:<11}  {step.work}")
         return
-    _echo_summary(run_job(config, storage_options, _command_line()),
-                  Store(config.job.root, storage_options))
+    _echo_summary(
+        run_job(config, storage_options, _command_line()), Store(config.job.root, storage_options)
+    )
 
 
 @main.command(name="eval")
-@click.option("--gt", "gt_url", required=True,
-              help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "
-                   "(folder or glob), or a lofipipe annotations.parquet.")
-@click.option("--pred", "pred_url", required=True,
-              help="Predictions .json in ActivityNet format: results -> video -> "
-                   "[{segment, label, score}].")
+@click.option(
+    "--gt",
+    "gt_url",
+    required=True,
+    help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "
+    "(folder or glob), or a lofipipe annotations.parquet.",
+)
+@click.option(
+    "--pred",
+    "pred_url",
+    required=True,
+    help="Predictions .json in ActivityNet format: results -> video -> [{segment, label, score}].",
+)
 @click.option("--subset", help="Evaluate only this subset's videos, e.g. validation.")
-@click.option("--tiou", default="0.5:0.95:0.05", show_default=True,
-              help="tIoU thresholds: start:stop:step (stop included) or a comma list "
-                   "(THUMOS-14: 0.3:0.7:0.1).")
-@click.option("--format", "output_format", type=click.Choice(["table", "json"]),
-              default="table", show_default=True)
+@click.option(
+    "--tiou",
+    default="0.5:0.95:0.05",
+    show_default=True,
+    help="tIoU thresholds: start:stop:step (stop included) or a comma list "
+    "(THUMOS-14: 0.3:0.7:0.1).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
 @click.option("--per-class", is_flag=True, help="Table format: also list AP per class.")
 @common_options
-def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config,
-             storage_options):
+def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config, storage_options):
     """Mean average precision of temporal detections against ground truth, per tIoU
     threshold, their average, and per class, as the ActivityNet detection protocol
     computes them.
@@ -523,12 +657,16 @@ def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config,
         click.echo(json.dumps(result.to_dict(), indent=1))
         return
     outside = sum(p.video_id not in videos for p in predictions)
-    click.echo(f"{len(videos)} videos, {result.instances} ground-truth segments of "
-               f"{len(result.per_class)} classes, {result.predictions} predictions"
-               + (f" ({outside} for videos outside the ground truth: false positives)"
-                  if outside else "")
-               + (f" ({result.ignored} of labels not in the ground truth: ignored)"
-                  if result.ignored else ""))
+    click.echo(
+        f"{len(videos)} videos, {result.instances} ground-truth segments of "
+        f"{len(result.per_class)} classes, {result.predictions} predictions"
+        + (f" ({outside} for videos outside the ground truth: false positives)" if outside else "")
+        + (
+            f" ({result.ignored} of labels not in the ground truth: ignored)"
+            if result.ignored
+            else ""
+        )
+    )
     click.echo(result.table(per_class))
 
 
@@ -570,19 +708,28 @@ def demo(directory, config, storage_options):
       lofipipe demo /tmp/demo --set synth.videos=8 --set train.epochs=10
     """
     from lofipipe.pipeline.job import run_job
+
     started = time.monotonic()
     base = Store(directory, storage_options)
     dataset, root = base.child("dataset"), base.child("root")
     command = _command_line()
     click.echo(f"== synth -> {dataset.url}")
     _run_synth(config, dataset, command)
-    config = config_with(config, job={"root": root.url, "videos": dataset.url_of("videos"),
-                                      "annotations": dataset.url_of("annotations.json")})
+    config = config_with(
+        config,
+        job={
+            "root": root.url,
+            "videos": dataset.url_of("videos"),
+            "annotations": dataset.url_of("annotations.json"),
+        },
+    )
     click.echo(f"== {config.job.recipe} recipe -> {root.url}")
     summary = run_job(config, storage_options, command)
     _echo_summary(summary, root)
-    click.echo(f"demo finished in {time.monotonic() - started:.1f} s; the run's report: "
-               f"{root.url_of(report_path(summary.run))}")
+    click.echo(
+        f"demo finished in {time.monotonic() - started:.1f} s; the run's report: "
+        f"{root.url_of(report_path(summary.run))}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,20 +1,20 @@
 """Every path under ROOT, relative to it: the one place that names them.
 
-    manifest/videos.parquet                  one row per listed video
-    manifest/errors.parquet                  failed videos and annotation issues
-    manifest/ingest.yaml                     the resolved config of the last ingest
-    annotations.parquet                      normalized action segments
-    shards/materialize.yaml                  the resolved config of the last materialize
-    shards/schedule.json                     the schedule the shards were made for
-    shards/<fidelity>/part-NNNNN.parquet     snippets, + part-NNNNN.stats.json (commit marker)
-    features/<fingerprint>/lineage.json      what a feature set depends on
-    features/<fingerprint>/part-NNNNN.parquet  a row per video, + part-NNNNN.stats.json
-    runs/<run>/config.yaml                   the resolved config of a training run
-    runs/<run>/checkpoints/epoch-NNNN.pt     resumable state after each epoch
-    runs/<run>/metrics.parquet, predictions.json, evaluation.json, report.html, report.png
-    runs/<run>/encoder.pt                    the adapted encoder of a LoFi or LoSA run
-    _lofipipe/stages/<time>-<id>.json        one record per stage invocation
-    _lofipipe/journal/materialize/part-NNNNN.json  the quarantine journal of a shard task
+manifest/videos.parquet                  one row per listed video
+manifest/errors.parquet                  failed videos and annotation issues
+manifest/ingest.yaml                     the resolved config of the last ingest
+annotations.parquet                      normalized action segments
+shards/materialize.yaml                  the resolved config of the last materialize
+shards/schedule.json                     the schedule the shards were made for
+shards/<fidelity>/part-NNNNN.parquet     snippets, + part-NNNNN.stats.json (commit marker)
+features/<fingerprint>/lineage.json      what a feature set depends on
+features/<fingerprint>/part-NNNNN.parquet  a row per video, + part-NNNNN.stats.json
+runs/<run>/config.yaml                   the resolved config of a training run
+runs/<run>/checkpoints/epoch-NNNN.pt     resumable state after each epoch
+runs/<run>/metrics.parquet, predictions.json, evaluation.json, report.html, report.png
+runs/<run>/encoder.pt                    the adapted encoder of a LoFi or LoSA run
+_lofipipe/stages/<time>-<id>.json        one record per stage invocation
+_lofipipe/journal/materialize/part-NNNNN.json  the quarantine journal of a shard task
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ JOURNAL_PATTERN = "part-*.json"
 
 def part_number(path: str) -> int:
     """N of a `.../part-NNNNN.<suffix>` path."""
-    return int(path.rsplit("/", 1)[-1][len("part-"):][:5])
+    return int(path.rsplit("/", 1)[-1][len("part-") :][:5])
 
 
 def stats_of(part: str) -> str:

@@ -43,8 +43,17 @@ _SINGLE_PUT_BYTES = 64 * 2**20
 _STAGED_SUFFIX = ".partial"  # local writes are staged as .<name>.<random>.partial
 # FileExpired: the object was replaced between opening and reading it (a worker rewrote
 # a run's metrics while the driver read them); reading again gets the whole new version.
-_TRANSIENT_NAMES = ("Connect", "Timeout", "Disconnected", "IncompleteRead", "SlowDown",
-                    "ServiceUnavailable", "ResponseParserError", "BrokenPipe", "FileExpired")
+_TRANSIENT_NAMES = (
+    "Connect",
+    "Timeout",
+    "Disconnected",
+    "IncompleteRead",
+    "SlowDown",
+    "ServiceUnavailable",
+    "ResponseParserError",
+    "BrokenPipe",
+    "FileExpired",
+)
 T = TypeVar("T")
 # A local write that fails with one of these failed for want of room or rights on the disk.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
@@ -62,7 +71,8 @@ def is_transient(error: BaseException) -> bool:
         if isinstance(seen, FileNotFoundError | PermissionError):
             return False
         if isinstance(seen, ConnectionError | TimeoutError) or any(
-                name in type(seen).__name__ for name in _TRANSIENT_NAMES):
+            name in type(seen).__name__ for name in _TRANSIENT_NAMES
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -119,8 +129,7 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
         name, sep, raw = pair.partition("=")
         if not sep or not name.strip():
             # Never echo the text after "=": it may be a credential.
-            raise StorageError(f"storage option {name.strip() or '(no name)'}: expected "
-                               f"key=value")
+            raise StorageError(f"storage option {name.strip() or '(no name)'}: expected key=value")
         *parents, leaf = name.strip().split(".")
         value = raw if is_secret_option(leaf) else _option_value(raw)
         node = options
@@ -218,8 +227,11 @@ class Store:
             except (StorageError, FileNotFoundError):
                 raise
             except Exception as error:  # noqa: BLE001 - see _errors
-                if self.is_local or not is_transient(error) or (
-                        time.monotonic() + pause > deadline):
+                if (
+                    self.is_local
+                    or not is_transient(error)
+                    or (time.monotonic() + pause > deadline)
+                ):
                     raise self._failure(action, relpath, error) from None
             time.sleep(pause)
             pause = min(2 * pause, 8.0)
@@ -283,8 +295,9 @@ class Store:
 
         return self._do("stat", relpath, stat)
 
-    def list(self, relpath: str = "", pattern: str | None = None,
-             recursive: bool = False) -> list[str]:
+    def list(
+        self, relpath: str = "", pattern: str | None = None, recursive: bool = False
+    ) -> list[str]:
         """Sorted paths of the files below `relpath`, relative to the root.
 
         `pattern` is a glob matched against the file name.
@@ -292,8 +305,9 @@ class Store:
         return [path for path, _ in self.list_detailed(relpath, pattern, recursive)]
 
     # `builtins.list`: in the class body from here on, `list` is the method above.
-    def list_detailed(self, relpath: str = "", pattern: str | None = None,
-                      recursive: bool = False) -> builtins.list[tuple[str, dict[str, Any]]]:
+    def list_detailed(
+        self, relpath: str = "", pattern: str | None = None, recursive: bool = False
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
         """Like `list`, with each file's fsspec info (size, mtime or ETag)."""
         base = self.path(relpath)
 
@@ -312,7 +326,7 @@ class Store:
             name = path.rsplit("/", 1)[-1]
             if pattern and not fnmatch.fnmatch(name, pattern):
                 continue
-            out.append((path[len(prefix):] if path.startswith(prefix) else path, info))
+            out.append((path[len(prefix) :] if path.startswith(prefix) else path, info))
         return sorted(out)
 
     # Writing -------------------------------------------------------------------------------
@@ -330,8 +344,8 @@ class Store:
                 directory = os.path.dirname(target)
                 os.makedirs(directory, exist_ok=True)
                 fd, staged = tempfile.mkstemp(
-                    prefix=f".{os.path.basename(target)}.", suffix=_STAGED_SUFFIX,
-                    dir=directory)
+                    prefix=f".{os.path.basename(target)}.", suffix=_STAGED_SUFFIX, dir=directory
+                )
             try:
                 handle = os.fdopen(fd, "wb")
                 try:
@@ -390,14 +404,14 @@ class Store:
     def write_text(self, relpath: str, text: str) -> None:
         self.write_bytes(relpath, text.encode("utf-8"))
 
-    def write_table(self, relpath: str, table: pa.Table, row_group_size: int | None = None
-                    ) -> None:
+    def write_table(self, relpath: str, table: pa.Table, row_group_size: int | None = None) -> None:
         """Writes a Parquet file (readable by pyarrow, fastparquet, pandas and duckdb)."""
         with self.writer(relpath) as handle:
             pq.write_table(table, handle, compression="zstd", row_group_size=row_group_size)
 
     def remove(self, relpath: str) -> None:
         """Removes one file; a file that is not there is fine."""
+
         def remove_file() -> None:
             # One object, by name: `rm` would first expand the path through the client's
             # listing cache, which may predate the file and then delete nothing.
@@ -411,8 +425,9 @@ class Store:
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def list_files(url: str, options: Mapping[str, Any], extensions: Iterable[str]
-               ) -> list[tuple[str, dict[str, Any]]]:
+def list_files(
+    url: str, options: Mapping[str, Any], extensions: Iterable[str]
+) -> list[tuple[str, dict[str, Any]]]:
     """Files under a folder URL (recursively), matching a glob URL, or one file, with info.
 
     Only names ending in one of `extensions` (case-insensitive) are kept; the result is
@@ -421,15 +436,19 @@ def list_files(url: str, options: Mapping[str, Any], extensions: Iterable[str]
     suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
     pattern = url if "://" in url else os.path.abspath(url)
     # abspath drops glob characters in a segment that a `..` removes: a plain path then.
-    first_glob = (_GLOB_CHARS.search(pattern) if _GLOB_CHARS.search(url.split("://", 1)[-1])
-                  else None)
+    first_glob = (
+        _GLOB_CHARS.search(pattern) if _GLOB_CHARS.search(url.split("://", 1)[-1]) else None
+    )
     if first_glob is not None:
         fixed_prefix = pattern[: first_glob.start()]
         store = Store(fixed_prefix.rpartition("/")[0] or "/", options)
         with store._errors("list", ""):
             found = store.fs.glob(store.fs._strip_protocol(pattern), detail=True)
-        items = [(store.url_for_path(path), info) for path, info in found.items()
-                 if info.get("type") != "directory"]
+        items = [
+            (store.url_for_path(path), info)
+            for path, info in found.items()
+            if info.get("type") != "directory"
+        ]
     else:
         store = Store(url, options)
         if not store.exists(""):
@@ -439,6 +458,9 @@ def list_files(url: str, options: Mapping[str, Any], extensions: Iterable[str]
                 found = {store.path(): store.fs.info(store.path())}
             else:
                 found = store.fs.find(store.path(), detail=True)
-        items = [(store.url_for_path(path), info) for path, info in found.items()
-                 if info.get("type") != "directory"]
+        items = [
+            (store.url_for_path(path), info)
+            for path, info in found.items()
+            if info.get("type") != "directory"
+        ]
     return sorted((u, info) for u, info in items if u.lower().endswith(suffixes))

@@ -21,6 +21,7 @@ for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "RAY_ADDR
     os.environ.pop(name, None)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+
 def pytest_sessionfinish(session, exitstatus):
     """`make reliability`: the outcomes the reliability tests recorded, as a table (only
     when every test passed: a failed one records nothing)."""
@@ -104,8 +105,13 @@ def s3_bucket(s3_server):
     import boto3
 
     name = f"test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_KEY,
-                          aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=name)
     options = {"endpoint_url": s3_server, "key": S3_KEY, "secret": S3_SECRET}
     yield name, options

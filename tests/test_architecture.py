@@ -18,9 +18,17 @@ PACKAGE = Path(lofipipe.__file__).parent
 RANK = {
     "cli": 5,
     "pipeline": 4,
-    "workers": 3, "training": 3,
-    "models": 2, "media": 2, "data": 2, "evaluation": 2, "reports": 2,
-    "schemas": 1, "layout": 1, "storage": 1, "errors": 1,
+    "workers": 3,
+    "training": 3,
+    "models": 2,
+    "media": 2,
+    "data": 2,
+    "evaluation": 2,
+    "reports": 2,
+    "schemas": 1,
+    "layout": 1,
+    "storage": 1,
+    "errors": 1,
     "": 0,  # lofipipe/__init__.py: the version, importable from anywhere
 }
 
@@ -45,8 +53,11 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # `from lofipipe.data import manifest` imports the module lofipipe.data.manifest
-            names = [f"{node.module}.{alias.name}" for alias in node.names
-                     if f"{node.module}.{alias.name}" in modules] or [node.module]
+            names = [
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if f"{node.module}.{alias.name}" in modules
+            ] or [node.module]
         else:
             continue
         found |= {name for name in names if name == "lofipipe" or name.startswith("lofipipe.")}
@@ -69,7 +80,7 @@ def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()
@@ -91,12 +102,15 @@ def violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
             if here not in RANK or there not in RANK:
                 out.append(f"{source} -> {target}: {here or there!r} has no layer in RANK")
             elif RANK[there] > RANK[here]:
-                out.append(f"{source} -> {target}: {here} (layer {RANK[here]}) imports "
-                           f"{there} (layer {RANK[there]}), above it")
+                out.append(
+                    f"{source} -> {target}: {here} (layer {RANK[here]}) imports "
+                    f"{there} (layer {RANK[there]}), above it"
+                )
     packages: dict[str, set[str]] = {}
     for source, targets in graph.items():
         packages.setdefault(component(source), set()).update(
-            component(t) for t in targets if component(t) != component(source))
+            component(t) for t in targets if component(t) != component(source)
+        )
     for kind, edges in (("packages", packages), ("modules", graph)):
         if cycle := find_cycle(edges):
             out.append(f"circle of {kind}: {' -> '.join(cycle)}")
@@ -109,24 +123,43 @@ def test_imports_go_down_the_layers_without_circles():
     assert violations(graph) == []
 
 
-@pytest.mark.parametrize(("graph", "expected"), [
-    ({"lofipipe.data.manifest": {"lofipipe.pipeline.ingest"}},
-     "data (layer 2) imports pipeline (layer 4), above it"),
-    ({"lofipipe.storage": {"lofipipe.workers.runtime"}},
-     "storage (layer 1) imports workers (layer 3), above it"),
-    ({"lofipipe.data.a": {"lofipipe.evaluation.b"}, "lofipipe.evaluation.b": {"lofipipe.data.c"}},
-     "circle of packages: data -> evaluation -> data"),
-    ({"lofipipe.data.a": {"lofipipe.data.b"}, "lofipipe.data.b": {"lofipipe.data.a"}},
-     "circle of modules: lofipipe.data.a -> lofipipe.data.b -> lofipipe.data.a"),
-    ({"lofipipe.newthing.a": {"lofipipe.errors"}}, "'newthing' has no layer in RANK"),
-])
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        (
+            {"lofipipe.data.manifest": {"lofipipe.pipeline.ingest"}},
+            "data (layer 2) imports pipeline (layer 4), above it",
+        ),
+        (
+            {"lofipipe.storage": {"lofipipe.workers.runtime"}},
+            "storage (layer 1) imports workers (layer 3), above it",
+        ),
+        (
+            {
+                "lofipipe.data.a": {"lofipipe.evaluation.b"},
+                "lofipipe.evaluation.b": {"lofipipe.data.c"},
+            },
+            "circle of packages: data -> evaluation -> data",
+        ),
+        (
+            {"lofipipe.data.a": {"lofipipe.data.b"}, "lofipipe.data.b": {"lofipipe.data.a"}},
+            "circle of modules: lofipipe.data.a -> lofipipe.data.b -> lofipipe.data.a",
+        ),
+        ({"lofipipe.newthing.a": {"lofipipe.errors"}}, "'newthing' has no layer in RANK"),
+    ],
+)
 def test_the_rule_catches_upward_imports_circles_and_unplaced_packages(graph, expected):
     assert any(expected in line for line in violations(graph)), violations(graph)
 
 
 def test_imports_inside_functions_count(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("def f():\n    from lofipipe.pipeline.job import run_job\n"
-                      "import lofipipe.data.manifest\nfrom lofipipe.data import snippets\n")
+    module.write_text(
+        "def f():\n    from lofipipe.pipeline.job import run_job\n"
+        "import lofipipe.data.manifest\nfrom lofipipe.data import snippets\n"
+    )
     assert imports_of(module, {"lofipipe.data.snippets"}) == {
-        "lofipipe.pipeline.job", "lofipipe.data.manifest", "lofipipe.data.snippets"}
+        "lofipipe.pipeline.job",
+        "lofipipe.data.manifest",
+        "lofipipe.data.snippets",
+    }

@@ -7,8 +7,21 @@ from click.testing import CliRunner
 
 from lofipipe.cli import main
 
-COMMANDS = ["synth", "ingest", "materialize", "inspect", "extract", "features", "train", "plan",
-            "eval", "status", "run", "report", "demo"]
+COMMANDS = [
+    "synth",
+    "ingest",
+    "materialize",
+    "inspect",
+    "extract",
+    "features",
+    "train",
+    "plan",
+    "eval",
+    "status",
+    "run",
+    "report",
+    "demo",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -22,17 +35,26 @@ def test_every_command_has_help_with_examples(command):
 
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "lofipipe"
-    result = subprocess.run([str(script), "--help"], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for command in COMMANDS:
         assert command in result.stdout
 
 
 def test_bad_override_is_exit_2_naming_the_key(tmp_path):
-    result = CliRunner().invoke(main, ["ingest", str(tmp_path), "--videos", str(tmp_path),
-                                       "--annotations", "a.json",
-                                       "--set", "ingest.probe_timeout=5"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "ingest",
+            str(tmp_path),
+            "--videos",
+            str(tmp_path),
+            "--annotations",
+            "a.json",
+            "--set",
+            "ingest.probe_timeout=5",
+        ],
+    )
     assert result.exit_code == 2
     assert "error: ingest.probe_timeout: unknown key" in result.output
 
@@ -41,8 +63,11 @@ def test_status_of_an_empty_root(tmp_path):
     result = CliRunner().invoke(main, ["status", str(tmp_path)])
     assert result.exit_code == 0
     assert result.output.splitlines() == [
-        "ingest: pending (no manifest)", "materialize: pending (no shards)",
-        "extract: pending (no feature sets)", "train: no runs"]
+        "ingest: pending (no manifest)",
+        "materialize: pending (no shards)",
+        "extract: pending (no feature sets)",
+        "train: no runs",
+    ]
 
 
 def test_bad_storage_option_is_a_clear_error(tmp_path):
@@ -55,11 +80,23 @@ def test_saved_config_never_holds_credentials(tmp_path):
     """The command line is saved at the top of each resolved config: masked."""
     script = Path(sys.executable).parent / "lofipipe"
     secret = "planted-secret-4f9a2c"
-    result = subprocess.run([str(script), "synth", str(tmp_path / "s"), "--videos", "1",
-                             "--storage-option", f"secret={secret}",
-                             f"--storage-option=client_kwargs.token={secret}",
-                             "--storage-option", "auto_mkdir=true"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(script),
+            "synth",
+            str(tmp_path / "s"),
+            "--videos",
+            "1",
+            "--storage-option",
+            f"secret={secret}",
+            f"--storage-option=client_kwargs.token={secret}",
+            "--storage-option",
+            "auto_mkdir=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     saved = (tmp_path / "s/synth.yaml").read_text()
     assert secret not in saved

@@ -70,7 +70,11 @@ def test_listing_is_sorted_and_filtered(tmp_path):
     store = Store(str(tmp_path))
     assert store.list() == ["a.mp4", "b.mp4", "c.txt"]
     assert store.list(pattern="*.mp4", recursive=True) == [
-        "a.mp4", "b.mp4", "sub/a.mp4", "sub/z.mp4"]
+        "a.mp4",
+        "b.mp4",
+        "sub/a.mp4",
+        "sub/z.mp4",
+    ]
     urls = [u for u, _ in list_files(str(tmp_path), {}, ["mp4"])]
     assert urls == [str(tmp_path / n) for n in ["a.mp4", "b.mp4", "sub/a.mp4", "sub/z.mp4"]]
     globbed = [u for u, _ in list_files(str(tmp_path / "sub" / "*.mp4"), {}, ["mp4"])]
@@ -90,10 +94,14 @@ def test_table_round_trip(tmp_path):
 
 
 def test_parse_storage_options_types_and_nesting():
-    options = parse_storage_options(["anon=false", "endpoint_url=http://127.0.0.1:9",
-                                     "client_kwargs.region_name=eu-west-1"])
-    assert options == {"anon": False, "endpoint_url": "http://127.0.0.1:9",
-                       "client_kwargs": {"region_name": "eu-west-1"}}
+    options = parse_storage_options(
+        ["anon=false", "endpoint_url=http://127.0.0.1:9", "client_kwargs.region_name=eu-west-1"]
+    )
+    assert options == {
+        "anon": False,
+        "endpoint_url": "http://127.0.0.1:9",
+        "client_kwargs": {"region_name": "eu-west-1"},
+    }
     with pytest.raises(StorageError, match="expected key=value"):
         parse_storage_options(["novalue"])
 
@@ -102,8 +110,7 @@ def test_credentials_are_redacted_everywhere(monkeypatch):
     secret = "very-secret-value-123"
     options = {"key": "AKIAEXAMPLE123", "secret": secret, "endpoint_url": "http://127.0.0.1:1"}
     assert secret not in repr(Store("s3://bucket/x", options))
-    text = redact(f"failed with secret={secret} key=AKIAEXAMPLE123 at http://127.0.0.1:1",
-                  options)
+    text = redact(f"failed with secret={secret} key=AKIAEXAMPLE123 at http://127.0.0.1:1", options)
     assert secret not in text and "AKIAEXAMPLE123" not in text
     assert "http://127.0.0.1:1" in text and REDACTED in text
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret-abcdef")
@@ -144,7 +151,8 @@ def test_s3_object_replaced_while_read_is_read_again(s3_bucket):
     store = Store(f"s3://{bucket}/race", options)
     store.write_table("runs/r/metrics.parquet", pa.table({"step": [1]}))
     handle = s3fs.S3FileSystem(skip_instance_cache=True, **options).open(
-        f"{bucket}/race/runs/r/metrics.parquet", "rb", block_size=4)
+        f"{bucket}/race/runs/r/metrics.parquet", "rb", block_size=4
+    )
     handle.read(4)
     store.write_table("runs/r/metrics.parquet", pa.table({"step": [1, 2]}))
     with pytest.raises(OSError) as expired:
@@ -169,8 +177,11 @@ def test_s3_large_object_goes_multipart_and_commits_whole(s3_bucket, monkeypatch
 
 @pytest.mark.s3
 def test_s3_errors_never_show_credentials(s3_server):
-    options = {"endpoint_url": s3_server, "key": "AKIAWRONGKEY0001",
-               "secret": "wrong-secret-value-42"}
+    options = {
+        "endpoint_url": s3_server,
+        "key": "AKIAWRONGKEY0001",
+        "secret": "wrong-secret-value-42",
+    }
     store = Store("s3://no-such-bucket-lofipipe/root", options)
     with pytest.raises((StorageError, FileNotFoundError)) as caught:
         store.read_bytes("missing.txt")
@@ -202,10 +213,24 @@ def test_committed_files_get_umask_permissions(tmp_path):
 
 
 def test_option_values_are_not_reinterpreted():
-    options = parse_storage_options(["key=012345", "secret=*alias", "token=0x1F",
-                                     "max_concurrency=8", "anon=FALSE", "region=yes"])
-    assert options == {"key": "012345", "secret": "*alias", "token": "0x1F",
-                       "max_concurrency": 8, "anon": False, "region": "yes"}
+    options = parse_storage_options(
+        [
+            "key=012345",
+            "secret=*alias",
+            "token=0x1F",
+            "max_concurrency=8",
+            "anon=FALSE",
+            "region=yes",
+        ]
+    )
+    assert options == {
+        "key": "012345",
+        "secret": "*alias",
+        "token": "0x1F",
+        "max_concurrency": 8,
+        "anon": False,
+        "region": "yes",
+    }
 
 
 def test_folder_glob_and_file_urls_name_files_alike(tmp_path):
@@ -219,9 +244,15 @@ def test_folder_glob_and_file_urls_name_files_alike(tmp_path):
 @pytest.mark.s3
 def test_unreachable_storage_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("LOFIPIPE_STORAGE_RETRY_S", "0")  # no waiting for it to come back
-    store = Store("s3://bucket/root", {"endpoint_url": "http://127.0.0.1:1", "key": "k1234",
-                                       "secret": "unreachable-secret-77",
-                                       "config_kwargs": {"retries": {"max_attempts": 1}}})
+    store = Store(
+        "s3://bucket/root",
+        {
+            "endpoint_url": "http://127.0.0.1:1",
+            "key": "k1234",
+            "secret": "unreachable-secret-77",
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        },
+    )
     with pytest.raises(StorageError) as caught:
         store.read_bytes("x")
     message = str(caught.value)
@@ -246,12 +277,22 @@ def test_s3_down_for_a_few_seconds_is_ridden_out():
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY,
-                 aws_secret_access_key=S3_SECRET, region_name="us-east-1"
-                 ).create_bucket(Bucket="outage")
-    store = Store("s3://outage/root", {"endpoint_url": endpoint, "key": S3_KEY,
-                                      "secret": S3_SECRET,
-                                      "config_kwargs": {"retries": {"max_attempts": 1}}})
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    ).create_bucket(Bucket="outage")
+    store = Store(
+        "s3://outage/root",
+        {
+            "endpoint_url": endpoint,
+            "key": S3_KEY,
+            "secret": S3_SECRET,
+            "config_kwargs": {"retries": {"max_attempts": 1}},
+        },
+    )
     store.write_text("before.txt", "before")
     server.stop()
     back = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -262,9 +303,12 @@ def test_s3_down_for_a_few_seconds_is_ridden_out():
         assert store.read_text("before.txt") == "before"
         assert store.read_text("during.txt") == "during"
         assert store.list("") == ["before.txt", "during.txt"]
-        record("fault", "S3 server stopped for 3 s during a write, then restarted",
-               "the write waited (lofipipe's storage retry) and landed; earlier objects "
-               "intact", "test_storage")
+        record(
+            "fault",
+            "S3 server stopped for 3 s during a write, then restarted",
+            "the write waited (lofipipe's storage retry) and landed; earlier objects intact",
+            "test_storage",
+        )
     finally:
         restart.join()
         back.stop()

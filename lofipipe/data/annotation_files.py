@@ -50,8 +50,7 @@ class RawAnnotations:
 
 def finite_number(value: Any, where: str, what: str) -> float:
     """`value` as a float, or an `InputError` at `where` if it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-            value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InputError(f"{where}: {what} must be a finite number, got {value!r}")
     return float(value)
 
@@ -74,8 +73,8 @@ def _taxonomy(text: str, name: str) -> frozenset[str] | None:
     if nodes is None:
         return None
     if not isinstance(nodes, list) or not all(
-            isinstance(node, Mapping) and isinstance(node.get("nodeName"), str)
-            for node in nodes):
+        isinstance(node, Mapping) and isinstance(node.get("nodeName"), str) for node in nodes
+    ):
         raise InputError(f"{name}: taxonomy: expected a list of objects with a 'nodeName'")
     return frozenset(node["nodeName"] for node in nodes)
 
@@ -104,8 +103,7 @@ def parse_activitynet(text: str, name: str) -> RawAnnotations:
                 raise InputError(f"{at}: expected an object with 'segment' and 'label'")
             segment, label = annotation.get("segment"), annotation.get("label")
             if not isinstance(segment, (list, tuple)) or len(segment) != 2:
-                raise InputError(f"{at}.segment: expected [start, end] in seconds, "
-                                 f"got {segment!r}")
+                raise InputError(f"{at}.segment: expected [start, end] in seconds, got {segment!r}")
             if not isinstance(label, str) or not label.strip():
                 raise InputError(f"{at}.label: expected a non-empty string, got {label!r}")
             start = finite_number(segment[0], f"{at}.segment", "start")
@@ -121,8 +119,9 @@ def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
     for name, text in files:
         match = _THUMOS_NAME.match(name.rsplit("/", 1)[-1])
         if not match:
-            raise InputError(f"{name}: expected a THUMOS-14 file named <Class>_val.txt or "
-                             f"<Class>_test.txt")
+            raise InputError(
+                f"{name}: expected a THUMOS-14 file named <Class>_val.txt or <Class>_test.txt"
+            )
         label, subset = match["label"], _THUMOS_SUBSETS[match["subset"]]
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -132,8 +131,9 @@ def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
             try:
                 key, start, end = parts[0], float(parts[1]), float(parts[2])
             except (IndexError, ValueError):
-                raise InputError(f"{at}: expected '<video> <start> <end>', got {line.strip()!r}"
-                                 ) from None
+                raise InputError(
+                    f"{at}: expected '<video> <start> <end>', got {line.strip()!r}"
+                ) from None
             if len(parts) != 3 or not (math.isfinite(start) and math.isfinite(end)):
                 raise InputError(f"{at}: expected '<video> <start> <end>', got {line.strip()!r}")
             videos.setdefault(key, RawVideo(subset, None))
@@ -165,8 +165,10 @@ def read_annotations(url: str, options: Mapping[str, Any]) -> RawAnnotations:
     except NotFoundError:
         found = []
     if not found:
-        raise InputError(f"no annotations at {url}: expected an ActivityNet .json file or "
-                         f"THUMOS-14 <Class>_<subset>.txt files")
+        raise InputError(
+            f"no annotations at {url}: expected an ActivityNet .json file or "
+            f"THUMOS-14 <Class>_<subset>.txt files"
+        )
     texts = []
     for file_url, _ in found:
         parent, _, name = file_url.rpartition("/")
@@ -195,19 +197,29 @@ def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> Nor
     issues: list[dict[str, Any]] = []
 
     def issue(reason: str, message: str, video_id: str | None = None) -> None:
-        issues.append({"stage": "annotations", "video_id": video_id, "reason": reason,
-                       "error": message, "attempts": 1})
+        issues.append(
+            {
+                "stage": "annotations",
+                "video_id": video_id,
+                "reason": reason,
+                "error": message,
+                "attempts": 1,
+            }
+        )
 
     ids: dict[str, str] = {}
     for key in raw.videos:
         video_id = annotation_key_to_video_id(key, known)
         if video_id is None:
-            issue("unknown_video", f"annotations for video {key!r}, which is not among the "
-                                   f"listed videos; left out")
+            issue(
+                "unknown_video",
+                f"annotations for video {key!r}, which is not among the listed videos; left out",
+            )
         else:
             ids[key] = video_id
-    subsets = {ids[key]: video.subset for key, video in raw.videos.items()
-               if key in ids and video.subset}
+    subsets = {
+        ids[key]: video.subset for key, video in raw.videos.items() if key in ids and video.subset
+    }
     rows = []
     for segment in raw.segments:
         video_id = ids.get(segment.key)
@@ -217,28 +229,48 @@ def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> Nor
         start, end = segment.start, segment.end
         span = f"[{start:g}, {end:g}]"
         if raw.labels is not None and segment.label not in raw.labels:
-            issue("unknown_label", f"{segment.where}: label {segment.label!r} is not in the "
-                                   f"file's taxonomy; left out", video_id)
+            issue(
+                "unknown_label",
+                f"{segment.where}: label {segment.label!r} is not in the file's taxonomy; left out",
+                video_id,
+            )
             continue
         if end <= start:
-            issue("reversed_segment", f"{segment.where}: segment {span} ends before it "
-                                      f"starts; left out", video_id)
+            issue(
+                "reversed_segment",
+                f"{segment.where}: segment {span} ends before it starts; left out",
+                video_id,
+            )
             continue
         if duration is not None:
             if end <= 0 or start >= duration:
-                issue("outside_video", f"{segment.where}: segment {span} lies outside the "
-                                       f"video (0 to {duration:g} s); left out", video_id)
+                issue(
+                    "outside_video",
+                    f"{segment.where}: segment {span} lies outside the "
+                    f"video (0 to {duration:g} s); left out",
+                    video_id,
+                )
                 continue
             if start < 0 or end > duration:
                 start, end = max(start, 0.0), min(end, duration)
-                issue("clipped_segment", f"{segment.where}: segment {span} reaches past the "
-                                         f"video (0 to {duration:g} s); clipped to "
-                                         f"[{start:g}, {end:g}]", video_id)
-        rows.append({
-            "video_id": video_id, "subset": subsets.get(video_id), "label": segment.label,
-            "start": start, "end": end, "video_duration": duration,
-            "source_format": raw.source_format,
-        })
+                issue(
+                    "clipped_segment",
+                    f"{segment.where}: segment {span} reaches past the "
+                    f"video (0 to {duration:g} s); clipped to "
+                    f"[{start:g}, {end:g}]",
+                    video_id,
+                )
+        rows.append(
+            {
+                "video_id": video_id,
+                "subset": subsets.get(video_id),
+                "label": segment.label,
+                "start": start,
+                "end": end,
+                "video_duration": duration,
+                "source_format": raw.source_format,
+            }
+        )
     # Label ids from the segments kept: an entry left out never shifts the others' ids.
     label_ids = {label: index for index, label in enumerate(sorted({r["label"] for r in rows}))}
     for row in rows:

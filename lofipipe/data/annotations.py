@@ -16,9 +16,13 @@ class AnnotationIndex:
     """`ROOT/annotations.parquet` read once (empty when ingest had no annotations)."""
 
     def __init__(self, root: Store):
-        rows = ANNOTATIONS.check(root.read_table(ANNOTATIONS_PATH),
-                                 root.url_of(ANNOTATIONS_PATH)).to_pylist() \
-            if root.exists(ANNOTATIONS_PATH) else []
+        rows = (
+            ANNOTATIONS.check(
+                root.read_table(ANNOTATIONS_PATH), root.url_of(ANNOTATIONS_PATH)
+            ).to_pylist()
+            if root.exists(ANNOTATIONS_PATH)
+            else []
+        )
         names = {row["label_id"]: row["label"] for row in rows}
         self.label_names = [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
         self.subsets: dict[str, str] = {}
@@ -26,13 +30,17 @@ class AnnotationIndex:
         grouped: dict[str, list[dict]] = {}
         for row in rows:
             self.subsets[row["video_id"]] = row["subset"]
-            self.durations[row["video_id"]] = max(row["video_duration"] or row["end"],
-                                                  self.durations.get(row["video_id"], 0.0))
+            self.durations[row["video_id"]] = max(
+                row["video_duration"] or row["end"], self.durations.get(row["video_id"], 0.0)
+            )
             grouped.setdefault(row["video_id"], []).append(row)
         self._segments = {
-            video_id: (np.array([[r["start"], r["end"]] for r in group], np.float64),
-                       np.array([r["label_id"] for r in group], np.int64))
-            for video_id, group in grouped.items()}
+            video_id: (
+                np.array([[r["start"], r["end"]] for r in group], np.float64),
+                np.array([r["label_id"] for r in group], np.int64),
+            )
+            for video_id, group in grouped.items()
+        }
 
     def videos(self, subset: str) -> list[str]:
         """The annotated videos of `subset`, sorted."""

@@ -28,10 +28,18 @@ def list_features(root: Store) -> list[dict[str, Any]]:
         folder = name.rsplit("/", 1)[0]
         lineage = json.loads(root.read_text(name))
         parts = root.list_detailed(folder, pattern=PART_PATTERN)
-        videos = sum(len(json.loads(root.read_text(p))["videos"]) for p, _ in parts
-                     if p.endswith(STATS_SUFFIX))
-        out.append({**lineage, "videos": videos,
-                    "bytes": sum(int(info.get("size", 0)) for _, info in parts)})
+        videos = sum(
+            len(json.loads(root.read_text(p))["videos"])
+            for p, _ in parts
+            if p.endswith(STATS_SUFFIX)
+        )
+        out.append(
+            {
+                **lineage,
+                "videos": videos,
+                "bytes": sum(int(info.get("size", 0)) for _, info in parts),
+            }
+        )
     return out
 
 
@@ -39,11 +47,11 @@ def read_features(root: Store, fingerprint: str) -> dict[str, tuple[np.ndarray, 
     """video_id -> ((T, C) features, (T, 2) snippet start/end) of one fingerprint."""
     out = {}
     for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN):
-        table = FEATURES.check(root.read_table(parquet_of(name)),
-                               root.url_of(name))
+        table = FEATURES.check(root.read_table(parquet_of(name)), root.url_of(name))
         for row in table.to_pylist():
-            values = np.asarray(row["values"], np.float32).reshape(row["num_snippets"],
-                                                                   row["dim"])
-            out[row["video_id"]] = (values, np.stack([row["snippet_start"],
-                                                      row["snippet_end"]], axis=1))
+            values = np.asarray(row["values"], np.float32).reshape(row["num_snippets"], row["dim"])
+            out[row["video_id"]] = (
+                values,
+                np.stack([row["snippet_start"], row["snippet_end"]], axis=1),
+            )
     return out

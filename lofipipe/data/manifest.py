@@ -34,17 +34,22 @@ def manifest_rows(root: Store) -> dict[str, dict[str, Any]]:
 def ok_videos(root: Store) -> list[SourceVideo]:
     """The manifest's ok videos, sorted by id."""
     if not root.exists(MANIFEST_PATH):
-        raise InputError(f"no manifest at {root.url_of(MANIFEST_PATH)}: run lofipipe ingest "
-                         f"first")
+        raise InputError(f"no manifest at {root.url_of(MANIFEST_PATH)}: run lofipipe ingest first")
     rows = manifest_rows(root).values()
-    return sorted((SourceVideo(r["video_id"], r["uri"], r["fingerprint"], r["start_time"],
-                               r["duration"]) for r in rows if r["status"] == "ok"),
-                  key=lambda video: video.video_id)
+    return sorted(
+        (
+            SourceVideo(r["video_id"], r["uri"], r["fingerprint"], r["start_time"], r["duration"])
+            for r in rows
+            if r["status"] == "ok"
+        ),
+        key=lambda video: video.video_id,
+    )
 
 
-def shard_groups(videos: list[SourceVideo], videos_per_shard: int
-                 ) -> list[tuple[SourceVideo, ...]]:
+def shard_groups(videos: list[SourceVideo], videos_per_shard: int) -> list[tuple[SourceVideo, ...]]:
     """The videos of each shard index: `videos_per_shard` at a time in the given (video_id)
     order. Feature parts follow the same groups, whether read from shards or decoded."""
-    return [tuple(videos[first: first + videos_per_shard])
-            for first in range(0, len(videos), videos_per_shard)]
+    return [
+        tuple(videos[first : first + videos_per_shard])
+        for first in range(0, len(videos), videos_per_shard)
+    ]

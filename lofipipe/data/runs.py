@@ -15,8 +15,9 @@ def write_metrics(root: Store, run: str, rows: Sequence[dict[str, Any]]) -> None
     root.write_table(metrics_path(run), METRICS.from_rows(rows))
 
 
-def read_metrics(root: Store, run: str, kinds: Sequence[str] = ("step", "epoch", "resume")
-                 ) -> list[dict[str, Any]]:
+def read_metrics(
+    root: Store, run: str, kinds: Sequence[str] = ("step", "epoch", "resume")
+) -> list[dict[str, Any]]:
     """The run's metrics rows of these kinds, in order (none before its first epoch)."""
     path = metrics_path(run)
     if not root.exists(path):
@@ -27,5 +28,6 @@ def read_metrics(root: Store, run: str, kinds: Sequence[str] = ("step", "epoch",
 
 def run_names(root: Store) -> list[str]:
     """The runs under ROOT (those that saved their config), sorted."""
-    return sorted({path.split("/")[1] for path in root.list(RUNS_DIR, pattern="config.yaml",
-                                                            recursive=True)})
+    return sorted(
+        {path.split("/")[1] for path in root.list(RUNS_DIR, pattern="config.yaml", recursive=True)}
+    )

@@ -48,18 +48,30 @@ class VideoSnippets:
     def window(self, first: int, length: int) -> VideoSnippets:
         """Snippets [first, first + length) (fewer at the end of the video)."""
         last = first + length
-        return replace(self, frames=self.frames[first:last], start=self.start[first:last],
-                       end=self.end[first:last], center=self.center[first:last],
-                       frame_times=self.frame_times[first:last],
-                       first_index=self.first_index + first)
+        return replace(
+            self,
+            frames=self.frames[first:last],
+            start=self.start[first:last],
+            end=self.end[first:last],
+            center=self.center[first:last],
+            frame_times=self.frame_times[first:last],
+            first_index=self.first_index + first,
+        )
 
     def as_row(self) -> dict:
         """A Ray Data row: numpy arrays only."""
-        return {"video_id": self.video_id, "fidelity": self.fidelity,
-                "frames": self.frames.numpy(), "start": self.start, "end": self.end,
-                "center": self.center, "frame_times": self.frame_times,
-                "segments": self.segments, "labels": self.labels,
-                "first_index": self.first_index}
+        return {
+            "video_id": self.video_id,
+            "fidelity": self.fidelity,
+            "frames": self.frames.numpy(),
+            "start": self.start,
+            "end": self.end,
+            "center": self.center,
+            "frame_times": self.frame_times,
+            "segments": self.segments,
+            "labels": self.labels,
+            "first_index": self.first_index,
+        }
 
 
 _READ_ROWS = 256  # snippets per Parquet read batch
@@ -83,8 +95,10 @@ class SnippetReader:
         """Paths of the committed shards (those with their stats marker), in order."""
         names = self.root.list(shard_dir(self.fidelity), pattern=STATS_PATTERN)
         if not names:
-            raise InputError(f"no committed shards for fidelity {self.fidelity!r} under "
-                             f"{self.root.url_of(SHARDS_DIR)}: run lofipipe materialize first")
+            raise InputError(
+                f"no committed shards for fidelity {self.fidelity!r} under "
+                f"{self.root.url_of(SHARDS_DIR)}: run lofipipe materialize first"
+            )
         return [parquet_of(name) for name in names]
 
     def videos(self, video_ids: set[str] | None = None) -> Iterator[VideoSnippets]:
@@ -92,8 +106,9 @@ class SnippetReader:
         for shard in self.shards():
             yield from self.read_shard(shard, video_ids)
 
-    def windows(self, length: int, stride: int | None = None,
-                video_ids: set[str] | None = None) -> Iterator[VideoSnippets]:
+    def windows(
+        self, length: int, stride: int | None = None, video_ids: set[str] | None = None
+    ) -> Iterator[VideoSnippets]:
         """Windows of `length` consecutive snippets, a new one every `stride` (default:
         `length`); the last window of a video may be shorter."""
         for video in self.videos(video_ids):
@@ -102,17 +117,18 @@ class SnippetReader:
     def read_video(self, video_id: str) -> VideoSnippets:
         """One video's snippets, reading only the row groups that hold them."""
         if self._shard_of is None:
-            self._shard_of = {video: shard for shard, stats in zip(
-                self.shards(), self.stats(), strict=True) for video in stats["videos"]}
+            self._shard_of = {
+                video: shard
+                for shard, stats in zip(self.shards(), self.stats(), strict=True)
+                for video in stats["videos"]
+            }
         if video_id not in self._shard_of:
-            raise InputError(f"no snippets of video {video_id!r} at fidelity "
-                             f"{self.fidelity!r}")
+            raise InputError(f"no snippets of video {video_id!r} at fidelity {self.fidelity!r}")
         with self.root.open_arrow(self._shard_of[video_id]) as handle:
             table = pq.read_table(handle, filters=[("video_id", "=", video_id)])
         return self._video(table)
 
-    def read_shard(self, shard: str, video_ids: set[str] | None = None
-                   ) -> Iterator[VideoSnippets]:
+    def read_shard(self, shard: str, video_ids: set[str] | None = None) -> Iterator[VideoSnippets]:
         """The videos of one shard, in order, one at a time."""
         pending: list[pa.RecordBatch] = []
         with self.root.open_arrow(shard) as handle:
@@ -121,8 +137,7 @@ class SnippetReader:
                 cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1), len(ids)]
                 for first, last in zip(cuts, cuts[1:], strict=False):
                     part = batch.slice(first, last - first)
-                    if pending and pending[0].column("video_id")[0] != part.column(
-                            "video_id")[0]:
+                    if pending and pending[0].column("video_id")[0] != part.column("video_id")[0]:
                         yield from self._finish(pending, video_ids)
                         pending = []
                     pending.append(part)
@@ -142,7 +157,8 @@ class SnippetReader:
 
         shards = [{"shard": shard} for shard in self.shards()]
         return ray.data.from_items(shards, override_num_blocks=len(shards)).flat_map(
-            functools.partial(_shard_rows, self, video_ids, window))
+            functools.partial(_shard_rows, self, video_ids, window)
+        )
 
     def label_names(self) -> list[str]:
         """Label names by label id."""
@@ -161,13 +177,19 @@ class SnippetReader:
             encoded = chunk.flatten()
             if encoding == "raw":  # equal-sized planar frames back to back: copied once
                 offsets = np.frombuffer(encoded.buffers()[1], np.int32)[
-                    encoded.offset: encoded.offset + len(encoded) + 1]
-                part = np.frombuffer(encoded.buffers()[2], np.uint8, offset=int(offsets[0]),
-                                     count=int(offsets[-1] - offsets[0]))
-                frames[filled: filled + len(encoded)] = part.reshape(-1, 3, size, size)
+                    encoded.offset : encoded.offset + len(encoded) + 1
+                ]
+                part = np.frombuffer(
+                    encoded.buffers()[2],
+                    np.uint8,
+                    offset=int(offsets[0]),
+                    count=int(offsets[-1] - offsets[0]),
+                )
+                frames[filled : filled + len(encoded)] = part.reshape(-1, 3, size, size)
             elif encoding == "jpeg":
-                frames[filled: filled + len(encoded)] = decode_jpeg_frames(
-                    [data.as_py() for data in encoded], size)
+                frames[filled : filled + len(encoded)] = decode_jpeg_frames(
+                    [data.as_py() for data in encoded], size
+                )
             else:
                 raise InputError(f"video {video_id}: unknown frame encoding {encoding!r}")
             filled += len(encoded)
@@ -178,12 +200,20 @@ class SnippetReader:
 
         segments, label_ids = self.annotations.segments(video_id)
         return VideoSnippets(
-            video_id=video_id, fidelity=table.column("fidelity")[0].as_py(),
+            video_id=video_id,
+            fidelity=table.column("fidelity")[0].as_py(),
             frames=torch.from_numpy(frames),
-            start=column("start"), end=column("end"), center=column("center"),
-            frame_times=table.column("frame_times").combine_chunks().flatten().to_numpy()
+            start=column("start"),
+            end=column("end"),
+            center=column("center"),
+            frame_times=table.column("frame_times")
+            .combine_chunks()
+            .flatten()
+            .to_numpy()
             .reshape(count, frames_per),
-            segments=segments, labels=label_ids)
+            segments=segments,
+            labels=label_ids,
+        )
 
     def stats(self) -> list[dict]:
         """The stats markers of the committed shards."""
@@ -206,7 +236,8 @@ class SnippetReader:
                 raise ConfigError(
                     f"{self.root.url_of(shard)} holds snippets of schedule "
                     f"{lineage['schedule']!r}, not of {schedule.name!r}: pass --schedule "
-                    f"{lineage['schedule']}, or materialize {schedule.name} first")
+                    f"{lineage['schedule']}, or materialize {schedule.name} first"
+                )
         return records
 
 

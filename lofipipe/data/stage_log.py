@@ -31,14 +31,20 @@ class StageTotals:
         return count / self.seconds if self.seconds > 0 and count else None
 
 
-def record_stage(root: Store, stage: str, seconds: float, videos: int, snippets: int = 0,
-                 failed: int = 0) -> None:
+def record_stage(
+    root: Store, stage: str, seconds: float, videos: int, snippets: int = 0, failed: int = 0
+) -> None:
     """Adds one invocation's record (nothing when it processed nothing)."""
     if not videos and not failed:
         return
-    record = {"stage": stage, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                           time.gmtime()),
-              "seconds": seconds, "videos": videos, "snippets": snippets, "failed": failed}
+    record = {
+        "stage": stage,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": seconds,
+        "videos": videos,
+        "snippets": snippets,
+        "failed": failed,
+    }
     name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"  # sorts in time order
     root.write_text(f"{STAGES_DIR}/{name}", json.dumps(record))
 
@@ -53,4 +59,3 @@ def stage_totals(root: Store) -> list[StageTotals]:
         for key in ("videos", "snippets", "failed", "seconds"):
             setattr(total, key, getattr(total, key) + record[key])
     return list(totals.values())
-

@@ -61,11 +61,17 @@ class DetectionResult:
         return {
             "average_mAP": self.average_mAP,
             "mAP": dict(zip(keys, map(float, self.mAP), strict=True)),
-            "per_class": {label: {"average_AP": float(ap.mean()),
-                                  "AP": dict(zip(keys, map(float, ap), strict=True))}
-                          for label, ap in sorted(self.per_class.items())},
-            "videos": self.videos, "instances": self.instances,
-            "predictions": self.predictions, "ignored_predictions": self.ignored,
+            "per_class": {
+                label: {
+                    "average_AP": float(ap.mean()),
+                    "AP": dict(zip(keys, map(float, ap), strict=True)),
+                }
+                for label, ap in sorted(self.per_class.items())
+            },
+            "videos": self.videos,
+            "instances": self.instances,
+            "predictions": self.predictions,
+            "ignored_predictions": self.ignored,
         }
 
     def table(self, per_class: bool = False) -> str:
@@ -75,16 +81,19 @@ class DetectionResult:
             width = max((len(label) for label in self.per_class), default=5)
             lines.append("")
             lines.append(f"{'class':<{width}}  {'avg AP':>6}")
-            lines += [f"{label:<{width}}  {100 * ap.mean():6.2f}"
-                      for label, ap in sorted(self.per_class.items())]
+            lines += [
+                f"{label:<{width}}  {100 * ap.mean():6.2f}"
+                for label, ap in sorted(self.per_class.items())
+            ]
         return "\n".join(lines)
 
 
 def map_table(thresholds: Sequence[float], values: Sequence[float]) -> str:
     """mAP (%) per threshold and their average, one per line."""
     lines = [f"{'tIoU':>6}  {'mAP':>6}"]
-    lines += [f"{threshold_key(t):>6}  {100 * v:6.2f}"
-              for t, v in zip(thresholds, values, strict=True)]
+    lines += [
+        f"{threshold_key(t):>6}  {100 * v:6.2f}" for t, v in zip(thresholds, values, strict=True)
+    ]
     lines.append(f"{'avg':>6}  {100 * float(np.mean(values)):6.2f}")
     return "\n".join(lines)
 
@@ -105,8 +114,9 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
         else:
             values = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"tIoU thresholds: expected start:stop:step or a comma list of "
-                          f"numbers, got {text!r}") from None
+        raise ConfigError(
+            f"tIoU thresholds: expected start:stop:step or a comma list of numbers, got {text!r}"
+        ) from None
     if not values or any(not 0 < v <= 1 for v in values):
         raise ConfigError(f"tIoU thresholds must lie in (0, 1], got {text!r}")
     return tuple(float(v) for v in values)
@@ -114,8 +124,9 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
 
 def segment_iou(segment: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Temporal IoU of one [start, end] with each row of an (N, 2) array."""
-    inter = (np.minimum(segment[1], candidates[:, 1])
-             - np.maximum(segment[0], candidates[:, 0])).clip(0)
+    inter = (
+        np.minimum(segment[1], candidates[:, 1]) - np.maximum(segment[0], candidates[:, 0])
+    ).clip(0)
     union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
     return inter / union
 
@@ -129,8 +140,9 @@ def interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((recall[steps] - recall[steps - 1]) * precision[steps]))
 
 
-def class_ap(truth: Sequence[Segment], predictions: Sequence[Segment],
-             thresholds: Sequence[float]) -> np.ndarray:
+def class_ap(
+    truth: Sequence[Segment], predictions: Sequence[Segment], thresholds: Sequence[float]
+) -> np.ndarray:
     """AP of one class at each threshold (0 where there are no predictions)."""
     ap = np.zeros(len(thresholds))
     if not predictions or not truth:
@@ -168,8 +180,11 @@ def class_ap(truth: Sequence[Segment], predictions: Sequence[Segment],
     return np.array([interpolated_ap(precision[t], recall[t]) for t in range(len(thresholds))])
 
 
-def evaluate(truth: Iterable[Segment], predictions: Iterable[Segment],
-             thresholds: Sequence[float] = ANET_TIOU) -> DetectionResult:
+def evaluate(
+    truth: Iterable[Segment],
+    predictions: Iterable[Segment],
+    thresholds: Sequence[float] = ANET_TIOU,
+) -> DetectionResult:
     """mAP of `predictions` against `truth` at each tIoU threshold, and AP per class.
 
     Predictions keep their given order for the protocol's tie handling; those of labels
@@ -187,7 +202,12 @@ def evaluate(truth: Iterable[Segment], predictions: Iterable[Segment],
             predicted[segment.label].append(segment)
         else:
             ignored += 1
-    per_class = {label: class_ap(truth_of[label], predicted[label], thresholds)
-                 for label in labels}
-    return DetectionResult(tuple(thresholds), per_class, ignored,
-                           len({s.video_id for s in truth}), len(truth), len(predictions))
+    per_class = {label: class_ap(truth_of[label], predicted[label], thresholds) for label in labels}
+    return DetectionResult(
+        tuple(thresholds),
+        per_class,
+        ignored,
+        len({s.video_id for s in truth}),
+        len(truth),
+        len(predictions),
+    )

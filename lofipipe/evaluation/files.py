@@ -19,8 +19,9 @@ def _split(url: str) -> tuple[str, str]:
     return parent or ".", name
 
 
-def read_ground_truth(url: str, options: Mapping[str, Any], subset: str | None = None
-                      ) -> tuple[list[Segment], set[str]]:
+def read_ground_truth(
+    url: str, options: Mapping[str, Any], subset: str | None = None
+) -> tuple[list[Segment], set[str]]:
     """The annotated segments (of `subset`, if given) and every video of that subset,
     annotated or not (keys as the file writes them)."""
     if url.endswith(".parquet"):
@@ -30,17 +31,20 @@ def read_ground_truth(url: str, options: Mapping[str, Any], subset: str | None =
             raise InputError(f"ground truth not found: {url}")
         rows = ANNOTATIONS.check(store.read_table(name), url).to_pylist()
         rows = [r for r in rows if subset is None or r["subset"] == subset]
-        return ([Segment(r["video_id"], r["label"], r["start"], r["end"]) for r in rows],
-                {r["video_id"] for r in rows})
+        return (
+            [Segment(r["video_id"], r["label"], r["start"], r["end"]) for r in rows],
+            {r["video_id"] for r in rows},
+        )
     raw = read_annotations(url, options)
-    videos = {key for key, video in raw.videos.items()
-              if subset is None or video.subset == subset}
+    videos = {key for key, video in raw.videos.items() if subset is None or video.subset == subset}
     if subset is not None and not videos:
         found = sorted({video.subset for video in raw.videos.values() if video.subset})
-        raise InputError(f"{url}: no videos of subset {subset!r} (subsets there: "
-                         f"{', '.join(found) or 'none'})")
-    return [Segment(s.key, s.label, s.start, s.end) for s in raw.segments
-            if s.key in videos], videos
+        raise InputError(
+            f"{url}: no videos of subset {subset!r} (subsets there: {', '.join(found) or 'none'})"
+        )
+    return [
+        Segment(s.key, s.label, s.start, s.end) for s in raw.segments if s.key in videos
+    ], videos
 
 
 def parse_predictions(text: str, name: str) -> list[Segment]:
@@ -53,14 +57,18 @@ def parse_predictions(text: str, name: str) -> list[Segment]:
             where = f"{name}: results[{video_id!r}][{index}]"
             segment = entry.get("segment") if isinstance(entry, Mapping) else None
             if not isinstance(segment, (list, tuple)) or len(segment) != 2:
-                raise InputError(f"{where}: expected {{'segment': [start, end], 'label', "
-                                 f"'score'}}")
+                raise InputError(f"{where}: expected {{'segment': [start, end], 'label', 'score'}}")
             if "label" not in entry:
                 raise InputError(f"{where}: no 'label'")
-            out.append(Segment(str(video_id), str(entry["label"]),
-                               finite_number(segment[0], f"{where}.segment", "start"),
-                               finite_number(segment[1], f"{where}.segment", "end"),
-                               finite_number(entry.get("score"), where, "score")))
+            out.append(
+                Segment(
+                    str(video_id),
+                    str(entry["label"]),
+                    finite_number(segment[0], f"{where}.segment", "start"),
+                    finite_number(segment[1], f"{where}.segment", "end"),
+                    finite_number(entry.get("score"), where, "score"),
+                )
+            )
     return out
 
 
@@ -80,8 +88,7 @@ def match_video_ids(predictions: list[Segment], videos: set[str]) -> list[Segmen
     `v_` that its video file names (and so lofipipe's video ids) carry."""
     out = []
     for p in predictions:
-        if p.video_id not in videos and p.video_id.startswith("v_") and \
-                p.video_id[2:] in videos:
+        if p.video_id not in videos and p.video_id.startswith("v_") and p.video_id[2:] in videos:
             p = Segment(p.video_id[2:], p.label, p.start, p.end, p.score)
         out.append(p)
     return out

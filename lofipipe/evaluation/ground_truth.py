@@ -13,6 +13,8 @@ def ground_truth(annotations: AnnotationIndex, video_ids: Sequence[str]) -> list
     out = []
     for video_id in video_ids:
         spans, labels = annotations.segments(video_id)
-        out += [Segment(video_id, annotations.label_names[label], float(a), float(b))
-                for (a, b), label in zip(spans, labels, strict=True)]
+        out += [
+            Segment(video_id, annotations.label_names[label], float(a), float(b))
+            for (a, b), label in zip(spans, labels, strict=True)
+        ]
     return out

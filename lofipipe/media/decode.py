@@ -58,8 +58,11 @@ class SnippetPlan:
         for m in range(int(self.targets[-1, -1] * self.fps + 0.5) + 1):
             first = max(0, -(-(m - frames + 1) // self.stride))
             for index in range(first, min(m // self.stride, count - 1) + 1):
-                yield float(self.targets[index, m - index * self.stride]), index, \
-                    m - index * self.stride
+                yield (
+                    float(self.targets[index, m - index * self.stride]),
+                    index,
+                    m - index * self.stride,
+                )
 
 
 def plan_snippets(schedule: Schedule, fidelity: Fidelity, duration: float) -> SnippetPlan:
@@ -83,8 +86,10 @@ def plan_snippets(schedule: Schedule, fidelity: Fidelity, duration: float) -> Sn
     fps, stride = schedule.fps, schedule.snippet_stride(fidelity)
     available = math.floor(duration * fps + 1e-6)  # frames at the target rate
     if available < frames:
-        raise VideoFailure("too_short", f"{duration:.3g} s is shorter than one snippet "
-                                        f"({frames} frames at {fps:g} fps)")
+        raise VideoFailure(
+            "too_short",
+            f"{duration:.3g} s is shorter than one snippet ({frames} frames at {fps:g} fps)",
+        )
     count = (available - frames) // stride + 1
     first = np.arange(count) * stride
     targets = (first[:, None] + np.arange(frames)[None, :]) / fps
@@ -126,8 +131,13 @@ class SnippetDecoder:
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     threads: int = 0
 
-    def snippets(self, uri: str, start: float, duration: float,
-                 fidelities: tuple[Fidelity, ...] | None = None) -> Iterator[Snippet]:
+    def snippets(
+        self,
+        uri: str,
+        start: float,
+        duration: float,
+        fidelities: tuple[Fidelity, ...] | None = None,
+    ) -> Iterator[Snippet]:
         """Snippets of every fidelity (default: all of the schedule's), in time order.
 
         Args:
@@ -141,8 +151,10 @@ class SnippetDecoder:
         """
         fidelities = fidelities or self.schedule.fidelities
         try:
-            with fsspec.open(uri, "rb", **self.storage_options) as handle, \
-                    av.open(handle, metadata_errors="ignore") as container:
+            with (
+                fsspec.open(uri, "rb", **self.storage_options) as handle,
+                av.open(handle, metadata_errors="ignore") as container,
+            ):
                 if not container.streams.video:
                     raise VideoFailure("no_video_stream", "no video stream")
                 stream = container.streams.video[0]
@@ -189,9 +201,15 @@ class SnippetDecoder:
             yield from self._fill(pending, key, shown, shown_time, converted, scalers)
             key = next(keys, None)
 
-    def _fill(self, pending: list[_Pending], key, frame, time: float,
-              converted: dict[int, np.ndarray], scalers: dict[int, VideoReformatter]
-              ) -> Iterator[Snippet]:
+    def _fill(
+        self,
+        pending: list[_Pending],
+        key,
+        frame,
+        time: float,
+        converted: dict[int, np.ndarray],
+        scalers: dict[int, VideoReformatter],
+    ) -> Iterator[Snippet]:
         _, p, index, slot = key
         state = pending[p]
         size = state.plan.fidelity.size
@@ -199,19 +217,31 @@ class SnippetDecoder:
             # Two-tap bilinear, as OpenCV's INTER_LINEAR that action-recognition pipelines
             # resize with: FFmpeg's wider (anti-aliasing) filters cost 2-3x as much on 720p
             # input, more than the rest of the stage together (bench/materialize_bench.py).
-            image = scalers[size].reformat(frame, width=size, height=size, format="rgb24",
-                                           interpolation="FAST_BILINEAR").to_ndarray()
+            image = (
+                scalers[size]
+                .reformat(
+                    frame, width=size, height=size, format="rgb24", interpolation="FAST_BILINEAR"
+                )
+                .to_ndarray()
+            )
             turns = normal_rotation(frame.rotation or 0) // 90
             converted[size] = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         frames = state.frames.setdefault(
-            index, np.empty((state.plan.fidelity.frames, size, size, 3), np.uint8))
+            index, np.empty((state.plan.fidelity.frames, size, size, 3), np.uint8)
+        )
         frames[slot] = converted[size]
         state.times.setdefault(index, []).append(time)
         if len(state.times[index]) == state.plan.fidelity.frames:
             plan = state.plan
-            yield Snippet(plan.fidelity.name, index, float(plan.start[index]),
-                          float(plan.end[index]), float(plan.center[index]),
-                          state.times.pop(index), state.frames.pop(index))
+            yield Snippet(
+                plan.fidelity.name,
+                index,
+                float(plan.start[index]),
+                float(plan.end[index]),
+                float(plan.center[index]),
+                state.times.pop(index),
+                state.frames.pop(index),
+            )
 
 
 def _nal_length_size(stream) -> int | None:
@@ -227,7 +257,7 @@ def _is_disposable(data: memoryview, length_size: int) -> bool:
     no other frame is decoded from it, so it may go undecoded."""
     position, slices = 0, 0
     while position + length_size <= len(data):
-        size = int.from_bytes(data[position: position + length_size], "big")
+        size = int.from_bytes(data[position : position + length_size], "big")
         position += length_size
         if size == 0 or position + size > len(data):
             return False
@@ -252,13 +282,13 @@ def _decoded_frames(container, stream, start: float, targets: np.ndarray) -> Ite
     length_size = _nal_length_size(stream)
     base = stream.time_base
     for packet in container.demux(stream):
-        if (length_size and packet.pts is not None and packet.duration
-                and not packet.is_keyframe):
+        if length_size and packet.pts is not None and packet.duration and not packet.is_keyframe:
             shown = float(packet.pts * base) - start
             until = shown + float(packet.duration * base)
             first = np.searchsorted(targets, shown - _SAME_TIME)
-            if ((first == len(targets) or targets[first] >= until - _SAME_TIME)
-                    and _is_disposable(memoryview(packet), length_size)):
+            if (first == len(targets) or targets[first] >= until - _SAME_TIME) and _is_disposable(
+                memoryview(packet), length_size
+            ):
                 continue
         yield from packet.decode()
 

@@ -18,8 +18,9 @@ from PIL import Image
 ENCODINGS = ("raw", "jpeg")
 
 
-def frames_column(snippets: Sequence[np.ndarray], encoding: str,
-                  jpeg_quality: int = 90) -> pa.ListArray:
+def frames_column(
+    snippets: Sequence[np.ndarray], encoding: str, jpeg_quality: int = 90
+) -> pa.ListArray:
     """The `frames` column of a batch of snippets, each given as (F, S, S, 3) uint8.
 
     Raw frames are transposed once into one buffer that the column then wraps as it is.
@@ -31,17 +32,18 @@ def frames_column(snippets: Sequence[np.ndarray], encoding: str,
         buffer = np.empty((int(counts.sum()), 3, size, size), np.uint8)
         at = 0
         for snippet in snippets:
-            buffer[at: at + len(snippet)] = snippet.transpose(0, 3, 1, 2)
+            buffer[at : at + len(snippet)] = snippet.transpose(0, 3, 1, 2)
             at += len(snippet)
         offsets = np.arange(len(buffer) + 1, dtype=np.int32) * (3 * size * size)
-        values = pa.Array.from_buffers(pa.binary(), len(buffer),
-                                       [None, pa.py_buffer(offsets), pa.py_buffer(buffer)])
+        values = pa.Array.from_buffers(
+            pa.binary(), len(buffer), [None, pa.py_buffer(offsets), pa.py_buffer(buffer)]
+        )
     elif encoding == "jpeg":
-        values = pa.array([_jpeg(frame, jpeg_quality) for snippet in snippets
-                           for frame in snippet], pa.binary())
+        values = pa.array(
+            [_jpeg(frame, jpeg_quality) for snippet in snippets for frame in snippet], pa.binary()
+        )
     else:
-        raise ValueError(f"unknown frame encoding {encoding!r} (known: "
-                         f"{', '.join(ENCODINGS)})")
+        raise ValueError(f"unknown frame encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
     return pa.ListArray.from_arrays(starts, values)
 
 

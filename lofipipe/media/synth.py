@@ -50,8 +50,9 @@ def _triangle(phase: float) -> float:
     return 4.0 * abs(phase - math.floor(phase + 0.5)) - 1.0
 
 
-def motion(pattern: str, t: float, duration: float, width: int, height: int,
-           radius: float) -> tuple[float, float, float]:
+def motion(
+    pattern: str, t: float, duration: float, width: int, height: int, radius: float
+) -> tuple[float, float, float]:
     """Offset (dx, dy) from the action's centre and the disc radius, `t` s into the action."""
     w, h, tau = width, height, 2 * math.pi
     if pattern == "swing":
@@ -67,8 +68,7 @@ def motion(pattern: str, t: float, duration: float, width: int, height: int,
     if pattern == "figure_eight":
         return 0.3 * w * math.sin(tau * t / 2.0), 0.2 * h * math.sin(2 * tau * t / 2.0), radius
     if pattern == "shake":
-        return (0.06 * w * math.sin(tau * 5.0 * t), 0.06 * h * math.cos(tau * 3.7 * t),
-                radius)
+        return (0.06 * w * math.sin(tau * 5.0 * t), 0.06 * h * math.cos(tau * 3.7 * t), radius)
     if pattern == "sweep":
         return (0.7 * w * (t / max(duration, 1e-6) - 0.5), 0.0, radius)
     raise ValueError(f"unknown motion pattern {pattern!r}")
@@ -87,8 +87,9 @@ def plan_dataset(config: SynthConfig) -> list[VideoPlan]:
     plans = []
     for index in range(config.videos):
         video_rng = np.random.default_rng([config.seed, index])
-        count = int(video_rng.integers(config.actions_per_video[0],
-                                       config.actions_per_video[1] + 1))
+        count = int(
+            video_rng.integers(config.actions_per_video[0], config.actions_per_video[1] + 1)
+        )
         lengths = video_rng.uniform(*config.action_seconds, size=count)
         # At least one second of background around every action, the rest spread at random.
         spare = config.seconds - lengths.sum() - (count + 1) * 1.0
@@ -100,33 +101,57 @@ def plan_dataset(config: SynthConfig) -> list[VideoPlan]:
             start = round(cursor * config.fps)
             end = round((cursor + lengths[number]) * config.fps)
             cursor += lengths[number]
-            actions.append(Action(
-                label=labels[int(video_rng.integers(len(labels)))],
-                start_frame=start, end_frame=end,
-                center=(video_rng.uniform(0.35, 0.65) * config.width,
-                        video_rng.uniform(0.35, 0.65) * config.height)))
+            actions.append(
+                Action(
+                    label=labels[int(video_rng.integers(len(labels)))],
+                    start_frame=start,
+                    end_frame=end,
+                    center=(
+                        video_rng.uniform(0.35, 0.65) * config.width,
+                        video_rng.uniform(0.35, 0.65) * config.height,
+                    ),
+                )
+            )
         idle += _idle_decoy(video_rng, cursor, config.seconds, config)
-        plans.append(VideoPlan(
-            video_id=f"synth_{index:04d}",
-            subset="validation" if index in validation else "training",
-            num_frames=num_frames, actions=tuple(actions), idle=tuple(idle),
-            seed=int(video_rng.integers(2**31))))
+        plans.append(
+            VideoPlan(
+                video_id=f"synth_{index:04d}",
+                subset="validation" if index in validation else "training",
+                num_frames=num_frames,
+                actions=tuple(actions),
+                idle=tuple(idle),
+                seed=int(video_rng.integers(2**31)),
+            )
+        )
     return plans
 
 
-def _idle_decoy(rng: np.random.Generator, gap_start: float, gap_end: float,
-                config: SynthConfig) -> list[tuple[int, int, float, float]]:
+def _idle_decoy(
+    rng: np.random.Generator, gap_start: float, gap_end: float, config: SynthConfig
+) -> list[tuple[int, int, float, float]]:
     """A still disc inside a background gap, half a second clear of the actions."""
     if gap_end - gap_start < 2.0 or rng.uniform() >= _IDLE_DECOY_PROBABILITY:
         return []
     start = rng.uniform(gap_start + 0.5, gap_end - 1.5)
     end = rng.uniform(start + 1.0, gap_end - 0.5)
-    return [(round(start * config.fps), round(end * config.fps),
-             rng.uniform(0.2, 0.8) * config.width, rng.uniform(0.2, 0.8) * config.height)]
+    return [
+        (
+            round(start * config.fps),
+            round(end * config.fps),
+            rng.uniform(0.2, 0.8) * config.width,
+            rng.uniform(0.2, 0.8) * config.height,
+        )
+    ]
 
 
-def _draw_disc(image: np.ndarray, x: float, y: float, radius: float, color: np.ndarray,
-               ring: np.ndarray | None = None) -> None:
+def _draw_disc(
+    image: np.ndarray,
+    x: float,
+    y: float,
+    radius: float,
+    color: np.ndarray,
+    ring: np.ndarray | None = None,
+) -> None:
     height, width = image.shape[:2]
     outer = radius + (2.0 if ring is not None else 0.0)
     x0, x1 = max(int(x - outer), 0), min(int(x + outer) + 2, width)
@@ -155,12 +180,16 @@ class FrameRenderer:
         self.radius = max(3.0, 0.09 * h)
         self.distractors = [
             # Saturated colours, never the action disc's white.
-            dict(color=(rng.integers(120, 230) * np.array([1, 0.6, 0.25])[rng.permutation(3)]
-                        ).astype(np.uint8),
-                 radius=self.radius * rng.uniform(0.7, 1.2),
-                 base=rng.uniform(0.15, 0.85, size=2) * (w, h),
-                 amp=rng.uniform(0.1, 0.3, size=2) * (w, h),
-                 freq=rng.uniform(0.05, 0.25, size=2), phase=rng.uniform(0, 2 * np.pi, 2))
+            dict(
+                color=(
+                    rng.integers(120, 230) * np.array([1, 0.6, 0.25])[rng.permutation(3)]
+                ).astype(np.uint8),
+                radius=self.radius * rng.uniform(0.7, 1.2),
+                base=rng.uniform(0.15, 0.85, size=2) * (w, h),
+                amp=rng.uniform(0.1, 0.3, size=2) * (w, h),
+                freq=rng.uniform(0.05, 0.25, size=2),
+                phase=rng.uniform(0, 2 * np.pi, 2),
+            )
             for _ in range(config.distractors)
         ]
 
@@ -182,15 +211,23 @@ class FrameRenderer:
             if action.start_frame <= index < action.end_frame:
                 elapsed = (index - action.start_frame) / config.fps
                 duration = (action.end_frame - action.start_frame) / config.fps
-                dx, dy, radius = motion(action.label, elapsed, duration, config.width,
-                                        config.height, self.radius)
-                _draw_disc(image, action.center[0] + dx, action.center[1] + dy, radius,
-                           _OBJECT, _OBJECT_RING)
+                dx, dy, radius = motion(
+                    action.label, elapsed, duration, config.width, config.height, self.radius
+                )
+                _draw_disc(
+                    image,
+                    action.center[0] + dx,
+                    action.center[1] + dy,
+                    radius,
+                    _OBJECT,
+                    _OBJECT_RING,
+                )
         return image
 
 
-def encode_video(frames, handle, width: int, height: int, fps: int,
-                 preset: str = "ultrafast") -> None:
+def encode_video(
+    frames, handle, width: int, height: int, fps: int, preset: str = "ultrafast"
+) -> None:
     """Encodes RGB frames as H.264 (yuv420p) in an MP4 written to a seekable file object.
 
     Other presets than the default give smaller, costlier-to-decode files (CABAC,
@@ -214,8 +251,10 @@ def annotation_database(plans: list[VideoPlan], config: SynthConfig) -> dict:
     fps = config.fps
     return {
         "version": "VERSION 1.3",
-        "taxonomy": [{"nodeId": i, "nodeName": name, "parentId": None, "parentName": None}
-                     for i, name in enumerate(MOTION_PATTERNS[: config.classes])],
+        "taxonomy": [
+            {"nodeId": i, "nodeName": name, "parentId": None, "parentName": None}
+            for i, name in enumerate(MOTION_PATTERNS[: config.classes])
+        ],
         "database": {
             plan.video_id: {
                 "subset": plan.subset,
@@ -241,8 +280,9 @@ class SynthSummary:
     by_subset: dict[str, int]
 
 
-def synthesize(config: SynthConfig, out: Store,
-               on_video: Callable[[str], None] | None = None) -> SynthSummary:
+def synthesize(
+    config: SynthConfig, out: Store, on_video: Callable[[str], None] | None = None
+) -> SynthSummary:
     """Writes `videos/<id>.mp4` and `annotations.json` under `out`, deterministic for a seed.
 
     Videos of an earlier, larger dataset in `out` are removed, so `out` holds exactly the
@@ -265,6 +305,9 @@ def synthesize(config: SynthConfig, out: Store,
     for plan in plans:
         by_subset[plan.subset] = by_subset.get(plan.subset, 0) + 1
     return SynthSummary(
-        videos=len(plans), seconds=sum(p.num_frames for p in plans) / config.fps,
-        segments=sum(len(p.actions) for p in plans), classes=config.classes,
-        by_subset=by_subset)
+        videos=len(plans),
+        seconds=sum(p.num_frames for p in plans) / config.fps,
+        segments=sum(len(p.actions) for p in plans),
+        classes=config.classes,
+        by_subset=by_subset,
+    )

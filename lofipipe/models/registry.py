@@ -36,15 +36,19 @@ class EncoderSpec:
 
 
 ENCODERS: dict[str, EncoderSpec] = {
-    "tiny": EncoderSpec("tiny", TinyVideoNet, 8, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
-                        revision=2),  # 2: spatial maximum, 128-d
+    "tiny": EncoderSpec(
+        "tiny", TinyVideoNet, 8, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), revision=2
+    ),  # 2: spatial maximum, 128-d
     # TSM-ResNet with 8-frame snippets at 224, ImageNet normalization (LoFi, Sec. 4.1).
     "tsm_r18": EncoderSpec("tsm_r18", lambda: TSMResNet(18, 8), 8, 224, *_IMAGENET),
     "tsm_r50": EncoderSpec("tsm_r50", lambda: TSMResNet(50, 8), 8, 224, *_IMAGENET),
     # VideoMAE-v2 ViTs: 16-frame clips at 224, ImageNet normalization.
-    **{f"vit_{size}": EncoderSpec(f"vit_{size}", lambda shape=shape: VideoViT(*shape), 16,
-                                  224, *_IMAGENET)
-       for size, shape in VIT_SIZES.items()},
+    **{
+        f"vit_{size}": EncoderSpec(
+            f"vit_{size}", lambda shape=shape: VideoViT(*shape), 16, 224, *_IMAGENET
+        )
+        for size, shape in VIT_SIZES.items()
+    },
 }
 
 
@@ -83,13 +87,21 @@ def architecture_digest(model: nn.Module) -> str:
     return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
 
 
-def encoder_fingerprint(spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any],
-                        architecture: str = "") -> str:
+def encoder_fingerprint(
+    spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any], architecture: str = ""
+) -> str:
     """A short hash of what features depend on: architecture (name, revision and
     `architecture_digest`), weights (the checkpoint's SHA-256, or a note that they are
     random with their seed) and preprocessing (input fidelity and normalization)."""
-    record = {"encoder": spec.name, "revision": spec.revision,
-              "architecture": architecture, "frames": spec.frames, "mean": spec.mean,
-              "std": spec.std, "weights": weights, "fidelity": dict(fidelity)}
+    record = {
+        "encoder": spec.name,
+        "revision": spec.revision,
+        "architecture": architecture,
+        "frames": spec.frames,
+        "mean": spec.mean,
+        "std": spec.std,
+        "weights": weights,
+        "fidelity": dict(fidelity),
+    }
     text = json.dumps(record, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

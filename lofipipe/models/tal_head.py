@@ -93,8 +93,7 @@ class TALHead(nn.Module):
         super().__init__()
         self.num_classes, self.levels = num_classes, levels
         self.embed = nn.ModuleList([_MaskedConv(in_dim, dim), _MaskedConv(dim, dim)])
-        self.pyramid = nn.ModuleList([_MaskedConv(dim, dim, stride=2)
-                                      for _ in range(levels - 1)])
+        self.pyramid = nn.ModuleList([_MaskedConv(dim, dim, stride=2) for _ in range(levels - 1)])
         self.classify = _PredictionHead(dim, num_classes, -math.log((1 - PRIOR) / PRIOR))
         self.regress = _PredictionHead(dim, 2)
         self.scales = nn.Parameter(torch.ones(levels))
@@ -119,8 +118,9 @@ class TALHead(nn.Module):
             logits.append(self.classify(x, mask).transpose(1, 2))
             distance = F.relu(self.scales[index] * self.regress(x, mask))
             offsets.append(distance.transpose(1, 2))
-        return HeadOutput(logits, offsets, [m > 0 for m in masks],
-                          [2 ** i for i in range(self.levels)])
+        return HeadOutput(
+            logits, offsets, [m > 0 for m in masks], [2**i for i in range(self.levels)]
+        )
 
 
 def point_positions(length: int, stride: int, device=None) -> torch.Tensor:
@@ -128,10 +128,15 @@ def point_positions(length: int, stride: int, device=None) -> torch.Tensor:
     return torch.arange(0, length, device=device, dtype=torch.float32) * stride
 
 
-def assign_targets(segments: torch.Tensor, labels: torch.Tensor, lengths: Sequence[int],
-                   strides: Sequence[int], num_classes: int,
-                   ranges: Sequence[tuple[float, float]] = REGRESSION_RANGES,
-                   radius: float = CENTER_RADIUS) -> tuple[torch.Tensor, torch.Tensor]:
+def assign_targets(
+    segments: torch.Tensor,
+    labels: torch.Tensor,
+    lengths: Sequence[int],
+    strides: Sequence[int],
+    num_classes: int,
+    ranges: Sequence[tuple[float, float]] = REGRESSION_RANGES,
+    radius: float = CENTER_RADIUS,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets of one video's points over all levels, concatenated.
 
     Args:
@@ -143,10 +148,8 @@ def assign_targets(segments: torch.Tensor, labels: torch.Tensor, lengths: Sequen
         classes [P, K] one-hot (zero rows for background) and distances [P, 2] to the
         assigned action's start and end, in units of the point's stride.
     """
-    positions = torch.cat([point_positions(n, s) for n, s in zip(lengths, strides,
-                                                                  strict=True)])
-    stride = torch.cat([torch.full((n,), float(s)) for n, s in zip(lengths, strides,
-                                                                  strict=True)])
+    positions = torch.cat([point_positions(n, s) for n, s in zip(lengths, strides, strict=True)])
+    stride = torch.cat([torch.full((n,), float(s)) for n, s in zip(lengths, strides, strict=True)])
     low = torch.cat([torch.full((n,), float(ranges[i][0])) for i, n in enumerate(lengths)])
     high = torch.cat([torch.full((n,), float(ranges[i][1])) for i, n in enumerate(lengths)])
     classes = torch.zeros(len(positions), num_classes)
@@ -173,8 +176,12 @@ def assign_targets(segments: torch.Tensor, labels: torch.Tensor, lengths: Sequen
     return classes, distances
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor,
-                       alpha: float = FOCAL_ALPHA, gamma: float = FOCAL_GAMMA) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = FOCAL_ALPHA,
+    gamma: float = FOCAL_GAMMA,
+) -> torch.Tensor:
     """Summed focal loss (Lin et al., 2017) of independent sigmoid classes."""
     probability = torch.sigmoid(logits)
     cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
@@ -183,8 +190,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor,
     return (weight * (1 - p_true) ** gamma * cross_entropy).sum()
 
 
-def diou_loss_1d(predicted: torch.Tensor, target: torch.Tensor,
-                 eps: float = 1e-8) -> torch.Tensor:
+def diou_loss_1d(predicted: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Summed 1D distance-IoU loss (Zheng et al., 2020) of [P, 2] (start, end) distances
     from the same points: 1 - IoU + (center distance / enclosing length)^2."""
     pred_left, pred_right = predicted[:, 0], predicted[:, 1]

@@ -24,8 +24,14 @@ class PostProcessing:
     min_length: float = 0.05  # in input snippets
 
 
-def soft_nms(segments: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma: float,
-             min_score: float, max_segments: int) -> tuple[np.ndarray, ...]:
+def soft_nms(
+    segments: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    sigma: float,
+    min_score: float,
+    max_segments: int,
+) -> tuple[np.ndarray, ...]:
     """Class-wise Gaussian soft-NMS: repeatedly keep the best candidate and multiply each
     remaining candidate of its class by exp(-tIoU^2 / sigma).
 
@@ -40,25 +46,32 @@ def soft_nms(segments: np.ndarray, scores: np.ndarray, labels: np.ndarray, sigma
         alive[best] = False
         same = np.flatnonzero(alive & (labels == labels[best]))
         if len(same):
-            inter = (np.minimum(segments[best, 1], segments[same, 1])
-                     - np.maximum(segments[best, 0], segments[same, 0])).clip(0)
-            union = (segments[same, 1] - segments[same, 0]) + (
-                segments[best, 1] - segments[best, 0]) - inter
+            inter = (
+                np.minimum(segments[best, 1], segments[same, 1])
+                - np.maximum(segments[best, 0], segments[same, 0])
+            ).clip(0)
+            union = (
+                (segments[same, 1] - segments[same, 0])
+                + (segments[best, 1] - segments[best, 0])
+                - inter
+            )
             iou = inter / np.maximum(union, 1e-8)
-            scores[same] *= np.exp(-(iou ** 2) / sigma)
+            scores[same] *= np.exp(-(iou**2) / sigma)
             alive[same] = scores[same] >= min_score
     index = np.array(kept, dtype=np.int64)
     return segments[index], scores[index], labels[index]
 
 
-def detect(output: HeadOutput, item: int, length: int,
-           settings: PostProcessing = PostProcessing()) -> tuple[np.ndarray, ...]:
+def detect(
+    output: HeadOutput, item: int, length: int, settings: PostProcessing = PostProcessing()
+) -> tuple[np.ndarray, ...]:
     """Segments (in input snippet units, clipped to the span of the snippets: [-0.5,
     length - 0.5] around their centers), scores and labels
     of batch item `item`, whose first `length` snippets are real, best first."""
     segments, scores, labels = [], [], []
-    for logits, offsets, mask, stride in zip(output.logits, output.offsets, output.masks,
-                                             output.strides, strict=True):
+    for logits, offsets, mask, stride in zip(
+        output.logits, output.offsets, output.masks, output.strides, strict=True
+    ):
         valid = mask[item]
         probability = torch.sigmoid(logits[item].float())[valid]  # [T_l, K]
         distance = offsets[item].float()[valid]
@@ -77,5 +90,11 @@ def detect(output: HeadOutput, item: int, length: int,
     scores = torch.cat(scores).detach().cpu().numpy()
     labels = torch.cat(labels).cpu().numpy()
     long_enough = segments[:, 1] - segments[:, 0] > settings.min_length
-    return soft_nms(segments[long_enough], scores[long_enough], labels[long_enough],
-                    settings.sigma, settings.min_score, settings.max_segments)
+    return soft_nms(
+        segments[long_enough],
+        scores[long_enough],
+        labels[long_enough],
+        settings.sigma,
+        settings.min_score,
+        settings.max_segments,
+    )

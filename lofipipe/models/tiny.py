@@ -18,9 +18,15 @@ class TinyVideoNet(nn.Module):
     def __init__(self, dim: int = 128):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(3, 16, 3, stride=(1, 2, 2), padding=1), nn.BatchNorm3d(16), nn.ReLU(),
-            nn.Conv3d(16, 32, 3, stride=(1, 2, 2), padding=1), nn.BatchNorm3d(32), nn.ReLU(),
-            nn.Conv3d(32, dim, 3, stride=(2, 2, 2), padding=1), nn.BatchNorm3d(dim), nn.ReLU(),
+            nn.Conv3d(3, 16, 3, stride=(1, 2, 2), padding=1),
+            nn.BatchNorm3d(16),
+            nn.ReLU(),
+            nn.Conv3d(16, 32, 3, stride=(1, 2, 2), padding=1),
+            nn.BatchNorm3d(32),
+            nn.ReLU(),
+            nn.Conv3d(32, dim, 3, stride=(2, 2, 2), padding=1),
+            nn.BatchNorm3d(dim),
+            nn.ReLU(),
         )
         self.dim = dim
 

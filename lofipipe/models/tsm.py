@@ -25,8 +25,8 @@ def temporal_shift(x: torch.Tensor, frames: int, divisor: int = SHIFT_DIVISOR) -
     fold = channels // divisor
     out = torch.zeros_like(x)
     out[:, :-1, :fold] = x[:, 1:, :fold]
-    out[:, 1:, fold: 2 * fold] = x[:, :-1, fold: 2 * fold]
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
     return out.view(batch_frames, channels, height, width)
 
 
@@ -54,8 +54,8 @@ class _Block(nn.Module):
         self.downsample = None
         if stride != 1 or inputs != self.outputs:
             self.downsample = nn.Sequential(
-                nn.Conv2d(inputs, self.outputs, 1, stride, bias=False),
-                nn.BatchNorm2d(self.outputs))
+                nn.Conv2d(inputs, self.outputs, 1, stride, bias=False), nn.BatchNorm2d(self.outputs)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -83,8 +83,9 @@ class TSMResNet(nn.Module):
         for stage, count in enumerate(blocks):
             layer = []
             for index in range(count):
-                block = _Block(inputs, 64 * 2**stage, 2 if stage and index == 0 else 1,
-                               bottleneck, frames)
+                block = _Block(
+                    inputs, 64 * 2**stage, 2 if stage and index == 0 else 1, bottleneck, frames
+                )
                 layer.append(block)
                 inputs = block.outputs
             setattr(self, f"layer{stage + 1}", nn.Sequential(*layer))

@@ -71,8 +71,7 @@ class VideoViT(nn.Module):
         super().__init__()
         self.frames, self.dim = frames, dim
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv3d(3, dim, (TUBELET, PATCH, PATCH),
-                                          (TUBELET, PATCH, PATCH))
+        self.patch_embed.proj = nn.Conv3d(3, dim, (TUBELET, PATCH, PATCH), (TUBELET, PATCH, PATCH))
         self.blocks = nn.ModuleList(_Block(dim, heads, mlp_hidden) for _ in range(depth))
         self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
 
@@ -80,8 +79,9 @@ class VideoViT(nn.Module):
         x = self.patch_embed.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
         return x + sincos_positions(x.shape[1], self.dim).to(x)
 
-    def features(self, clips: torch.Tensor, taps: tuple[int, ...] = ()
-                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def features(
+        self, clips: torch.Tensor, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The clip features (B, dim) and the mean token of each tapped block (B, dim)."""
         x, tapped = self.tokens(clips), []
         for index, block in enumerate(self.blocks):
@@ -129,12 +129,12 @@ class LoSA(nn.Module):
     """A frozen video backbone with LoSA adapters: (L, F, 3, H, W) snippets of one video,
     in time order -> (L, dim) features. Only the adapters and their gates train."""
 
-    def __init__(self, backbone: VideoViT, taps: tuple[int, ...] | None = None,
-                 hidden: int = 64):
+    def __init__(self, backbone: VideoViT, taps: tuple[int, ...] | None = None, hidden: int = 64):
         super().__init__()
         depth = len(backbone.blocks)
-        self.taps = taps or tuple(sorted({depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1,
-                                          depth - 1}))
+        self.taps = taps or tuple(
+            sorted({depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1})
+        )
         self.backbone = backbone.requires_grad_(False)
         self.dim, self.frames = backbone.dim, backbone.frames
         self.short = nn.ModuleList(_TemporalAdapter(self.dim, hidden, False) for _ in self.taps)
@@ -147,7 +147,9 @@ class LoSA(nn.Module):
             feature, tapped = self.backbone.features(snippets, self.taps)
         gates = torch.tanh(self.gates)
         for index, tap in enumerate(tapped):
-            feature = feature + gates[0, index] * self.short[index](tap) \
+            feature = (
+                feature
+                + gates[0, index] * self.short[index](tap)
                 + gates[1, index] * self.long[index](tap)
+            )
         return feature
-

@@ -43,20 +43,21 @@ def read_checkpoint(url: str, options: Mapping[str, Any]) -> tuple[dict[str, tor
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise InputError(f"{name}: not a weights-only PyTorch checkpoint "
-                         f"({one_line(error)})") from None
+        raise InputError(
+            f"{name}: not a weights-only PyTorch checkpoint ({one_line(error)})"
+        ) from None
     return _state_dict(checkpoint, name), hashlib.sha256(data).hexdigest()
 
 
 def _state_dict(checkpoint: Any, name: str) -> dict[str, torch.Tensor]:
     while isinstance(checkpoint, Mapping):
-        nested = next((key for key in _NESTING if isinstance(checkpoint.get(key), Mapping)),
-                      None)
+        nested = next((key for key in _NESTING if isinstance(checkpoint.get(key), Mapping)), None)
         if nested is None:
             break
         checkpoint = checkpoint[nested]
     if not isinstance(checkpoint, Mapping) or not any(
-            isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        isinstance(value, torch.Tensor) for value in checkpoint.values()
+    ):
         raise InputError(f"{name}: no state dict of tensors inside")
     return {key: value for key, value in checkpoint.items() if isinstance(value, torch.Tensor)}
 
@@ -67,7 +68,7 @@ def _own_name(key: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key.replace(".net.", ".")  # TSM wraps each shifted conv as `<conv>.net`
 
 
@@ -85,19 +86,22 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], name: str)
     if missing or unexpected:
         raise InputError(
             f"{name}: does not fit the model: missing {len(missing)} keys "
-            f"{missing[:_SHOWN]}, unexpected {len(unexpected)} keys {unexpected[:_SHOWN]}")
+            f"{missing[:_SHOWN]}, unexpected {len(unexpected)} keys {unexpected[:_SHOWN]}"
+        )
     for key, value in mapped.items():
         if value.shape != expected[key].shape:
-            raise InputError(f"{name}: {key} has shape {tuple(value.shape)}, the model "
-                             f"expects {tuple(expected[key].shape)}")
+            raise InputError(
+                f"{name}: {key} has shape {tuple(value.shape)}, the model "
+                f"expects {tuple(expected[key].shape)}"
+            )
     # A model on the meta device (a check of names and shapes) takes the tensors as they
     # are; a real one copies them into its own.
-    model.load_state_dict(mapped, strict=True,
-                          assign=any(p.is_meta for p in model.parameters()))
+    model.load_state_dict(mapped, strict=True, assign=any(p.is_meta for p in model.parameters()))
 
 
-def build_weighted_encoder(name: str, losa: bool, checkpoint: str | None,
-                           options: Mapping[str, Any], seed: int) -> Encoder:
+def build_weighted_encoder(
+    name: str, losa: bool, checkpoint: str | None, options: Mapping[str, Any], seed: int
+) -> Encoder:
     """The encoder with its checkpoint's weights, or random ones drawn from `seed`."""
     torch.manual_seed(seed)
     encoder = build_encoder(name, losa)

@@ -72,21 +72,28 @@ class ExtractSummary:
             out.append("WARNING: no checkpoint given: these features come from RANDOM weights")
         failed = sum(self.failed.values())
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.failed.items()))
-        out.append(f"features {self.fingerprint}: {self.parts} parts from {self.source} "
-                   f"({self.written} written, {self.skipped} already done), {self.videos} "
-                   f"videos, {failed} failed" + (f" ({reasons})" if reasons else "")
-                   + f", under {root.url_of(feature_dir(self.fingerprint))}")
+        out.append(
+            f"features {self.fingerprint}: {self.parts} parts from {self.source} "
+            f"({self.written} written, {self.skipped} already done), {self.videos} "
+            f"videos, {failed} failed"
+            + (f" ({reasons})" if reasons else "")
+            + f", under {root.url_of(feature_dir(self.fingerprint))}"
+        )
         return out
 
 
-def _plan_parts(config: Config, root: Store, schedule: Schedule
-                ) -> tuple[list[PartJob], dict[int, dict[str, str]], str]:
+def _plan_parts(
+    config: Config, root: Store, schedule: Schedule
+) -> tuple[list[PartJob], dict[int, dict[str, str]], str]:
     """Every part's job and source fingerprints, and how its pixels were stored."""
     if config.extract.source == "videos":
         groups = shard_groups(ok_videos(root), config.materialize.videos_per_shard)
         jobs = [PartJob(part, group) for part, group in enumerate(groups)]
-        return jobs, {job.part: {v.video_id: v.fingerprint for v in job.videos}
-                      for job in jobs}, "raw"
+        return (
+            jobs,
+            {job.part: {v.video_id: v.fingerprint for v in job.videos} for job in jobs},
+            "raw",
+        )
     jobs, sources, encodings = [], {}, set()
     reader = SnippetReader(root, schedule.full.name)
     for shard, stats in zip(reader.shards(), reader.check_schedule(schedule), strict=True):
@@ -118,20 +125,24 @@ class ExtractPlan:
     summary: ExtractSummary
 
 
-def plan_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
-                 command: str = "") -> ExtractPlan:
+def plan_extract(
+    config: Config, root: Store, storage_options: Mapping[str, Any], command: str = ""
+) -> ExtractPlan:
     """Checks the encoder, schedule and checkpoint, and finds the parts not yet done for
     this encoder fingerprint (nothing is written)."""
     settings = config.extract
     if settings.encoder not in ENCODERS:
-        raise ConfigError(f"extract.encoder: unknown encoder {settings.encoder!r} "
-                          f"(known: {', '.join(ENCODERS)})")
+        raise ConfigError(
+            f"extract.encoder: unknown encoder {settings.encoder!r} (known: {', '.join(ENCODERS)})"
+        )
     spec = ENCODERS[settings.encoder]
     schedule = load_schedule(config.materialize.schedule)
     fidelity = schedule.full
     if fidelity.frames != spec.frames:
-        raise ConfigError(f"{spec.name} takes {spec.frames}-frame snippets, the {schedule.name} "
-                          f"schedule's full fidelity has {fidelity.frames}")
+        raise ConfigError(
+            f"{spec.name} takes {spec.frames}-frame snippets, the {schedule.name} "
+            f"schedule's full fidelity has {fidelity.frames}"
+        )
     with torch.device("meta"):  # names and shapes without the memory
         skeleton = build_encoder(spec.name, settings.losa)
     if settings.checkpoint:
@@ -143,13 +154,18 @@ def plan_extract(config: Config, root: Store, storage_options: Mapping[str, Any]
     jobs, sources, pixels = _plan_parts(config, root, schedule)
     name = spec.name + ("+losa" if settings.losa else "")
     # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
-    preprocessing = {**fidelity.content, "sampling": schedule.sampling,
-                     "fps": schedule.fps, "stride": schedule.stride, "losa": settings.losa,
-                     "pixels": pixels}
-    fingerprint = encoder_fingerprint(spec, weights, preprocessing,
-                                      architecture_digest(skeleton))
-    summary = ExtractSummary(fingerprint, settings.source, parts=len(jobs),
-                             random_weights=not settings.checkpoint)
+    preprocessing = {
+        **fidelity.content,
+        "sampling": schedule.sampling,
+        "fps": schedule.fps,
+        "stride": schedule.stride,
+        "losa": settings.losa,
+        "pixels": pixels,
+    }
+    fingerprint = encoder_fingerprint(spec, weights, preprocessing, architecture_digest(skeleton))
+    summary = ExtractSummary(
+        fingerprint, settings.source, parts=len(jobs), random_weights=not settings.checkpoint
+    )
     todo = []
     for job in jobs:
         marker = feature_stats_path(fingerprint, job.part)
@@ -160,15 +176,23 @@ def plan_extract(config: Config, root: Store, storage_options: Mapping[str, Any]
         else:
             todo.append(job)
     lineage = {
-        "fingerprint": fingerprint, "encoder": name, "weights": weights,
+        "fingerprint": fingerprint,
+        "encoder": name,
+        "weights": weights,
         "checkpoint": redact(settings.checkpoint or "", storage_options) or None,
-        "schedule": schedule.name, "fidelity": preprocessing, "mean": spec.mean,
-        "std": spec.std, "lofipipe_version": __version__, "command": command}
+        "schedule": schedule.name,
+        "fidelity": preprocessing,
+        "mean": spec.mean,
+        "std": spec.std,
+        "lofipipe_version": __version__,
+        "command": command,
+    }
     return ExtractPlan(schedule, fingerprint, lineage, jobs, todo, sources, summary)
 
 
-def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
-                command: str) -> ExtractSummary:
+def run_extract(
+    config: Config, root: Store, storage_options: Mapping[str, Any], command: str
+) -> ExtractSummary:
     """Extracts features of every part (a shard's videos) not yet done for this encoder
     fingerprint, from the full-fidelity shards or by decoding the videos."""
     plan = plan_extract(config, root, storage_options, command)
@@ -176,21 +200,49 @@ def run_extract(config: Config, root: Store, storage_options: Mapping[str, Any],
     root.write_text(lineage_path(fingerprint), json.dumps(plan.lineage, indent=1))
     _remove_stale(root, fingerprint, max((job.part + 1 for job in plan.jobs), default=0))
     if plan.todo:
-        summary.progress_line = _run_jobs(config, root, storage_options, plan.schedule,
-                                          fingerprint, plan.todo, plan.sources, summary)
+        summary.progress_line = _run_jobs(
+            config,
+            root,
+            storage_options,
+            plan.schedule,
+            fingerprint,
+            plan.todo,
+            plan.sources,
+            summary,
+        )
     return summary
 
 
-def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
-              schedule: Schedule, fingerprint: str, todo: list[PartJob],
-              sources: Mapping[int, Mapping[str, str]], summary: ExtractSummary) -> str:
+def _run_jobs(
+    config: Config,
+    root: Store,
+    storage_options: Mapping[str, Any],
+    schedule: Schedule,
+    fingerprint: str,
+    todo: list[PartJob],
+    sources: Mapping[int, Mapping[str, str]],
+    summary: ExtractSummary,
+) -> str:
     settings = config.extract
     ensure_ray(config.ray)
-    factory = functools.partial(build_weighted_encoder, settings.encoder, settings.losa,
-                                settings.checkpoint, dict(storage_options), settings.seed)
-    extractor = FeatureExtractor(root, schedule, factory, fingerprint, settings.batch_size,
-                                 settings.export, config.materialize.decode_threads,
-                                 storage_options)
+    factory = functools.partial(
+        build_weighted_encoder,
+        settings.encoder,
+        settings.losa,
+        settings.checkpoint,
+        dict(storage_options),
+        settings.seed,
+    )
+    extractor = FeatureExtractor(
+        root,
+        schedule,
+        factory,
+        fingerprint,
+        settings.batch_size,
+        settings.export,
+        config.materialize.decode_threads,
+        storage_options,
+    )
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = min(settings.workers or gpus or cluster_cpus(), len(todo))
     cpus = 1 if gpus else max(1, cluster_cpus() // actors)
@@ -198,9 +250,12 @@ def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     items = [job.as_row() for job in todo]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        ExtractActor, fn_constructor_args=(extractor, cpus),
+        ExtractActor,
+        fn_constructor_args=(extractor, cpus),
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if gpus else 0, num_cpus=cpus)
+        num_gpus=1 if gpus else 0,
+        num_cpus=cpus,
+    )
     snippets = 0
     with Progress("extract", sum(len(sources[job.part]) for job in todo)) as progress:
         for row in dataset.iter_rows():
@@ -211,6 +266,7 @@ def _run_jobs(config: Config, root: Store, storage_options: Mapping[str, Any],
             progress.done(count=len(stats["videos"]))
             for error in stats["failed"].values():
                 progress.done(failed_reason=failure_reason(error))
-    record_stage(root, f"extract {fingerprint}", progress.seconds, progress.ok, snippets,
-                 progress.failed)
+    record_stage(
+        root, f"extract {fingerprint}", progress.seconds, progress.ok, snippets, progress.failed
+    )
     return progress.summary()

@@ -76,8 +76,9 @@ def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoI
     for uri, info in listed:
         video_id = video_id_for_file(uri)
         if video_id in seen:
-            raise InputError(f"duplicate video id {video_id!r}: {seen[video_id]} and {uri}; "
-                             f"rename one of them")
+            raise InputError(
+                f"duplicate video id {video_id!r}: {seen[video_id]} and {uri}; rename one of them"
+            )
         seen[video_id] = uri
         items.append(VideoItem(video_id, uri, int(info.get("size") or 0), source_signature(info)))
     return items
@@ -86,18 +87,34 @@ def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoI
 def is_unchanged(old: Mapping[str, Any] | None, item: VideoItem) -> bool:
     """Whether a listed video is the one that probed fine last time (its manifest row
     `old`), so that row stands without probing again."""
-    return bool(old and old["status"] == "ok" and old["uri"] == item.uri
-                and old["source_signature"] == item.source_signature)
+    return bool(
+        old
+        and old["status"] == "ok"
+        and old["uri"] == item.uri
+        and old["source_signature"] == item.source_signature
+    )
 
 
 def _failed_row(item: VideoItem, failure: TaskFailure) -> dict[str, Any]:
-    return {"video_id": item.video_id, "uri": item.uri, "size": item.size,
-            "source_signature": item.source_signature, "status": "failed",
-            "error": failure.line, "lofipipe_version": __version__}
+    return {
+        "video_id": item.video_id,
+        "uri": item.uri,
+        "size": item.size,
+        "source_signature": item.source_signature,
+        "status": "failed",
+        "error": failure.line,
+        "lofipipe_version": __version__,
+    }
 
 
-def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: str,
-               storage_options: Mapping[str, Any], command: str) -> IngestSummary:
+def run_ingest(
+    config: Config,
+    root: Store,
+    videos_url: str,
+    annotations_url: str,
+    storage_options: Mapping[str, Any],
+    command: str,
+) -> IngestSummary:
     """Ingests the videos at `videos_url` and their annotations into `root`.
 
     Unchanged videos that probed fine last time are kept as they were; new, changed and
@@ -114,8 +131,12 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
             rows[item.video_id] = old
         else:
             to_probe.append(item)
-    summary = IngestSummary(listed=len(items), probed=len(to_probe), unchanged=len(rows),
-                            removed=len(set(previous) - {item.video_id for item in items}))
+    summary = IngestSummary(
+        listed=len(items),
+        probed=len(to_probe),
+        unchanged=len(rows),
+        removed=len(set(previous) - {item.video_id for item in items}),
+    )
     if to_probe:
         ensure_ray(config.ray)
         prober = VideoProber(storage_options, config.ingest)
@@ -130,19 +151,28 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
                 rows[item.video_id] = row
                 progress.done(failure_reason(row["error"]) if row["status"] == "failed" else None)
         summary.progress_line = progress.summary()
-        record_stage(root, "ingest", progress.seconds, progress.ok,
-                     failed=progress.failed)
+        record_stage(root, "ingest", progress.seconds, progress.ok, failed=progress.failed)
 
-    durations = {vid: row.get("duration") if row["status"] == "ok" else None
-                 for vid, row in rows.items()}
+    durations = {
+        vid: row.get("duration") if row["status"] == "ok" else None for vid, row in rows.items()
+    }
     annotations = normalize(raw, durations)
     new_rows = []
     for video_id in sorted(rows):
         row = dict(rows[video_id], subset=annotations.subsets.get(video_id))
         new_rows.append(row)
-    errors = [{"stage": "ingest", "video_id": row["video_id"], "uri": row["uri"],
-               "reason": failure_reason(row["error"]), "error": row["error"], "attempts": 1}
-              for row in new_rows if row["status"] == "failed"] + annotations.issues
+    errors = [
+        {
+            "stage": "ingest",
+            "video_id": row["video_id"],
+            "uri": row["uri"],
+            "reason": failure_reason(row["error"]),
+            "error": row["error"],
+            "attempts": 1,
+        }
+        for row in new_rows
+        if row["status"] == "failed"
+    ] + annotations.issues
 
     root.write_table(MANIFEST_PATH, MANIFEST.from_rows(new_rows))
     root.write_table(ANNOTATIONS_PATH, ANNOTATIONS.from_rows(annotations.rows))
@@ -150,10 +180,10 @@ def run_ingest(config: Config, root: Store, videos_url: str, annotations_url: st
     root.write_text(INGEST_CONFIG_PATH, config_to_yaml(config, command))
 
     summary.ok = sum(row["status"] == "ok" for row in new_rows)
-    summary.failed = Counter(failure_reason(row["error"]) for row in new_rows
-                             if row["status"] == "failed")
-    summary.hours = sum(row["duration"] or 0.0 for row in new_rows
-                        if row["status"] == "ok") / 3600
+    summary.failed = Counter(
+        failure_reason(row["error"]) for row in new_rows if row["status"] == "failed"
+    )
+    summary.hours = sum(row["duration"] or 0.0 for row in new_rows if row["status"] == "ok") / 3600
     summary.segments = len(annotations.rows)
     summary.labels = len({row["label"] for row in annotations.rows})
     summary.annotation_issues = Counter(issue["reason"] for issue in annotations.issues)

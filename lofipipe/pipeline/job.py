@@ -76,40 +76,64 @@ def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
     previous = manifest_rows(root)
     unchanged = [item for item in listed if is_unchanged(previous.get(item.video_id), item)]
     todo = len(listed) - len(unchanged)
-    steps.append(Step("ingest", "done" if not todo and root.exists(MANIFEST_PATH) else
-                      "pending", f"{len(listed)} videos listed, {todo} to probe"))
+    steps.append(
+        Step(
+            "ingest",
+            "done" if not todo and root.exists(MANIFEST_PATH) else "pending",
+            f"{len(listed)} videos listed, {todo} to probe",
+        )
+    )
     schedule = load_schedule(config.materialize.schedule)
     if todo or not root.exists(MANIFEST_PATH):
-        steps += [Step(name, "pending", "after ingest") for name in
-                  ("materialize", "extract", *(f"train {r}" for r, _ in
-                                                training_runs(config)), "evaluate")]
+        steps += [
+            Step(name, "pending", "after ingest")
+            for name in (
+                "materialize",
+                "extract",
+                *(f"train {r}" for r, _ in training_runs(config)),
+                "evaluate",
+            )
+        ]
         return steps
     videos = ok_videos(root)
     settings = config.materialize
     jobs, _ = plan_jobs(root, schedule, videos, settings.videos_per_shard, settings.encoding)
     pending = [video for job_ in jobs for video in job_.videos]
     hours = sum(video.duration for video in pending) / 3600
-    snippets = sum(_snippets(schedule, f, v.duration) for v in pending
-                   for f in schedule.fidelities)
-    steps.append(Step("materialize", "pending" if jobs else "done",
-                      f"{len(jobs)} shards, {len(pending)} videos, {hours:.2f} h of video, "
-                      f"{snippets} snippets"))
+    snippets = sum(_snippets(schedule, f, v.duration) for v in pending for f in schedule.fidelities)
+    steps.append(
+        Step(
+            "materialize",
+            "pending" if jobs else "done",
+            f"{len(jobs)} shards, {len(pending)} videos, {hours:.2f} h of video, "
+            f"{snippets} snippets",
+        )
+    )
     if jobs:
         steps.append(Step("extract", "pending", "after materialize"))
     else:
         plan = plan_extract(config, root, storage_options)
         count = sum(len(plan.sources[part.part]) for part in plan.todo)
-        steps.append(Step("extract", "pending" if plan.todo else "done",
-                          f"features {plan.fingerprint}: {len(plan.todo)} of "
-                          f"{len(plan.jobs)} parts, {count} videos"))
+        steps.append(
+            Step(
+                "extract",
+                "pending" if plan.todo else "done",
+                f"features {plan.fingerprint}: {len(plan.todo)} of "
+                f"{len(plan.jobs)} parts, {count} videos",
+            )
+        )
     for run, epochs in training_runs(config):
         done = latest_epoch(root, run)
-        state = "done" if done >= epochs and root.exists(predictions_path(run)) else (
-            "pending" if not done else "partly done")
+        state = (
+            "done"
+            if done >= epochs and root.exists(predictions_path(run))
+            else ("pending" if not done else "partly done")
+        )
         steps.append(Step(f"train {run}", state, f"{done} of {epochs} epochs done"))
     evaluated = root.exists(evaluation_path(final_run(config)))
-    steps.append(Step("evaluate", "done" if evaluated else "pending",
-                      predictions_path(final_run(config))))
+    steps.append(
+        Step("evaluate", "done" if evaluated else "pending", predictions_path(final_run(config)))
+    )
     return steps
 
 
@@ -141,8 +165,11 @@ class JobSummary:
                 out.append(summary.progress_line)
             out += summary.lines(root)
         if self.result is not None:
-            out += [f"== evaluate {self.run}", self.result.table(per_class=True),
-                    f"report: {root.url_of(report_path(self.run))}"]
+            out += [
+                f"== evaluate {self.run}",
+                self.result.table(per_class=True),
+                f"report: {root.url_of(report_path(self.run))}",
+            ]
         return out
 
 
@@ -151,34 +178,64 @@ def run_job(config: Config, storage_options: Mapping[str, Any], command: str) ->
     check_job(config)
     job, root = config.job, Store(config.job.root, storage_options)
     summary = JobSummary(run=final_run(config))
-    summary.steps.append(("ingest", run_ingest(config, root, job.videos, job.annotations,
-                                               storage_options, command)))
-    summary.steps.append(("materialize", run_materialize(config, root, storage_options,
-                                                         command)))
+    summary.steps.append(
+        ("ingest", run_ingest(config, root, job.videos, job.annotations, storage_options, command))
+    )
+    summary.steps.append(("materialize", run_materialize(config, root, storage_options, command)))
     features = run_extract(config, root, storage_options, command)
     summary.steps.append(("extract", features))
     start = {"encoder": config.extract.encoder, "checkpoint": config.extract.checkpoint}
     if job.recipe == "head":
-        head = run_train(config_with(config, train={
-            "mode": "head", "features": features.fingerprint}), root, storage_options, command)
+        head = run_train(
+            config_with(config, train={"mode": "head", "features": features.fingerprint}),
+            root,
+            storage_options,
+            command,
+        )
         summary.steps.append(("train", head))
     elif job.recipe == "lofi":
-        recipe = run_lofi_recipe(config_with(config, train=start), root, storage_options,
-                                 command)
+        recipe = run_lofi_recipe(config_with(config, train=start), root, storage_options, command)
         summary.steps.append(("the LoFi recipe", recipe))
         head = recipe.head
     else:
         adapters = f"{config.train.run}-losa"
-        summary.steps.append(("train LoSA", run_train(config_with(config, train={
-            **start, "mode": "losa", "run": adapters, "epochs": config.train.encoder_epochs}),
-            root, storage_options, command)))
-        adapted = run_extract(config_with(config, extract={
-            "losa": True, "checkpoint": root.url_of(encoder_path(adapters))}), root,
-            storage_options, command)
+        summary.steps.append(
+            (
+                "train LoSA",
+                run_train(
+                    config_with(
+                        config,
+                        train={
+                            **start,
+                            "mode": "losa",
+                            "run": adapters,
+                            "epochs": config.train.encoder_epochs,
+                        },
+                    ),
+                    root,
+                    storage_options,
+                    command,
+                ),
+            )
+        )
+        adapted = run_extract(
+            config_with(
+                config, extract={"losa": True, "checkpoint": root.url_of(encoder_path(adapters))}
+            ),
+            root,
+            storage_options,
+            command,
+        )
         summary.steps.append(("regenerate features", adapted))
-        head = run_train(config_with(config, train={
-            "mode": "head", "run": final_run(config), "features": adapted.fingerprint}),
-            root, storage_options, command)
+        head = run_train(
+            config_with(
+                config,
+                train={"mode": "head", "run": final_run(config), "features": adapted.fingerprint},
+            ),
+            root,
+            storage_options,
+            command,
+        )
         summary.steps.append(("train the head", head))
     summary.result = head.result  # training scored it and saved runs/<run>/evaluation.json
     return summary

@@ -71,13 +71,16 @@ class MaterializeSummary:
     @property
     def failed_videos(self) -> int:
         """A video fails at every fidelity of its shard: counted once."""
-        return max((sum(f.failed.values()) for f in self.fidelities.values()), default=0) \
-            + len(self.abandoned)
+        return max((sum(f.failed.values()) for f in self.fidelities.values()), default=0) + len(
+            self.abandoned
+        )
 
     def lines(self, root: Store) -> list[str]:
         out = [f"schedule {self.schedule}: shards under {root.url_of(SHARDS_DIR)}"]
-        out += [f"  shard {shard} not written (a rerun tries it again): {error}"
-                for shard, error in sorted(self.abandoned.items())]
+        out += [
+            f"  shard {shard} not written (a rerun tries it again): {error}"
+            for shard, error in sorted(self.abandoned.items())
+        ]
         for name, f in self.fidelities.items():
             failed = sum(f.failed.values())
             reasons = ", ".join(f"{r} {n}" for r, n in sorted(f.failed.items()))
@@ -85,7 +88,8 @@ class MaterializeSummary:
                 f"  {name}: {f.shards} shards ({f.written} written, {f.skipped} already "
                 f"done), {f.videos} videos ok, {failed} failed"
                 + (f" ({reasons})" if reasons else "")
-                + f", {f.rows} snippets, {f.bytes / 2**20:.1f} MiB")
+                + f", {f.rows} snippets, {f.bytes / 2**20:.1f} MiB"
+            )
         return out
 
 
@@ -95,9 +99,15 @@ def _read_stats(root: Store, fidelity: str, shard: int) -> dict[str, Any] | None
     return json.loads(root.read_text(shard_stats_path(fidelity, shard)))
 
 
-def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
-              videos_per_shard: int, encoding: str, force: bool = False,
-              retry_failed: bool = False) -> tuple[list[ShardJob], dict[str, list[dict]]]:
+def plan_jobs(
+    root: Store,
+    schedule: Schedule,
+    videos: list[SourceVideo],
+    videos_per_shard: int,
+    encoding: str,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> tuple[list[ShardJob], dict[str, list[dict]]]:
     """The shard jobs still to run, and the stats of shards already done, per fidelity."""
     jobs, done = [], {f.name: [] for f in schedule.fidelities}
     for shard, group in enumerate(shard_groups(videos, videos_per_shard)):
@@ -105,9 +115,12 @@ def plan_jobs(root: Store, schedule: Schedule, videos: list[SourceVideo],
         todo = []
         for fidelity in schedule.fidelities:
             stats = None if force else _read_stats(root, fidelity.name, shard)
-            if (stats is not None and stats["source_fingerprints"] == fingerprints
-                    and stats["lineage"] == schedule.lineage(fidelity.name, encoding)
-                    and not (retry_failed and stats["failed"])):
+            if (
+                stats is not None
+                and stats["source_fingerprints"] == fingerprints
+                and stats["lineage"] == schedule.lineage(fidelity.name, encoding)
+                and not (retry_failed and stats["failed"])
+            ):
                 done[fidelity.name].append(stats)
             else:
                 todo.append(fidelity.name)
@@ -126,16 +139,19 @@ def _remove_stale(root: Store, schedule: Schedule, shards: int) -> None:
                 root.remove(shard_path(fidelity.name, shard))
 
 
-def _contained(stage: ShardWriter, jobs: list[ShardJob], settings: MaterializeConfig,
-               progress: Progress) -> Iterator[tuple[ShardJob, Any]]:
+def _contained(
+    stage: ShardWriter, jobs: list[ShardJob], settings: MaterializeConfig, progress: Progress
+) -> Iterator[tuple[ShardJob, Any]]:
     """Runs the shard jobs as time-limited Ray tasks; a job whose task died or timed out
     runs again (see quarantine.py) until it commits or has had `attempt_bound` tries.
     Yields each job once, with its stats or, if it never committed, its last failure (a
     storage failure stops the stage with a StorageError instead)."""
 
     def limit(job: ShardJob) -> float:
-        return sum(settings.video_timeout_s + settings.video_timeout_s_per_hour
-                   * video.duration / 3600 for video in job.videos)
+        return sum(
+            settings.video_timeout_s + settings.video_timeout_s_per_hour * video.duration / 3600
+            for video in job.videos
+        )
 
     tries: Counter[int] = Counter()
     todo = jobs
@@ -147,26 +163,33 @@ def _contained(stage: ShardWriter, jobs: list[ShardJob], settings: MaterializeCo
                 continue
             tries[job.shard] += 1
             if outcome.reason == "task_error" or tries[job.shard] >= attempt_bound(
-                    len(job.videos), settings.max_attempts):
+                len(job.videos), settings.max_attempts
+            ):
                 yield job, outcome  # an exception in lofipipe itself: trying again won't help
                 continue
-            progress.write(f"shard {job.shard}: {outcome.message} ({outcome.reason}); "
-                           f"trying again")
+            progress.write(f"shard {job.shard}: {outcome.message} ({outcome.reason}); trying again")
             again.append(dataclasses.replace(job, last_failure=outcome.line))
         todo = again
 
 
-def run_materialize(config: Config, root: Store, storage_options: Mapping[str, Any],
-                    command: str, force: bool = False, retry_failed: bool = False
-                    ) -> MaterializeSummary:
+def run_materialize(
+    config: Config,
+    root: Store,
+    storage_options: Mapping[str, Any],
+    command: str,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> MaterializeSummary:
     """Materializes the shards of `config.materialize.schedule` for the manifest's videos."""
     settings = config.materialize
     schedule = load_schedule(settings.schedule)
     videos = ok_videos(root)
-    jobs, done = plan_jobs(root, schedule, videos, settings.videos_per_shard,
-                           settings.encoding, force, retry_failed)
-    summary = MaterializeSummary(schedule.name, {f.name: FidelitySummary()
-                                                 for f in schedule.fidelities})
+    jobs, done = plan_jobs(
+        root, schedule, videos, settings.videos_per_shard, settings.encoding, force, retry_failed
+    )
+    summary = MaterializeSummary(
+        schedule.name, {f.name: FidelitySummary() for f in schedule.fidelities}
+    )
     for name, records in done.items():
         for stats in records:
             summary.fidelities[name].add(stats)
@@ -176,9 +199,15 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
     forget_journals(root, keep={job.shard for job in jobs})
     if jobs:
         ensure_ray(config.ray)
-        stage = ShardWriter(schedule, root, settings.encoding, settings.jpeg_quality,
-                                  settings.decode_threads, storage_options,
-                                  settings.max_attempts)
+        stage = ShardWriter(
+            schedule,
+            root,
+            settings.encoding,
+            settings.jpeg_quality,
+            settings.decode_threads,
+            storage_options,
+            settings.max_attempts,
+        )
         snippets = 0
         with Progress("materialize", sum(len(job.videos) for job in jobs)) as progress:
             for job, outcome in _contained(stage, jobs, settings, progress):
@@ -195,8 +224,7 @@ def run_materialize(config: Config, root: Store, storage_options: Mapping[str, A
                 for error in first["failed"].values():
                     progress.done(failed_reason=failure_reason(error))
         summary.progress_line = progress.summary()
-        record_stage(root, "materialize", progress.seconds, progress.ok, snippets,
-                     progress.failed)
+        record_stage(root, "materialize", progress.seconds, progress.ok, snippets, progress.failed)
     _remove_stale(root, schedule, -(-len(videos) // settings.videos_per_shard))
     root.write_text(SCHEDULE_PATH, json.dumps(config_to_dict(schedule), indent=1))
     root.write_text(MATERIALIZE_CONFIG_PATH, config_to_yaml(config, command))

@@ -20,8 +20,15 @@ class Progress:
         self.failures: Counter[str] = Counter()
         self.ok = 0
         self.started = time.monotonic()
-        self._bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                         mininterval=0.5, disable=not total)
+        self._bar = tqdm(
+            total=total,
+            desc=label,
+            unit=unit,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            disable=not total,
+        )
 
     def __enter__(self) -> Progress:
         return self

@@ -31,28 +31,47 @@ class RecipeSummary:
         return self.features.failed_videos
 
     def lines(self, root: Store) -> list[str]:
-        return ["== stage 2: LoFi end to end", *self.adapt.lines(root),
-                "== full-fidelity features from the adapted encoder",
-                *self.features.lines(root),
-                "== stage 3: the head on the new features (evaluation below)",
-                *self.head.lines(root)]
+        return [
+            "== stage 2: LoFi end to end",
+            *self.adapt.lines(root),
+            "== full-fidelity features from the adapted encoder",
+            *self.features.lines(root),
+            "== stage 3: the head on the new features (evaluation below)",
+            *self.head.lines(root),
+        ]
 
 
-def run_lofi_recipe(config: Config, root: Store, storage_options: Mapping[str, Any],
-                    command: str) -> RecipeSummary:
+def run_lofi_recipe(
+    config: Config, root: Store, storage_options: Mapping[str, Any], command: str
+) -> RecipeSummary:
     """Runs (or resumes) the recipe as runs `<run>-lofi` and `<run>-head`."""
     settings = config.train
     if not settings.run:
         raise ConfigError("train.run: name the run (--run NAME)")
     adapt_run, head_run = f"{settings.run}-lofi", f"{settings.run}-head"
-    adapt = run_train(config_with(config, train={"mode": "lofi", "run": adapt_run,
-                                           "epochs": settings.encoder_epochs}),
-                      root, storage_options, command)
-    extract_config = config_with(config, extract={
-        "encoder": settings.encoder, "losa": False,
-        "checkpoint": root.url_of(encoder_path(adapt_run))})
+    adapt = run_train(
+        config_with(
+            config, train={"mode": "lofi", "run": adapt_run, "epochs": settings.encoder_epochs}
+        ),
+        root,
+        storage_options,
+        command,
+    )
+    extract_config = config_with(
+        config,
+        extract={
+            "encoder": settings.encoder,
+            "losa": False,
+            "checkpoint": root.url_of(encoder_path(adapt_run)),
+        },
+    )
     features = run_extract(extract_config, root, storage_options, command)
-    head = run_train(config_with(config, train={"mode": "head", "run": head_run,
-                                          "features": features.fingerprint}),
-                     root, storage_options, command)
+    head = run_train(
+        config_with(
+            config, train={"mode": "head", "run": head_run, "features": features.fingerprint}
+        ),
+        root,
+        storage_options,
+        command,
+    )
     return RecipeSummary(adapt, features, head)

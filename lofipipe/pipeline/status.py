@@ -46,15 +46,15 @@ def _ingest(root: Store, out: RootStatus) -> list[dict[str, Any]]:
         return []
     rows = list(manifest_rows(root).values())
     ok = [r for r in rows if r["status"] == "ok"]
-    failed = Counter(failure_reason(r["error"] or "unknown") for r in rows
-                     if r["status"] != "ok")
+    failed = Counter(failure_reason(r["error"] or "unknown") for r in rows if r["status"] != "ok")
     hours = sum(r["duration"] or 0.0 for r in ok) / 3600
-    out.add(f"ingest: done, {len(ok)} videos ok ({hours:.2f} h), {sum(failed.values())} "
-            f"failed" + (f" ({_reasons(failed)})" if failed else ""))
+    out.add(
+        f"ingest: done, {len(ok)} videos ok ({hours:.2f} h), {sum(failed.values())} "
+        f"failed" + (f" ({_reasons(failed)})" if failed else "")
+    )
     if root.exists(ERRORS_PATH):
         issues = ERRORS.check(root.read_table(ERRORS_PATH), root.url_of(ERRORS_PATH))
-        annotation = Counter(r["reason"] for r in issues.to_pylist()
-                             if r["stage"] == "annotations")
+        annotation = Counter(r["reason"] for r in issues.to_pylist() if r["stage"] == "annotations")
         if annotation:
             out.add(f"  annotation issues: {_reasons(annotation)}")
     return ok
@@ -67,18 +67,22 @@ def _materialize(root: Store, out: RootStatus) -> None:
     saved = yaml.safe_load(root.read_text(MATERIALIZE_CONFIG_PATH)) or {}
     settings = build(MaterializeConfig, saved.get("materialize", {}), "materialize.")
     schedule = load_schedule(settings.schedule)
-    jobs, done = plan_jobs(root, schedule, ok_videos(root), settings.videos_per_shard,
-                           settings.encoding)
+    jobs, done = plan_jobs(
+        root, schedule, ok_videos(root), settings.videos_per_shard, settings.encoding
+    )
     out.add(f"materialize ({schedule.name}, {settings.encoding}):")
     for fidelity in schedule.fidelities:
         records = done[fidelity.name]
-        failed = Counter(reason for r in records for reason, n in r["failures"].items()
-                         for _ in range(n))
+        failed = Counter(
+            reason for r in records for reason, n in r["failures"].items() for _ in range(n)
+        )
         pending = [job for job in jobs if fidelity.name in job.fidelities]
         state = "done" if not pending else f"{len(pending)} shards pending"
-        out.add(f"  {fidelity.name}: {state}, {len(records)} shards, "
-                f"{sum(len(r['videos']) for r in records)} videos ok, "
-                f"{sum(failed.values())} failed" + (f" ({_reasons(failed)})" if failed else ""))
+        out.add(
+            f"  {fidelity.name}: {state}, {len(records)} shards, "
+            f"{sum(len(r['videos']) for r in records)} videos ok, "
+            f"{sum(failed.values())} failed" + (f" ({_reasons(failed)})" if failed else "")
+        )
 
 
 def _features(root: Store, ok: list[dict[str, Any]], out: RootStatus) -> None:
@@ -88,12 +92,15 @@ def _features(root: Store, ok: list[dict[str, Any]], out: RootStatus) -> None:
         return
     out.add(f"extract: {len(found)} feature sets")
     for item in found:
-        state = "done" if item["videos"] >= len(ok) else f"{len(ok) - item['videos']} " \
-                                                           f"videos pending"
+        state = (
+            "done" if item["videos"] >= len(ok) else f"{len(ok) - item['videos']} videos pending"
+        )
         weights = item["weights"][:19]  # sha256: and 12 hex digits
-        out.add(f"  {item['fingerprint']}  {item['encoder']}, {item['videos']} videos "
-                f"({state}), weights {weights}, schedule {item['schedule']}, "
-                f"checkpoint {item['checkpoint'] or '-'}")
+        out.add(
+            f"  {item['fingerprint']}  {item['encoder']}, {item['videos']} videos "
+            f"({state}), weights {weights}, schedule {item['schedule']}, "
+            f"checkpoint {item['checkpoint'] or '-'}"
+        )
 
 
 def _runs(root: Store, out: RootStatus) -> None:
@@ -103,15 +110,17 @@ def _runs(root: Store, out: RootStatus) -> None:
         return
     out.add(f"train: {len(names)} runs")
     for name in names:
-        saved = (yaml.safe_load(root.read_text(run_config_path(name))) or {}).get(
-            "train", {})
+        saved = (yaml.safe_load(root.read_text(run_config_path(name))) or {}).get("train", {})
         epochs = read_metrics(root, name, kinds=("epoch",))
         total = saved.get("epochs", "?")
         finished = root.exists(predictions_path(name)) and len(epochs) == total
         state = "done" if finished else f"{len(epochs)}/{total} epochs"
         best = max(epochs, key=lambda r: r["val_average_map"], default=None)
-        score = (f", best val average mAP {100 * best['val_average_map']:.2f} (epoch "
-                 f"{best['epoch']})" if best else "")
+        score = (
+            f", best val average mAP {100 * best['val_average_map']:.2f} (epoch {best['epoch']})"
+            if best
+            else ""
+        )
         out.add(f"  {name}: {saved.get('mode', '?')}, {state}{score}")
 
 
@@ -123,5 +132,3 @@ def root_status(root: Store) -> RootStatus:
     _features(root, ok, out)
     _runs(root, out)
     return out
-
-

@@ -67,16 +67,19 @@ class TrainSummary:
 
     def lines(self, root: Store) -> list[str]:
         first = self.baseline.thresholds[0]
-        return [f"run {self.run}: {self.epochs} epochs on {self.workers} workers in "
-                f"{self.seconds:.1f} s" + (f" (resumed after epoch {self.resumed_from})"
-                                           if self.resumed_from else ""),
-                "validation mAP (%) after the last epoch:", self.table,
-                f"trivial baseline (class priors at every position, no features): "
-                f"mAP@{first:.2f} {100 * self.baseline.mAP[0]:.2f}, average "
-                f"{100 * self.baseline.average_mAP:.2f}",
-                f"checkpoints, metrics.parquet, predictions.json and evaluation.json under "
-                f"{root.url_of(run_dir(self.run))}",
-                f"report: {root.url_of(report_path(self.run))}"]
+        return [
+            f"run {self.run}: {self.epochs} epochs on {self.workers} workers in "
+            f"{self.seconds:.1f} s"
+            + (f" (resumed after epoch {self.resumed_from})" if self.resumed_from else ""),
+            "validation mAP (%) after the last epoch:",
+            self.table,
+            f"trivial baseline (class priors at every position, no features): "
+            f"mAP@{first:.2f} {100 * self.baseline.mAP[0]:.2f}, average "
+            f"{100 * self.baseline.average_mAP:.2f}",
+            f"checkpoints, metrics.parquet, predictions.json and evaluation.json under "
+            f"{root.url_of(run_dir(self.run))}",
+            f"report: {root.url_of(report_path(self.run))}",
+        ]
 
 
 def _check_resume(root: Store, config: Config) -> None:
@@ -85,20 +88,25 @@ def _check_resume(root: Store, config: Config) -> None:
         return
     saved = (yaml.safe_load(root.read_text(saved_path)) or {}).get("train", {})
     current = config_to_dict(config.train)
-    changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES
-                     and saved.get(k) != current[k])
+    changed = sorted(
+        k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]
+    )
     if changed:
-        raise ConfigError(f"run {config.train.run!r} exists with other settings "
-                          f"({', '.join(f'train.{k}' for k in changed)}): resume it with "
-                          f"its own settings, or choose a new --run name")
+        raise ConfigError(
+            f"run {config.train.run!r} exists with other settings "
+            f"({', '.join(f'train.{k}' for k in changed)}): resume it with "
+            f"its own settings, or choose a new --run name"
+        )
 
 
 def _head_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[str], int]:
     """Head mode: the feature set's annotations, videos and window."""
     settings = config.train
     if not settings.features:
-        raise ConfigError(f"train.features: name the feature fingerprint (--features; "
-                          f"lofipipe features {root.url} lists them)")
+        raise ConfigError(
+            f"train.features: name the feature fingerprint (--features; "
+            f"lofipipe features {root.url} lists them)"
+        )
     data = FeatureSet(root, settings.features)
     schedule = load_schedule(data.lineage["schedule"])
     window = settings.head.window or schedule.full.snippets
@@ -113,9 +121,11 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
     with torch.device("meta"):  # unknown names and LoSA on a non-ViT are config errors
         build_encoder(config.train.encoder, losa)
     if ENCODERS[config.train.encoder].frames != schedule.full.frames:
-        raise ConfigError(f"{config.train.encoder} takes {ENCODERS[config.train.encoder].frames}"
-                          f"-frame snippets, the {schedule.name} schedule has "
-                          f"{schedule.full.frames}")
+        raise ConfigError(
+            f"{config.train.encoder} takes {ENCODERS[config.train.encoder].frames}"
+            f"-frame snippets, the {schedule.name} schedule has "
+            f"{schedule.full.frames}"
+        )
     videos = None
     for fidelity in schedule.training_fidelities(config.train.mode):
         stats = SnippetReader(root, fidelity.name).check_schedule(schedule)
@@ -126,8 +136,9 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
     return AnnotationIndex(root), videos or set(), window
 
 
-def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
-              command: str) -> TrainSummary:
+def run_train(
+    config: Config, root: Store, storage_options: Mapping[str, Any], command: str
+) -> TrainSummary:
     """Trains (or resumes) run `config.train.run` on Ray Train workers."""
     settings = config.train
     if not settings.run:
@@ -135,16 +146,21 @@ def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
     inputs = _head_inputs if settings.mode == "head" else _snippet_inputs
     annotations, available, window = inputs(config, root)
     if not annotations.label_names:
-        raise InputError(f"no annotations under {root.url}: run lofipipe ingest with "
-                         f"--annotations")
-    train_videos, val_videos = ([v for v in annotations.videos(subset) if v in available]
-                                for subset in (settings.train_subset, settings.val_subset))
-    for subset, videos in ((settings.train_subset, train_videos),
-                           (settings.val_subset, val_videos)):
+        raise InputError(f"no annotations under {root.url}: run lofipipe ingest with --annotations")
+    train_videos, val_videos = (
+        [v for v in annotations.videos(subset) if v in available]
+        for subset in (settings.train_subset, settings.val_subset)
+    )
+    for subset, videos in (
+        (settings.train_subset, train_videos),
+        (settings.val_subset, val_videos),
+    ):
         if len(videos) < settings.workers:
-            raise InputError(f"{len(videos)} annotated videos of subset {subset!r} have "
-                             f"{'features' if settings.mode == 'head' else 'shards'}, fewer "
-                             f"than the {settings.workers} workers")
+            raise InputError(
+                f"{len(videos)} annotated videos of subset {subset!r} have "
+                f"{'features' if settings.mode == 'head' else 'shards'}, fewer "
+                f"than the {settings.workers} workers"
+            )
     thresholds = parse_thresholds(settings.tiou)
     _check_resume(root, config)
     root.write_text(run_config_path(settings.run), config_to_yaml(config, command))
@@ -152,38 +168,66 @@ def run_train(config: Config, root: Store, storage_options: Mapping[str, Any],
     started = time.monotonic()
     if done < settings.epochs or not root.exists(predictions_path(settings.run)):
         _train_on_ray(config, root, train_videos, val_videos, thresholds, window)
-        record_stage(root, f"train {settings.run}", time.monotonic() - started,
-                     len(train_videos) * (settings.epochs - done))
+        record_stage(
+            root,
+            f"train {settings.run}",
+            time.monotonic() - started,
+            len(train_videos) * (settings.epochs - done),
+        )
     last = read_metrics(root, settings.run, kinds=("epoch",))[-1]
     if not root.exists(predictions_path(settings.run)):
         raise InputError(f"run {settings.run} ended without its predictions")
     result = _evaluate_run(root, settings.run, annotations, settings.val_subset, thresholds)
     write_run_page(root, settings.run)
     baseline = baseline_result(annotations, train_videos, val_videos, thresholds)
-    return TrainSummary(settings.run, settings.epochs, done, settings.workers,
-                        time.monotonic() - started, map_table(thresholds, last["val_map"]),
-                        baseline, result)
+    return TrainSummary(
+        settings.run,
+        settings.epochs,
+        done,
+        settings.workers,
+        time.monotonic() - started,
+        map_table(thresholds, last["val_map"]),
+        baseline,
+        result,
+    )
 
 
-def _evaluate_run(root: Store, run: str, annotations: AnnotationIndex, subset: str,
-                  thresholds: tuple[float, ...]) -> DetectionResult:
+def _evaluate_run(
+    root: Store, run: str, annotations: AnnotationIndex, subset: str, thresholds: tuple[float, ...]
+) -> DetectionResult:
     """The run's predictions scored against the annotations of `subset`, saved as
     runs/<run>/evaluation.json."""
     predictions = parse_predictions(root.read_text(predictions_path(run)), predictions_path(run))
-    result = evaluate(ground_truth(annotations, annotations.videos(subset)), predictions,
-                      thresholds)
+    result = evaluate(
+        ground_truth(annotations, annotations.videos(subset)), predictions, thresholds
+    )
     root.write_text(evaluation_path(run), json.dumps(result.to_dict(), indent=1))
     return result
 
 
-def _train_on_ray(config: Config, root: Store, train_videos: list[str],
-                  val_videos: list[str], thresholds: tuple[float, ...], window: int) -> None:
+def _train_on_ray(
+    config: Config,
+    root: Store,
+    train_videos: list[str],
+    val_videos: list[str],
+    thresholds: tuple[float, ...],
+    window: int,
+) -> None:
     settings = config.train
     ensure_ray(config.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     threads = max(1, cluster_cpus() // settings.workers)
-    job = TrainJob(root, settings.run, settings, train_videos, val_videos, thresholds, window,
-                   1 if gpus else threads, config.materialize.schedule)
+    job = TrainJob(
+        root,
+        settings.run,
+        settings,
+        train_videos,
+        val_videos,
+        thresholds,
+        window,
+        1 if gpus else threads,
+        config.materialize.schedule,
+    )
     _fit(job, gpus > 0, threads)
 
 
@@ -210,15 +254,19 @@ def _fit(job: TrainJob, use_gpu: bool, threads: int) -> None:
             rows = read_metrics(job.root, job.run, kinds=_SHOWN)
             for row in rows[seen:]:
                 if row["kind"] == "resume":
-                    progress.write(f"worker group restarted: resumed after epoch "
-                                   f"{row['epoch']} from its checkpoint")
+                    progress.write(
+                        f"worker group restarted: resumed after epoch "
+                        f"{row['epoch']} from its checkpoint"
+                    )
                     continue
                 progress.write(
                     f"epoch {row['epoch']}/{settings.epochs}: loss {row['loss']:.4f}, val "
                     f"mAP@{job.thresholds[0]:.2f} {100 * row['val_map'][0]:5.2f}, average "
-                    f"{100 * row['val_average_map']:5.2f} ({row['seconds']:.1f} s)")
+                    f"{100 * row['val_average_map']:5.2f} ({row['seconds']:.1f} s)"
+                )
                 progress.done()
             seen = max(seen, len(rows))
     if failure:
-        raise InputError(f"training run {job.run} failed: "
-                         f"{str(failure[0]).strip().splitlines()[-1]}") from None
+        raise InputError(
+            f"training run {job.run} failed: {str(failure[0]).strip().splitlines()[-1]}"
+        ) from None

@@ -27,9 +27,11 @@ def contact_sheet(video: VideoSnippets, label_names: list[str], rows: int = 12) 
             picture = Image.fromarray(image).resize((tile, tile), Image.NEAREST)
             sheet.paste(picture, (column * tile, top + _CAPTION))
         center = video.center[index]
-        inside = [label_names[label] for (start, end), label in zip(video.segments, video.labels,
-                                                                    strict=True)
-                  if start <= center < end]
+        inside = [
+            label_names[label]
+            for (start, end), label in zip(video.segments, video.labels, strict=True)
+            if start <= center < end
+        ]
         caption = f"#{index} {video.start[index]:.2f}-{video.end[index]:.2f}s"
         if inside:
             caption += "  " + ", ".join(inside)

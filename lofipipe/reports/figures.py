@@ -26,15 +26,19 @@ def png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def training_curves(run: str, rows: Sequence[Mapping[str, Any]],
-                    thresholds: Sequence[float]) -> Figure:
+def training_curves(
+    run: str, rows: Sequence[Mapping[str, Any]], thresholds: Sequence[float]
+) -> Figure:
     """Loss per step, learning rate per step and validation mAP per epoch, side by side."""
     steps = [r for r in rows if r["kind"] == "step"]
     epochs = [r for r in rows if r["kind"] == "epoch"]
     figure, (loss, rate, score) = plt.subplots(1, 3, figsize=(15, 4))
     x = [r["step"] for r in steps]
-    for key, label in (("loss", "total"), ("cls_loss", "classification"),
-                       ("reg_loss", "regression")):
+    for key, label in (
+        ("loss", "total"),
+        ("cls_loss", "classification"),
+        ("reg_loss", "regression"),
+    ):
         loss.plot(x, [r[key] for r in steps], lw=1, label=label)
     loss.set(xlabel="step", ylabel="loss", title=f"{run}: training loss")
     loss.legend()
@@ -44,8 +48,12 @@ def training_curves(run: str, rows: Sequence[Mapping[str, Any]],
     x = [r["epoch"] for r in epochs]
     score.plot(x, [100 * r["val_average_map"] for r in epochs], marker="o", label="average")
     if thresholds:
-        score.plot(x, [100 * r["val_map"][0] for r in epochs], marker=".",
-                   label=f"tIoU {thresholds[0]:.2f}")
+        score.plot(
+            x,
+            [100 * r["val_map"][0] for r in epochs],
+            marker=".",
+            label=f"tIoU {thresholds[0]:.2f}",
+        )
     score.set(xlabel="epoch", ylabel="mAP (%)", title="validation mAP", ylim=(0, 100))
     score.legend()
     figure.tight_layout()
@@ -57,10 +65,15 @@ def map_per_tiou(evaluation: Mapping[str, Any]) -> Figure:
     keys = list(evaluation["mAP"])
     figure, axes = plt.subplots(figsize=(7, 3.5))
     axes.bar(keys, [100 * evaluation["mAP"][k] for k in keys], color="tab:blue")
-    axes.axhline(100 * evaluation["average_mAP"], color="tab:red", lw=1,
-                 label=f"average {100 * evaluation['average_mAP']:.2f}")
-    axes.set(xlabel="tIoU threshold", ylabel="mAP (%)", ylim=(0, 100),
-             title="mAP per tIoU threshold")
+    axes.axhline(
+        100 * evaluation["average_mAP"],
+        color="tab:red",
+        lw=1,
+        label=f"average {100 * evaluation['average_mAP']:.2f}",
+    )
+    axes.set(
+        xlabel="tIoU threshold", ylabel="mAP (%)", ylim=(0, 100), title="mAP per tIoU threshold"
+    )
     axes.tick_params(axis="x", rotation=45)
     axes.legend()
     figure.tight_layout()
@@ -79,7 +92,8 @@ def per_class_ap(evaluation: Mapping[str, Any]) -> Figure:
     return figure
 
 
-def write_report_plot(root: Store, run: str, rows: Sequence[dict[str, Any]],
-                      thresholds: Sequence[float]) -> None:
+def write_report_plot(
+    root: Store, run: str, rows: Sequence[dict[str, Any]], thresholds: Sequence[float]
+) -> None:
     """`report.png` of a run that trains: loss, learning rate and validation mAP."""
     root.write_bytes(report_plot_path(run), png(training_curves(run, rows, thresholds)))

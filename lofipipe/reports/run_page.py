@@ -68,8 +68,11 @@ def render_run_page(root: Store, run: str) -> str:
     config = yaml.safe_load(config_text) or {}
     train = config.get("train", {})
     rows = read_metrics(root, run)
-    evaluation = json.loads(root.read_text(evaluation_path(run))) \
-        if root.exists(evaluation_path(run)) else None
+    evaluation = (
+        json.loads(root.read_text(evaluation_path(run)))
+        if root.exists(evaluation_path(run))
+        else None
+    )
     schedule = load_schedule(config.get("materialize", {}).get("schedule", "lofi-anet"))
     sections = [
         _header(run, train, rows, evaluation),
@@ -78,12 +81,13 @@ def render_run_page(root: Store, run: str) -> str:
         _throughput(root),
         _errors(root, train),
         _contact(root, train, schedule),
-        _section("config", "Resolved config",
-                 f"<pre>{html.escape(config_text)}</pre>"),
+        _section("config", "Resolved config", f"<pre>{html.escape(config_text)}</pre>"),
     ]
-    return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>lofipipe run {html.escape(run)}</title><style>{_STYLE}</style></head>"
-            f"<body>{''.join(sections)}</body></html>\n")
+    return (
+        f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>lofipipe run {html.escape(run)}</title><style>{_STYLE}</style></head>"
+        f"<body>{''.join(sections)}</body></html>\n"
+    )
 
 
 def _section(anchor: str, title: str, body: str) -> str:
@@ -92,43 +96,61 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 def _image(name: str, data: bytes, caption: str) -> str:
     encoded = base64.b64encode(data).decode("ascii")
-    return (f"<figure id='figure-{name}'><img alt='{html.escape(caption)}' "
-            f"src='data:image/png;base64,{encoded}'><figcaption>{html.escape(caption)}"
-            f"</figcaption></figure>")
+    return (
+        f"<figure id='figure-{name}'><img alt='{html.escape(caption)}' "
+        f"src='data:image/png;base64,{encoded}'><figcaption>{html.escape(caption)}"
+        f"</figcaption></figure>"
+    )
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: set[int],
-           table_id: str) -> str:
+def _table(
+    header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: set[int], table_id: str
+) -> str:
     def cell(tag: str, index: int, value: Any) -> str:
         kind = " class='num'" if index in numeric else ""
         return f"<{tag}{kind}>{html.escape(str(value))}</{tag}>"
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
+    )
     return f"<table id='{table_id}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _header(run: str, train: dict[str, Any], rows: list[dict[str, Any]],
-            evaluation: dict[str, Any] | None) -> str:
+def _header(
+    run: str, train: dict[str, Any], rows: list[dict[str, Any]], evaluation: dict[str, Any] | None
+) -> str:
     epochs = [r for r in rows if r["kind"] == "epoch"]
-    facts = [("mode", train.get("mode", "?")),
-             ("encoder", train.get("encoder", "?") if train.get("mode") != "head"
-              else f"features {train.get('features', '?')}"),
-             ("epochs", f"{len(epochs)} of {train.get('epochs', '?')}"),
-             ("workers", train.get("workers", "?")),
-             ("time in epochs", f"{sum(r['seconds'] for r in epochs):.1f} s")]
+    facts = [
+        ("mode", train.get("mode", "?")),
+        (
+            "encoder",
+            train.get("encoder", "?")
+            if train.get("mode") != "head"
+            else f"features {train.get('features', '?')}",
+        ),
+        ("epochs", f"{len(epochs)} of {train.get('epochs', '?')}"),
+        ("workers", train.get("workers", "?")),
+        ("time in epochs", f"{sum(r['seconds'] for r in epochs):.1f} s"),
+    ]
     if evaluation:
         first = next(iter(evaluation["mAP"]))
-        facts += [(f"{train.get('val_subset', 'validation')} mAP@{first}",
-                   f"{100 * evaluation['mAP'][first]:.2f}"),
-                  ("average mAP", f"{100 * evaluation['average_mAP']:.2f}")]
-    items = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in facts)
+        facts += [
+            (
+                f"{train.get('val_subset', 'validation')} mAP@{first}",
+                f"{100 * evaluation['mAP'][first]:.2f}",
+            ),
+            ("average mAP", f"{100 * evaluation['average_mAP']:.2f}"),
+        ]
+    items = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts
+    )
     written = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    return (f"<header><h1>lofipipe run {html.escape(run)}</h1>"
-            f"<p class='note'>written {written}</p><table id='summary'>{items}</table>"
-            f"</header>")
+    return (
+        f"<header><h1>lofipipe run {html.escape(run)}</h1>"
+        f"<p class='note'>written {written}</p><table id='summary'>{items}</table>"
+        f"</header>"
+    )
 
 
 def _training(run: str, rows: list[dict[str, Any]], evaluation: dict[str, Any] | None) -> str:
@@ -136,8 +158,11 @@ def _training(run: str, rows: list[dict[str, Any]], evaluation: dict[str, Any] |
         return _section("training", "Training", "<p class='note'>no metrics yet</p>")
     keys = list(evaluation["mAP"]) if evaluation else []
     thresholds = [float(k) for k in keys]
-    figure = _image("training", png(training_curves(run, rows, thresholds)),
-                    "Training loss and learning rate per step; validation mAP per epoch")
+    figure = _image(
+        "training",
+        png(training_curves(run, rows, thresholds)),
+        "Training loss and learning rate per step; validation mAP per epoch",
+    )
     return _section("training", "Training", figure)
 
 
@@ -145,43 +170,97 @@ def _scores(evaluation: dict[str, Any] | None) -> str:
     if evaluation is None:
         return _section("scores", "Evaluation", "<p class='note'>not evaluated yet</p>")
     keys = list(evaluation["mAP"])
-    per_tiou = _table(["tIoU", *keys, "average"],
-                      [["mAP (%)", *(f"{100 * evaluation['mAP'][k]:.2f}" for k in keys),
-                        f"{100 * evaluation['average_mAP']:.2f}"]],
-                      set(range(1, len(keys) + 2)), "map-per-tiou")
+    per_tiou = _table(
+        ["tIoU", *keys, "average"],
+        [
+            [
+                "mAP (%)",
+                *(f"{100 * evaluation['mAP'][k]:.2f}" for k in keys),
+                f"{100 * evaluation['average_mAP']:.2f}",
+            ]
+        ],
+        set(range(1, len(keys) + 2)),
+        "map-per-tiou",
+    )
     classes = sorted(evaluation["per_class"].items())
-    per_class = _table(["class", "average AP (%)", *(f"AP@{k}" for k in keys)],
-                       [[label, f"{100 * item['average_AP']:.2f}",
-                         *(f"{100 * item['AP'][k]:.2f}" for k in keys)]
-                        for label, item in classes],
-                       set(range(1, len(keys) + 2)), "ap-per-class")
-    counts = (f"<p class='note'>{evaluation['videos']} videos, {evaluation['instances']} "
-              f"ground-truth segments, {evaluation['predictions']} predictions</p>")
-    return _section("scores", "Evaluation", counts
-                    + _image("map-per-tiou", png(map_per_tiou(evaluation)),
-                             "mAP per tIoU threshold") + per_tiou
-                    + _image("ap-per-class", png(per_class_ap(evaluation)),
-                             "Average AP per class") + per_class)
+    per_class = _table(
+        ["class", "average AP (%)", *(f"AP@{k}" for k in keys)],
+        [
+            [
+                label,
+                f"{100 * item['average_AP']:.2f}",
+                *(f"{100 * item['AP'][k]:.2f}" for k in keys),
+            ]
+            for label, item in classes
+        ],
+        set(range(1, len(keys) + 2)),
+        "ap-per-class",
+    )
+    counts = (
+        f"<p class='note'>{evaluation['videos']} videos, {evaluation['instances']} "
+        f"ground-truth segments, {evaluation['predictions']} predictions</p>"
+    )
+    return _section(
+        "scores",
+        "Evaluation",
+        counts
+        + _image("map-per-tiou", png(map_per_tiou(evaluation)), "mAP per tIoU threshold")
+        + per_tiou
+        + _image("ap-per-class", png(per_class_ap(evaluation)), "Average AP per class")
+        + per_class,
+    )
 
 
 def _throughput(root: Store) -> str:
     totals = stage_totals(root)
     if not totals:
-        return _section("throughput", "Stage throughput", "<p class='note'>no stage has "
-                        "recorded its work under this root</p>")
+        return _section(
+            "throughput",
+            "Stage throughput",
+            "<p class='note'>no stage has recorded its work under this root</p>",
+        )
 
     def rate(value: float | None) -> str:
         return f"{value:.2f}" if value is not None else "-"
 
-    rows = [[t.stage, t.invocations, t.videos, t.snippets or "-", t.failed,
-             f"{t.seconds:.1f}", rate(t.rate(t.videos)), rate(t.rate(t.snippets))]
-            for t in totals]
-    note = ("<p class='note'>Wall time of each stage, summed over its invocations (a resumed "
-            "stage adds up). Extraction is listed per feature set; training counts a video once "
-            "per epoch.</p>")
-    return _section("throughput", "Stage throughput", _table(
-        ["stage", "invocations", "videos", "snippets", "failed", "seconds", "videos/s",
-         "snippets/s"], rows, {1, 2, 3, 4, 5, 6, 7}, "stage-throughput") + note)
+    rows = [
+        [
+            t.stage,
+            t.invocations,
+            t.videos,
+            t.snippets or "-",
+            t.failed,
+            f"{t.seconds:.1f}",
+            rate(t.rate(t.videos)),
+            rate(t.rate(t.snippets)),
+        ]
+        for t in totals
+    ]
+    note = (
+        "<p class='note'>Wall time of each stage, summed over its invocations (a resumed "
+        "stage adds up). Extraction is listed per feature set; training counts a video once "
+        "per epoch.</p>"
+    )
+    return _section(
+        "throughput",
+        "Stage throughput",
+        _table(
+            [
+                "stage",
+                "invocations",
+                "videos",
+                "snippets",
+                "failed",
+                "seconds",
+                "videos/s",
+                "snippets/s",
+            ],
+            rows,
+            {1, 2, 3, 4, 5, 6, 7},
+            "stage-throughput",
+        )
+        + note,
+    )
 
 
 def collect_errors(root: Store, features: str | None = None) -> list[tuple[str, str, str]]:
@@ -204,15 +283,24 @@ def collect_errors(root: Store, features: str | None = None) -> list[tuple[str, 
 
 
 def _errors(root: Store, train: dict[str, Any]) -> str:
-    errors = collect_errors(root, train.get("features") if train.get("mode") == "head"
-                            else None)
+    errors = collect_errors(root, train.get("features") if train.get("mode") == "head" else None)
     if not errors:
-        return _section("errors", "Errors", "<p class='note'>none: every video passed every "
-                        "stage</p>" + _table(["stage", "video", "error"], [], set(), "errors"))
-    more = (f"<p class='note'>and {len(errors) - MAX_ERRORS} more</p>"
-            if len(errors) > MAX_ERRORS else "")
-    return _section("errors", f"Errors ({len(errors)})", _table(
-        ["stage", "video", "error"], errors[:MAX_ERRORS], set(), "errors") + more)
+        return _section(
+            "errors",
+            "Errors",
+            "<p class='note'>none: every video passed every "
+            "stage</p>" + _table(["stage", "video", "error"], [], set(), "errors"),
+        )
+    more = (
+        f"<p class='note'>and {len(errors) - MAX_ERRORS} more</p>"
+        if len(errors) > MAX_ERRORS
+        else ""
+    )
+    return _section(
+        "errors",
+        f"Errors ({len(errors)})",
+        _table(["stage", "video", "error"], errors[:MAX_ERRORS], set(), "errors") + more,
+    )
 
 
 def _contact(root: Store, train: dict[str, Any], schedule: Schedule) -> str:
@@ -224,17 +312,20 @@ def _contact(root: Store, train: dict[str, Any], schedule: Schedule) -> str:
     except InputError:  # features extracted --from videos, or copied in without shards
         videos = []
     if not videos:
-        return _section("snippets", "Snippets", f"<p class='note'>no {fidelity.name} shards "
-                        f"under this root to show</p>")
+        return _section(
+            "snippets",
+            "Snippets",
+            f"<p class='note'>no {fidelity.name} shards under this root to show</p>",
+        )
     annotations = AnnotationIndex(root)
     wanted = set(annotations.videos(train.get("val_subset", "validation")))
     video_id = next((v for v in videos if v in wanted), videos[0])
     sheet = contact_sheet(reader.read_video(video_id), annotations.label_names, _SHEET_ROWS)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    caption = (f"Video {video_id} at fidelity {fidelity.name} ({fidelity.frames} frames of "
-               f"{fidelity.size}x{fidelity.size} px per snippet): one row per snippet, red "
-               f"captions inside annotated actions")
-    return _section("snippets", "Snippets", _image("contact-sheet", buffer.getvalue(),
-                                                   caption))
-
+    caption = (
+        f"Video {video_id} at fidelity {fidelity.name} ({fidelity.frames} frames of "
+        f"{fidelity.size}x{fidelity.size} px per snippet): one row per snippet, red "
+        f"captions inside annotated actions"
+    )
+    return _section("snippets", "Snippets", _image("contact-sheet", buffer.getvalue(), caption))

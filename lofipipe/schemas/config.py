@@ -41,7 +41,14 @@ class RayConfig:
 
 # The synthetic dataset's action classes: one motion pattern each (see media/synth.py).
 MOTION_PATTERNS = (
-    "swing", "bounce", "orbit", "pulse", "zigzag", "figure_eight", "shake", "sweep",
+    "swing",
+    "bounce",
+    "orbit",
+    "pulse",
+    "zigzag",
+    "figure_eight",
+    "shake",
+    "sweep",
 )
 
 
@@ -63,23 +70,28 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         _check(self.videos >= 1, "videos", "must be at least 1")
-        _check(1 <= self.classes <= len(MOTION_PATTERNS), "classes",
-               f"must be between 1 and {len(MOTION_PATTERNS)}")
+        _check(
+            1 <= self.classes <= len(MOTION_PATTERNS),
+            "classes",
+            f"must be between 1 and {len(MOTION_PATTERNS)}",
+        )
         for key in ("width", "height"):
             value = getattr(self, key)
             _check(value >= 32, key, f"must be at least 32 pixels, got {value}")
             _check(value % 2 == 0, key, f"must be even (H.264 4:2:0), got {value}")
         _check(1 <= self.fps <= 120, "fps", "must be between 1 and 120")
-        _check(0.0 <= self.validation_fraction < 1.0, "validation_fraction",
-               "must be in [0, 1)")
+        _check(0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)")
         low, high = self.actions_per_video
         _check(1 <= low <= high, "actions_per_video", "must be [min, max] with 1 <= min <= max")
         short, long = self.action_seconds
         _check(0 < short <= long, "action_seconds", "must be [min, max] with 0 < min <= max")
         # Each action needs its own span plus a gap of at least one second on either side.
-        _check(self.seconds >= high * (long + 1.0) + 1.0, "seconds",
-               f"must be at least {high * (long + 1.0) + 1.0:g} to fit {high} actions of up "
-               f"to {long:g} s")
+        _check(
+            self.seconds >= high * (long + 1.0) + 1.0,
+            "seconds",
+            f"must be at least {high * (long + 1.0) + 1.0:g} to fit {high} actions of up "
+            f"to {long:g} s",
+        )
         _check(self.distractors >= 0, "distractors", "must be >= 0")
 
 
@@ -203,16 +215,25 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", "must be at least 1")
         _check(self.encoder_epochs >= 1, "encoder_epochs", "must be at least 1")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
-        _check(self.batch_size >= self.workers, "batch_size",
-               f"must be at least the number of workers ({self.workers})")
+        _check(
+            self.batch_size >= self.workers,
+            "batch_size",
+            f"must be at least the number of workers ({self.workers})",
+        )
         _check(self.lr > 0, "lr", "must be positive")
         _check(self.encoder_lr_scale >= 0, "encoder_lr_scale", "must be >= 0")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be at least 1")
         _check(self.max_failures >= 0, "max_failures", "must be >= 0")
-        _check(self.run is None or (self.run.replace("-", "").replace("_", "").replace(
-            ".", "").isalnum() and not self.run.startswith(".")), "run",
-            f"use letters, digits, '-', '_' and '.' (a folder name), got {self.run!r}")
+        _check(
+            self.run is None
+            or (
+                self.run.replace("-", "").replace("_", "").replace(".", "").isalnum()
+                and not self.run.startswith(".")
+            ),
+            "run",
+            f"use letters, digits, '-', '_' and '.' (a folder name), got {self.run!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -263,8 +284,11 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(kind)}, got {value!r}")
     if origin is Literal:
-        _check(value in typing.get_args(kind), key,
-               f"must be one of {', '.join(map(str, typing.get_args(kind)))}, got {value!r}")
+        _check(
+            value in typing.get_args(kind),
+            key,
+            f"must be one of {', '.join(map(str, typing.get_args(kind)))}, got {value!r}",
+        )
         return value
     if origin is tuple:
         _check(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
@@ -280,12 +304,18 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
         return value
     if kind is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key,
-               f"expected an integer, got {value!r}")
+        _check(
+            isinstance(value, int) and not isinstance(value, bool),
+            key,
+            f"expected an integer, got {value!r}",
+        )
         return value
     if kind is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"expected a number, got {value!r}")
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            key,
+            f"expected a number, got {value!r}",
+        )
         return float(value)
     if kind is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
@@ -338,8 +368,7 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def read_yaml_mapping(path: str, read_text: Callable[[str], str] | None = None
-                      ) -> dict[str, Any]:
+def read_yaml_mapping(path: str, read_text: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Reads a YAML file whose top level is a mapping, with the safe loader.
 
     Args:
@@ -361,8 +390,11 @@ def read_yaml_mapping(path: str, read_text: Callable[[str], str] | None = None
     return dict(loaded or {})
 
 
-def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] | str] = (),
-                read_text: Callable[[str], str] | None = None) -> Config:
+def load_config(
+    path: str | None = None,
+    overrides: Iterable[Mapping[str, Any] | str] = (),
+    read_text: Callable[[str], str] | None = None,
+) -> Config:
     """Builds the config from defaults, an optional YAML file and overrides.
 
     Args:
@@ -372,8 +404,7 @@ def load_config(path: str | None = None, overrides: Iterable[Mapping[str, Any] |
     """
     values = read_yaml_mapping(path, read_text) if path else {}
     for override in overrides:
-        values = _merge(values, parse_override(override) if isinstance(override, str)
-                        else override)
+        values = _merge(values, parse_override(override) if isinstance(override, str) else override)
     return build(Config, values)
 
 

@@ -39,8 +39,11 @@ class Fidelity:
     batch_size: int = 0  # this fidelity's batch, e.g. from lofipipe plan; 0: the schedule's
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
-               "name", f"must be letters, digits, '-' or '_', got {self.name!r}")
+        _check(
+            bool(self.name) and self.name.replace("-", "").replace("_", "").isalnum(),
+            "name",
+            f"must be letters, digits, '-' or '_', got {self.name!r}",
+        )
         _check(self.snippets >= 1, "snippets", "must be at least 1")
         _check(1 <= self.frames <= 256, "frames", "must be between 1 and 256")
         _check(8 <= self.size <= 1024, "size", "must be between 8 and 1024 pixels")
@@ -49,8 +52,12 @@ class Fidelity:
     @property
     def content(self) -> dict[str, object]:
         """What the snippets of this fidelity depend on (not how training batches them)."""
-        return {"name": self.name, "snippets": self.snippets, "frames": self.frames,
-                "size": self.size}
+        return {
+            "name": self.name,
+            "snippets": self.snippets,
+            "frames": self.frames,
+            "size": self.size,
+        }
 
     @property
     def pixels(self) -> int:
@@ -79,18 +86,30 @@ class Schedule:
         _check(self.batch_size >= 1, "batch_size", "must be at least 1")
         _check(self.cycle_batches >= 1, "cycle_batches", "must be at least 1")
         if self.sampling == "stride":
-            _check(self.fps is not None and self.fps > 0, "fps",
-                   "stride sampling needs a target frame rate > 0")
-            _check(self.stride is not None and self.stride >= 1, "stride",
-                   "stride sampling needs a stride of at least 1 frame")
+            _check(
+                self.fps is not None and self.fps > 0,
+                "fps",
+                "stride sampling needs a target frame rate > 0",
+            )
+            _check(
+                self.stride is not None and self.stride >= 1,
+                "stride",
+                "stride sampling needs a stride of at least 1 frame",
+            )
             for fidelity in self.train:
                 ratio = self.full.snippets / fidelity.snippets
-                _check(ratio == int(ratio) and ratio >= 1, "train",
-                       f"{fidelity.name}: in stride sampling the full fidelity's snippets "
-                       f"({self.full.snippets}) must be a multiple of {fidelity.snippets}")
+                _check(
+                    ratio == int(ratio) and ratio >= 1,
+                    "train",
+                    f"{fidelity.name}: in stride sampling the full fidelity's snippets "
+                    f"({self.full.snippets}) must be a multiple of {fidelity.snippets}",
+                )
         else:
-            _check(self.fps is None and self.stride is None, "sampling",
-                   "fps and stride belong to stride sampling")
+            _check(
+                self.fps is None and self.stride is None,
+                "sampling",
+                "fps and stride belong to stride sampling",
+            )
 
     @property
     def fidelities(self) -> tuple[Fidelity, ...]:
@@ -101,15 +120,22 @@ class Schedule:
         for fidelity in self.fidelities:
             if fidelity.name == name:
                 return fidelity
-        raise ConfigError(f"schedule {self.name}: no fidelity {name!r} "
-                          f"(has: {', '.join(f.name for f in self.fidelities)})")
+        raise ConfigError(
+            f"schedule {self.name}: no fidelity {name!r} "
+            f"(has: {', '.join(f.name for f in self.fidelities)})"
+        )
 
     def lineage(self, fidelity: str, encoding: str) -> dict[str, object]:
         """What the snippets of `fidelity`, stored in `encoding`, depend on besides the
         source videos (kept in each shard's stats)."""
-        return {"schedule": self.name, "sampling": self.sampling, "fps": self.fps,
-                "stride": self.stride, "encoding": encoding,
-                **self.fidelity(fidelity).content}
+        return {
+            "schedule": self.name,
+            "sampling": self.sampling,
+            "fps": self.fps,
+            "stride": self.stride,
+            "encoding": encoding,
+            **self.fidelity(fidelity).content,
+        }
 
     def training_fidelities(self, mode: str) -> tuple[Fidelity, ...]:
         """What a training mode takes: LoFi the reduced fidelities, LoSA and the head the
@@ -172,30 +198,46 @@ PRESETS: dict[str, Schedule] = {
     # ActivityNet-1.3 in the LoFi paper: L=100 snippets of 8 frames at 224 (TSM-R18);
     # S-LoFi 100@112, T-LoFi 25@224, ST-LoFi 50@158; long cycle, batch 16.
     "lofi-anet": Schedule("lofi-anet", _ANET_FULL, _lofi_reductions(_ANET_FULL)),
-    "lofi-anet-short": Schedule("lofi-anet-short", _ANET_FULL, _lofi_reductions(_ANET_FULL),
-                                cycle="short"),
+    "lofi-anet-short": Schedule(
+        "lofi-anet-short", _ANET_FULL, _lofi_reductions(_ANET_FULL), cycle="short"
+    ),
     # THUMOS-14: 30 fps frames, a snippet every 4 frames (ActionFormer's feature stride),
     # windows of 256 snippets; the same three reductions over the same window.
-    "lofi-thumos": Schedule("lofi-thumos", _THUMOS_FULL, _lofi_reductions(_THUMOS_FULL),
-                            sampling="stride", fps=30.0, stride=4),
+    "lofi-thumos": Schedule(
+        "lofi-thumos",
+        _THUMOS_FULL,
+        _lofi_reductions(_THUMOS_FULL),
+        sampling="stride",
+        fps=30.0,
+        stride=4,
+    ),
     # Multigrid's long cycle: coarse-to-fine shapes up to the base shape, batch scaled.
-    "multigrid": Schedule("multigrid", _ANET_FULL, (
-        Fidelity("mg-1", 25, 8, 158), Fidelity("mg-2", 50, 8, 158),
-        Fidelity("mg-3", 50, 8, 224), Fidelity("mg-4", 100, 8, 224)), cycle="multigrid"),
+    "multigrid": Schedule(
+        "multigrid",
+        _ANET_FULL,
+        (
+            Fidelity("mg-1", 25, 8, 158),
+            Fidelity("mg-2", 50, 8, 158),
+            Fidelity("mg-3", 50, 8, 224),
+            Fidelity("mg-4", 100, 8, 224),
+        ),
+        cycle="multigrid",
+    ),
     # Small sizes for the synthetic dataset: 32 snippets of 8 frames at 64 pixels, and a
     # batch that gives its 18 training videos a few steps per epoch.
     "demo": Schedule("demo", _DEMO_FULL, _lofi_reductions(_DEMO_FULL), batch_size=4),
 }
 
 
-def load_schedule(name_or_path: str, read_text: Callable[[str], str] | None = None
-                  ) -> Schedule:
+def load_schedule(name_or_path: str, read_text: Callable[[str], str] | None = None) -> Schedule:
     """A preset by name, or a schedule from a YAML file (same fields as `Schedule`)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
     if not name_or_path.endswith((".yaml", ".yml")):
-        raise ConfigError(f"unknown schedule {name_or_path!r}: use a preset "
-                          f"({', '.join(PRESETS)}) or a .yaml file")
+        raise ConfigError(
+            f"unknown schedule {name_or_path!r}: use a preset "
+            f"({', '.join(PRESETS)}) or a .yaml file"
+        )
     values = read_yaml_mapping(name_or_path, read_text)
     values.setdefault("name", name_or_path.rsplit("/", 1)[-1].rsplit(".", 1)[0])
     return build(Schedule, values, prefix=f"{name_or_path}: ")

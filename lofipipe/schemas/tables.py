@@ -29,11 +29,14 @@ class TableSchema:
 
     @property
     def arrow(self) -> pa.Schema:
-        return pa.schema(list(self.fields), metadata={
-            "lofipipe.schema": self.name,
-            "lofipipe.schema_version": str(self.version),
-            "lofipipe.version": __version__,
-        })
+        return pa.schema(
+            list(self.fields),
+            metadata={
+                "lofipipe.schema": self.name,
+                "lofipipe.schema_version": str(self.version),
+                "lofipipe.version": __version__,
+            },
+        )
 
     @property
     def column_names(self) -> list[str]:
@@ -58,8 +61,10 @@ class TableSchema:
         if name != self.name:
             raise InputError(f"{where}: not a lofipipe {self.name} table (found {name!r})")
         if int(version) > self.version:
-            raise InputError(f"{where}: {self.name} schema version {version} is newer than "
-                             f"this lofipipe understands ({self.version}); upgrade lofipipe")
+            raise InputError(
+                f"{where}: {self.name} schema version {version} is newer than "
+                f"this lofipipe understands ({self.version}); upgrade lofipipe"
+            )
         missing = [n for n in self.column_names if n not in table.column_names]
         if missing:
             raise InputError(f"{where}: missing columns {missing}")
@@ -68,8 +73,11 @@ class TableSchema:
 
 def _column(field: pa.Field, values: list) -> pa.Array:
     kind = field.type
-    if (pa.types.is_list(kind) and pa.types.is_binary(kind.value_type)
-            and all(value is not None for value in values)):
+    if (
+        pa.types.is_list(kind)
+        and pa.types.is_binary(kind.value_type)
+        and all(value is not None for value in values)
+    ):
         # Flat values plus offsets: many times faster than converting nested lists of
         # large bytes objects, which is what snippet frames are.
         offsets = np.cumsum([0] + [len(value) for value in values], dtype=np.int32)
@@ -82,86 +90,110 @@ def _f(name: str, kind: pa.DataType, nullable: bool = True) -> pa.Field:
     return pa.field(name, kind, nullable=nullable)
 
 
-MANIFEST = TableSchema("manifest", 1, (
-    _f("video_id", pa.string(), False),
-    _f("uri", pa.string(), False),
-    _f("size", pa.int64()),
-    _f("source_signature", pa.string()),  # size + mtime or ETag: cheap change detection
-    _f("fingerprint", pa.string()),  # BLAKE2b-128 of the file's bytes
-    _f("duration", pa.float64()),  # seconds
-    _f("start_time", pa.float64()),  # seconds; the first frame's presentation time
-    _f("avg_fps", pa.float64()),
-    _f("num_frames", pa.int64()),  # null when the container does not say
-    _f("width", pa.int32()),  # as stored, before rotation
-    _f("height", pa.int32()),
-    _f("rotation", pa.int16()),  # degrees counter-clockwise to display upright: 0/90/180/270
-    _f("codec", pa.string()),
-    _f("has_audio", pa.bool_()),
-    _f("subset", pa.string()),
-    _f("status", pa.string(), False),  # ok | failed
-    _f("error", pa.string()),  # "<reason>: <one line>", when failed
-    _f("probe_seconds", pa.float64()),
-    _f("lofipipe_version", pa.string()),
-))
+MANIFEST = TableSchema(
+    "manifest",
+    1,
+    (
+        _f("video_id", pa.string(), False),
+        _f("uri", pa.string(), False),
+        _f("size", pa.int64()),
+        _f("source_signature", pa.string()),  # size + mtime or ETag: cheap change detection
+        _f("fingerprint", pa.string()),  # BLAKE2b-128 of the file's bytes
+        _f("duration", pa.float64()),  # seconds
+        _f("start_time", pa.float64()),  # seconds; the first frame's presentation time
+        _f("avg_fps", pa.float64()),
+        _f("num_frames", pa.int64()),  # null when the container does not say
+        _f("width", pa.int32()),  # as stored, before rotation
+        _f("height", pa.int32()),
+        _f("rotation", pa.int16()),  # degrees counter-clockwise to display upright: 0/90/180/270
+        _f("codec", pa.string()),
+        _f("has_audio", pa.bool_()),
+        _f("subset", pa.string()),
+        _f("status", pa.string(), False),  # ok | failed
+        _f("error", pa.string()),  # "<reason>: <one line>", when failed
+        _f("probe_seconds", pa.float64()),
+        _f("lofipipe_version", pa.string()),
+    ),
+)
 
-ANNOTATIONS = TableSchema("annotations", 1, (
-    _f("video_id", pa.string(), False),
-    _f("subset", pa.string()),
-    _f("label", pa.string(), False),
-    _f("label_id", pa.int32(), False),  # index into the sorted list of labels
-    _f("start", pa.float64(), False),  # seconds
-    _f("end", pa.float64(), False),
-    _f("video_duration", pa.float64()),
-    _f("source_format", pa.string(), False),  # activitynet | thumos14
-))
+ANNOTATIONS = TableSchema(
+    "annotations",
+    1,
+    (
+        _f("video_id", pa.string(), False),
+        _f("subset", pa.string()),
+        _f("label", pa.string(), False),
+        _f("label_id", pa.int32(), False),  # index into the sorted list of labels
+        _f("start", pa.float64(), False),  # seconds
+        _f("end", pa.float64(), False),
+        _f("video_duration", pa.float64()),
+        _f("source_format", pa.string(), False),  # activitynet | thumos14
+    ),
+)
 
-SNIPPETS = TableSchema("snippets", 1, (
-    _f("video_id", pa.string(), False),
-    _f("fidelity", pa.string(), False),
-    _f("index", pa.int32(), False),
-    _f("start", pa.float64(), False),
-    _f("end", pa.float64(), False),
-    _f("center", pa.float64(), False),
-    _f("frame_times", pa.list_(pa.float64())),
-    _f("num_frames", pa.int16(), False),
-    _f("height", pa.int16(), False),
-    _f("width", pa.int16(), False),
-    _f("encoding", pa.string(), False),  # raw (planar RGB, 3 x S x S bytes) | jpeg
-    _f("frames", pa.list_(pa.binary())),  # F encoded frames, upright
-    _f("source_fingerprint", pa.string()),
-))
+SNIPPETS = TableSchema(
+    "snippets",
+    1,
+    (
+        _f("video_id", pa.string(), False),
+        _f("fidelity", pa.string(), False),
+        _f("index", pa.int32(), False),
+        _f("start", pa.float64(), False),
+        _f("end", pa.float64(), False),
+        _f("center", pa.float64(), False),
+        _f("frame_times", pa.list_(pa.float64())),
+        _f("num_frames", pa.int16(), False),
+        _f("height", pa.int16(), False),
+        _f("width", pa.int16(), False),
+        _f("encoding", pa.string(), False),  # raw (planar RGB, 3 x S x S bytes) | jpeg
+        _f("frames", pa.list_(pa.binary())),  # F encoded frames, upright
+        _f("source_fingerprint", pa.string()),
+    ),
+)
 
-FEATURES = TableSchema("features", 1, (
-    _f("video_id", pa.string(), False),
-    _f("encoder_fingerprint", pa.string(), False),
-    _f("num_snippets", pa.int32(), False),
-    _f("dim", pa.int32(), False),
-    _f("values", pa.list_(pa.float32())),  # [num_snippets * dim], row-major
-    _f("snippet_start", pa.list_(pa.float64())),
-    _f("snippet_end", pa.list_(pa.float64())),
-    _f("source_fingerprint", pa.string()),
-))
+FEATURES = TableSchema(
+    "features",
+    1,
+    (
+        _f("video_id", pa.string(), False),
+        _f("encoder_fingerprint", pa.string(), False),
+        _f("num_snippets", pa.int32(), False),
+        _f("dim", pa.int32(), False),
+        _f("values", pa.list_(pa.float32())),  # [num_snippets * dim], row-major
+        _f("snippet_start", pa.list_(pa.float64())),
+        _f("snippet_end", pa.list_(pa.float64())),
+        _f("source_fingerprint", pa.string()),
+    ),
+)
 
-METRICS = TableSchema("metrics", 1, (
-    _f("kind", pa.string(), False),  # step | epoch | resume (from the epoch's checkpoint)
-    _f("epoch", pa.int32(), False),  # 1-based
-    _f("step", pa.int64(), False),  # optimizer steps done
-    _f("loss", pa.float64()),  # mean over the steps of an epoch row
-    _f("cls_loss", pa.float64()),
-    _f("reg_loss", pa.float64()),
-    _f("lr", pa.float64()),
-    _f("val_average_map", pa.float64()),  # epoch rows
-    _f("val_map", pa.list_(pa.float64())),  # at each of the run's tIoU thresholds
-    _f("seconds", pa.float64()),  # wall time of the step or epoch
-))
+METRICS = TableSchema(
+    "metrics",
+    1,
+    (
+        _f("kind", pa.string(), False),  # step | epoch | resume (from the epoch's checkpoint)
+        _f("epoch", pa.int32(), False),  # 1-based
+        _f("step", pa.int64(), False),  # optimizer steps done
+        _f("loss", pa.float64()),  # mean over the steps of an epoch row
+        _f("cls_loss", pa.float64()),
+        _f("reg_loss", pa.float64()),
+        _f("lr", pa.float64()),
+        _f("val_average_map", pa.float64()),  # epoch rows
+        _f("val_map", pa.list_(pa.float64())),  # at each of the run's tIoU thresholds
+        _f("seconds", pa.float64()),  # wall time of the step or epoch
+    ),
+)
 
-ERRORS = TableSchema("errors", 1, (
-    _f("stage", pa.string(), False),  # ingest | annotations | materialize | extract | train
-    _f("video_id", pa.string()),
-    _f("uri", pa.string()),
-    _f("reason", pa.string(), False),  # a short code to count by
-    _f("error", pa.string(), False),  # one line
-    _f("attempts", pa.int32()),
-))
+ERRORS = TableSchema(
+    "errors",
+    1,
+    (
+        _f("stage", pa.string(), False),  # ingest | annotations | materialize | extract | train
+        _f("video_id", pa.string()),
+        _f("uri", pa.string()),
+        _f("reason", pa.string(), False),  # a short code to count by
+        _f("error", pa.string(), False),  # one line
+        _f("attempts", pa.int32()),
+    ),
+)
 
 ALL = (MANIFEST, ANNOTATIONS, SNIPPETS, FEATURES, METRICS, ERRORS)

@@ -15,8 +15,7 @@ from lofipipe.layout import checkpoint_path, checkpoints_dir
 from lofipipe.storage import Store
 
 
-def save_checkpoint(root: Store, run: str, epoch: int, state: dict[str, Any],
-                    keep: int) -> str:
+def save_checkpoint(root: Store, run: str, epoch: int, state: dict[str, Any], keep: int) -> str:
     """Writes the state after `epoch` epochs, then drops all but the newest `keep`."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -39,8 +38,10 @@ def latest_checkpoint(root: Store, run: str) -> dict[str, Any] | None:
     if not found:
         return None
     try:
-        return torch.load(io.BytesIO(root.read_bytes(found[-1])), map_location="cpu",
-                          weights_only=True)
+        return torch.load(
+            io.BytesIO(root.read_bytes(found[-1])), map_location="cpu", weights_only=True
+        )
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise InputError(f"{root.url_of(found[-1])}: not a readable checkpoint "
-                         f"({one_line(error)})") from None
+        raise InputError(
+            f"{root.url_of(found[-1])}: not a readable checkpoint ({one_line(error)})"
+        ) from None

@@ -45,8 +45,11 @@ class VideoFeatures:
     def grid(self) -> tuple[float, float]:
         """(time of snippet 0's center, seconds between snippet centers) of the video."""
         centers = (self.start + self.end) / 2
-        step = float(np.median(np.diff(centers))) if len(centers) > 1 else float(
-            self.end[0] - self.start[0])
+        step = (
+            float(np.median(np.diff(centers)))
+            if len(centers) > 1
+            else float(self.end[0] - self.start[0])
+        )
         return float(centers[0]) - self.first * step, step
 
     def to_snippets(self, seconds: np.ndarray) -> np.ndarray:
@@ -69,9 +72,15 @@ class VideoFeatures:
             if inside > 0 and inside >= min_inside * (finish - begin):
                 keep.append(index)
                 clipped.append((max(begin, span[0]), min(finish, span[1])))
-        return VideoFeatures(self.video_id, self.values[first:last], self.start[first:last],
-                             self.end[first:last], np.array(clipped, np.float64).reshape(-1, 2),
-                             self.labels[keep], self.first + first)
+        return VideoFeatures(
+            self.video_id,
+            self.values[first:last],
+            self.start[first:last],
+            self.end[first:last],
+            np.array(clipped, np.float64).reshape(-1, 2),
+            self.labels[keep],
+            self.first + first,
+        )
 
 
 class FeatureSet:
@@ -80,8 +89,10 @@ class FeatureSet:
     def __init__(self, root: Store, fingerprint: str):
         self.root, self.fingerprint = root, fingerprint
         if not root.exists(lineage_path(fingerprint)):
-            raise InputError(f"no features {fingerprint!r} under {root.url_of(FEATURES_DIR)} "
-                             f"(lofipipe features {root.url} lists them)")
+            raise InputError(
+                f"no features {fingerprint!r} under {root.url_of(FEATURES_DIR)} "
+                f"(lofipipe features {root.url} lists them)"
+            )
         self.lineage = json.loads(root.read_text(lineage_path(fingerprint)))
         self.index: dict[str, tuple[int, int]] = {}  # video_id -> (part, row group)
         for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN):
@@ -89,8 +100,9 @@ class FeatureSet:
             for row, video_id in enumerate(stats["videos"]):
                 self.index[video_id] = (stats["part"], row)
         if not self.index:
-            raise InputError(f"features {fingerprint} hold no videos yet: run lofipipe "
-                             f"extract to the end")
+            raise InputError(
+                f"features {fingerprint} hold no videos yet: run lofipipe extract to the end"
+            )
         self.annotations = AnnotationIndex(root)
         self.label_names = self.annotations.label_names
         self.subsets = self.annotations.subsets
@@ -116,16 +128,21 @@ class FeatureSet:
             return self._cache[video_id]
         part, row = self.index[video_id]
         if part not in self._files:
-            self._files[part] = pq.ParquetFile(self.root.open_arrow(
-                feature_part_path(self.fingerprint, part)))
-        table = FEATURES.check(self._files[part].read_row_group(row),
-                               self.root.url_of(feature_part_path(self.fingerprint, part)))
+            self._files[part] = pq.ParquetFile(
+                self.root.open_arrow(feature_part_path(self.fingerprint, part))
+            )
+        table = FEATURES.check(
+            self._files[part].read_row_group(row),
+            self.root.url_of(feature_part_path(self.fingerprint, part)),
+        )
         record = table.to_pylist()[0]
         video = VideoFeatures(
-            video_id, np.asarray(record["values"], np.float32).reshape(
-                record["num_snippets"], record["dim"]),
-            np.asarray(record["snippet_start"]), np.asarray(record["snippet_end"]),
-            *self.annotations.segments(video_id))
+            video_id,
+            np.asarray(record["values"], np.float32).reshape(record["num_snippets"], record["dim"]),
+            np.asarray(record["snippet_start"]),
+            np.asarray(record["snippet_end"]),
+            *self.annotations.segments(video_id),
+        )
         self._cache[video_id] = video
         self._cached += video.values.nbytes
         while self._cached > _CACHE_BYTES and len(self._cache) > 1:
@@ -134,8 +151,7 @@ class FeatureSet:
         return video
 
 
-def training_window(video: VideoFeatures, length: int, rng: np.random.Generator
-                    ) -> VideoFeatures:
+def training_window(video: VideoFeatures, length: int, rng: np.random.Generator) -> VideoFeatures:
     """A random window of `length` snippets of a longer video (the whole video otherwise)."""
     if len(video.values) <= length:
         return video
@@ -168,7 +184,7 @@ def collate(videos: Sequence[VideoFeatures], num_classes: int, levels: int) -> B
     for _ in range(levels):
         lengths.append(size)
         size = -(-size // 2)
-    strides = [2 ** i for i in range(levels)]
+    strides = [2**i for i in range(levels)]
     first = torch.as_tensor(videos[0].values)  # an encoder's output stays on its device
     features = torch.zeros(len(videos), first.shape[1], length, device=first.device)
     mask = torch.zeros(len(videos), length, dtype=torch.bool, device=first.device)
@@ -178,8 +194,12 @@ def collate(videos: Sequence[VideoFeatures], num_classes: int, levels: int) -> B
         features[index, :, : len(video.values)] = torch.as_tensor(video.values).T
         mask[index, : len(video.values)] = True
         target_classes, target_distances = assign_targets(
-            torch.from_numpy(video.to_snippets(video.segments)), torch.from_numpy(
-                video.labels), lengths, strides, num_classes)
+            torch.from_numpy(video.to_snippets(video.segments)),
+            torch.from_numpy(video.labels),
+            lengths,
+            strides,
+            num_classes,
+        )
         classes.append(target_classes)
         distances.append(target_distances)
     return Batch(features, mask, torch.stack(classes), torch.stack(distances))

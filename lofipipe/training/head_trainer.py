@@ -22,8 +22,9 @@ class HeadTrainer(Trainer):
         settings = self.job.settings
         self.data = FeatureSet(self.job.root, settings.features)
         self.labels = self.data.label_names
-        self._head = TALHead(self.data.dim, len(self.labels), settings.head.dim,
-                             settings.head.levels)
+        self._head = TALHead(
+            self.data.dim, len(self.labels), settings.head.dim, settings.head.levels
+        )
         return self._head
 
     @property
@@ -34,14 +35,18 @@ class HeadTrainer(Trainer):
         size = self.job.settings.batch_size
         return [StepPlan(None, size)] * max(1, len(self.job.train_videos) // size)
 
-    def forward_batch(self, video_ids: Sequence[str], plan: StepPlan,
-                      seeds: Sequence[int]) -> tuple[HeadOutput, Batch]:
+    def forward_batch(
+        self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
+    ) -> tuple[HeadOutput, Batch]:
         job = self.job
         videos = [self.data.read(video_id) for video_id in video_ids]
         if job.window:
-            videos = [training_window(video, job.window, np.random.default_rng(
-                [job.settings.seed, self.epoch, seed])) for video, seed in zip(
-                videos, seeds, strict=True)]
+            videos = [
+                training_window(
+                    video, job.window, np.random.default_rng([job.settings.seed, self.epoch, seed])
+                )
+                for video, seed in zip(videos, seeds, strict=True)
+            ]
         batch = collate(videos, len(self.labels), job.settings.head.levels)
         device = next(self.model.parameters()).device
         return self.trained(batch.features.to(device), batch.mask.to(device)), batch
@@ -53,5 +58,4 @@ class HeadTrainer(Trainer):
         return ground_truth(self.data.annotations, video_ids)
 
     def description(self) -> dict[str, Any]:
-        return {"mode": "head", "features": self.job.settings.features,
-                "in_dim": self.data.dim}
+        return {"mode": "head", "features": self.job.settings.features, "in_dim": self.data.dim}

@@ -50,15 +50,22 @@ class LofiTrainer(Trainer):
         self.schedule = load_schedule(job.schedule)
         self.annotations = AnnotationIndex(job.root)
         self.labels = self.annotations.label_names
-        self.readers = {f.name: SnippetReader(job.root, f.name)
-                        for f in self.schedule.training_fidelities(settings.mode)}
+        self.readers = {
+            f.name: SnippetReader(job.root, f.name)
+            for f in self.schedule.training_fidelities(settings.mode)
+        }
         self.validation = self.schedule.validation_fidelity(settings.mode).name
-        encoder = build_weighted_encoder(settings.encoder, settings.mode == "losa",
-                                         settings.checkpoint, job.root.options, settings.seed)
-        self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim,
-                             settings.head.levels)
-        return SnippetDetector(encoder, self._head, settings.activation_checkpointing,
-                               settings.mixed_precision)
+        encoder = build_weighted_encoder(
+            settings.encoder,
+            settings.mode == "losa",
+            settings.checkpoint,
+            job.root.options,
+            settings.seed,
+        )
+        self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim, settings.head.levels)
+        return SnippetDetector(
+            encoder, self._head, settings.activation_checkpointing, settings.mixed_precision
+        )
 
     @property
     def head(self) -> TALHead:
@@ -80,16 +87,19 @@ class LofiTrainer(Trainer):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
-    def forward_batch(self, video_ids: Sequence[str], plan: StepPlan,
-                      seeds: Sequence[int]) -> tuple[HeadOutput, Batch]:
+    def forward_batch(
+        self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
+    ) -> tuple[HeadOutput, Batch]:
         fidelity = self.schedule.fidelity(plan.fidelity)
         videos = []
         for video_id, seed in zip(video_ids, seeds, strict=True):
             video = self.readers[plan.fidelity].read_video(video_id)
             if len(video.start) > fidelity.snippets:  # stride sampling: one window
                 rng = np.random.default_rng([self.job.settings.seed, self.epoch, seed])
-                video = video.window(int(rng.integers(0, len(video.start) - fidelity.snippets
-                                                       + 1)), fidelity.snippets)
+                video = video.window(
+                    int(rng.integers(0, len(video.start) - fidelity.snippets + 1)),
+                    fidelity.snippets,
+                )
             videos.append(video)
         return self.trained(videos, self.job.settings.head.levels)
 
@@ -103,8 +113,7 @@ class LofiTrainer(Trainer):
         return ground_truth(self.annotations, video_ids)
 
     def model_state(self) -> dict[str, Any]:
-        return {"head": self.head.state_dict(),
-                "encoder": self.model.encoder.net.state_dict()}
+        return {"head": self.head.state_dict(), "encoder": self.model.encoder.net.state_dict()}
 
     def load_model_state(self, state: dict[str, Any]) -> None:
         self.head.load_state_dict(state["head"])
@@ -112,12 +121,22 @@ class LofiTrainer(Trainer):
 
     def finish(self) -> None:
         buffer = io.BytesIO()
-        torch.save({"encoder": self.model.encoder.net.state_dict(),
-                    "lofipipe": {"encoder": self.job.settings.encoder,
-                                 "schedule": self.schedule.name, "run": self.job.run}},
-                   buffer)
+        torch.save(
+            {
+                "encoder": self.model.encoder.net.state_dict(),
+                "lofipipe": {
+                    "encoder": self.job.settings.encoder,
+                    "schedule": self.schedule.name,
+                    "run": self.job.run,
+                },
+            },
+            buffer,
+        )
         self.job.root.write_bytes(encoder_path(self.job.run), buffer.getvalue())
 
     def description(self) -> dict[str, Any]:
-        return {"mode": "lofi", "encoder": self.job.settings.encoder,
-                "schedule": self.schedule.name}
+        return {
+            "mode": "lofi",
+            "encoder": self.job.settings.encoder,
+            "schedule": self.schedule.name,
+        }

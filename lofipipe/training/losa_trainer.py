@@ -21,5 +21,8 @@ class LosaTrainer(LofiTrainer):
         return [StepPlan(self.schedule.full.name, size)] * count
 
     def description(self) -> dict[str, Any]:
-        return {"mode": "losa", "encoder": self.job.settings.encoder,
-                "schedule": self.schedule.name}
+        return {
+            "mode": "losa",
+            "encoder": self.job.settings.encoder,
+            "schedule": self.schedule.name,
+        }

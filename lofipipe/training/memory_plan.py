@@ -53,25 +53,39 @@ def _reset_peak() -> None:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # resets VmHWM to the current resident size
     except OSError as error:
-        raise ConfigError(f"measuring CPU memory needs Linux's /proc/self/clear_refs "
-                          f"({error})") from None
+        raise ConfigError(
+            f"measuring CPU memory needs Linux's /proc/self/clear_refs ({error})"
+        ) from None
 
 
 def _synthetic(fidelity: Fidelity, rng: np.random.Generator) -> VideoSnippets:
     count = fidelity.snippets
     start = np.arange(count, dtype=np.float64)
     return VideoSnippets(
-        video_id="synthetic", fidelity=fidelity.name,
-        frames=torch.from_numpy(rng.integers(0, 256, (count, fidelity.frames, 3,
-                                                      fidelity.size, fidelity.size),
-                                             dtype=np.uint8)),
-        start=start, end=start + 1, center=start + 0.5,
+        video_id="synthetic",
+        fidelity=fidelity.name,
+        frames=torch.from_numpy(
+            rng.integers(
+                0, 256, (count, fidelity.frames, 3, fidelity.size, fidelity.size), dtype=np.uint8
+            )
+        ),
+        start=start,
+        end=start + 1,
+        center=start + 0.5,
         frame_times=np.zeros((count, fidelity.frames)),
-        segments=np.array([[count * 0.25, count * 0.6]]), labels=np.array([0]))
+        segments=np.array([[count * 0.25, count * 0.6]]),
+        labels=np.array([0]),
+    )
 
 
-def _step(mode: str, encoder_name: str, fidelity: Fidelity, batch: int, head: HeadConfig,
-          device: torch.device) -> None:
+def _step(
+    mode: str,
+    encoder_name: str,
+    fidelity: Fidelity,
+    batch: int,
+    head: HeadConfig,
+    device: torch.device,
+) -> None:
     """One training step of `mode` on `batch` synthetic videos at `fidelity`."""
     rng = np.random.default_rng(0)
     encoder = build_encoder(encoder_name, losa=mode == "losa")
@@ -79,9 +93,17 @@ def _step(mode: str, encoder_name: str, fidelity: Fidelity, batch: int, head: He
     videos = [_synthetic(fidelity, rng) for _ in range(batch)]
     if mode == "head":
         model = tal.to(device)
-        features = [VideoFeatures(v.video_id, rng.normal(size=(fidelity.snippets, encoder.dim))
-                                  .astype(np.float32), v.start, v.end, v.segments, v.labels)
-                    for v in videos]
+        features = [
+            VideoFeatures(
+                v.video_id,
+                rng.normal(size=(fidelity.snippets, encoder.dim)).astype(np.float32),
+                v.start,
+                v.end,
+                v.segments,
+                v.labels,
+            )
+            for v in videos
+        ]
         targets = collate(features, _CLASSES, head.levels)
         output = model(targets.features.to(device), targets.mask.to(device))
     else:
@@ -96,22 +118,34 @@ def _step(mode: str, encoder_name: str, fidelity: Fidelity, batch: int, head: He
     optimizer.step()
 
 
-def step_peak_bytes(mode: str, encoder: str, fidelity: Fidelity, batch: int,
-                    head: HeadConfig) -> int:
+def step_peak_bytes(
+    mode: str, encoder: str, fidelity: Fidelity, batch: int, head: HeadConfig
+) -> int:
     """Peak memory of one training step (see the module doc)."""
     if encoder not in ENCODERS:
         raise ConfigError(f"unknown encoder {encoder!r} (known: {', '.join(ENCODERS)})")
     if not torch.cuda.is_available():
-        request = json.dumps({"mode": mode, "encoder": encoder, "batch": batch,
-                              "fidelity": dataclasses.asdict(fidelity),
-                              "head": dataclasses.asdict(head)})
-        done = subprocess.run([sys.executable, "-m", __name__, request], capture_output=True,
-                              text=True, env={**os.environ, "OMP_NUM_THREADS": str(
-                                  torch.get_num_threads())})
+        request = json.dumps(
+            {
+                "mode": mode,
+                "encoder": encoder,
+                "batch": batch,
+                "fidelity": dataclasses.asdict(fidelity),
+                "head": dataclasses.asdict(head),
+            }
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", __name__, request],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
+        )
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ConfigError(f"measuring a {mode} step of {encoder} at {fidelity.name}, batch "
-                              f"{batch}, failed: {last}")
+            raise ConfigError(
+                f"measuring a {mode} step of {encoder} at {fidelity.name}, batch "
+                f"{batch}, failed: {last}"
+            )
         return int(done.stdout.split()[-1])
     gc.collect()
     torch.cuda.empty_cache()
@@ -130,8 +164,14 @@ def _measure_here(request: dict) -> int:
     gc.collect()
     _reset_peak()
     before = _status_kb("VmRSS")
-    _step(request["mode"], request["encoder"], Fidelity(**request["fidelity"]),
-          request["batch"], HeadConfig(**request["head"]), torch.device("cpu"))
+    _step(
+        request["mode"],
+        request["encoder"],
+        Fidelity(**request["fidelity"]),
+        request["batch"],
+        HeadConfig(**request["head"]),
+        torch.device("cpu"),
+    )
     return (_status_kb("VmHWM") - before) * 1024
 
 
@@ -143,10 +183,15 @@ class FidelityPlan:
     measured: dict[int, int]  # batch -> bytes
 
 
-def plan_fidelity(mode: str, encoder: str, fidelity: Fidelity, budget: int,
-                  head: HeadConfig, largest: int = 256,
-                  report: Callable[[int, int], None] = lambda batch, peak: None
-                  ) -> FidelityPlan:
+def plan_fidelity(
+    mode: str,
+    encoder: str,
+    fidelity: Fidelity,
+    budget: int,
+    head: HeadConfig,
+    largest: int = 256,
+    report: Callable[[int, int], None] = lambda batch, peak: None,
+) -> FidelityPlan:
     """The largest batch (up to `largest`) whose measured step fits `budget` bytes (with
     `MARGIN`): batch sizes double until one does not fit, then a binary search between
     the last two."""
@@ -173,7 +218,6 @@ def plan_fidelity(mode: str, encoder: str, fidelity: Fidelity, budget: int,
         else:
             high = middle
     return FidelityPlan(fidelity, low, measured[low], measured)
-
 
 
 def planned_schedule_yaml(schedule: Schedule, plans: list[FidelityPlan], header: str) -> str:

@@ -21,8 +21,9 @@ class SnippetDetector(nn.Module):
     """Encoder and head as one module, so data parallelism sees all parameters: uint8
     snippets of several videos -> per-video features -> the head's output."""
 
-    def __init__(self, encoder: Encoder, head: TALHead, recompute: bool = False,
-                 autocast: bool = False):
+    def __init__(
+        self, encoder: Encoder, head: TALHead, recompute: bool = False, autocast: bool = False
+    ):
         super().__init__()
         self.encoder, self.head = encoder, head
         self.recompute, self.autocast = recompute, autocast
@@ -42,19 +43,28 @@ class SnippetDetector(nn.Module):
                     outputs.append(self.encoder(chunk))
         return torch.cat(outputs).float()
 
-    def forward(self, videos: Sequence[VideoSnippets], levels: int
-                ) -> tuple[HeadOutput, Batch]:
+    def forward(self, videos: Sequence[VideoSnippets], levels: int) -> tuple[HeadOutput, Batch]:
         if self.encoder.losa:
             parts = [self.encode(video.frames) for video in videos]
         else:
             values = self.encode(torch.cat([video.frames for video in videos]))
             parts = values.split([len(video.frames) for video in videos])
-        batch = collate([as_features(video, part) for video, part in zip(
-            videos, parts, strict=True)], self.head.num_classes, levels)
+        batch = collate(
+            [as_features(video, part) for video, part in zip(videos, parts, strict=True)],
+            self.head.num_classes,
+            levels,
+        )
         device = parts[0].device
         return self.head(batch.features.to(device), batch.mask.to(device)), batch
 
 
 def as_features(video: VideoSnippets, values) -> VideoFeatures:
-    return VideoFeatures(video.video_id, values, video.start, video.end, video.segments,
-                         video.labels, video.first_index)
+    return VideoFeatures(
+        video.video_id,
+        values,
+        video.start,
+        video.end,
+        video.segments,
+        video.labels,
+        video.first_index,
+    )

@@ -89,8 +89,9 @@ def _all_gather(value: Any) -> list[Any]:
     return [value]
 
 
-def head_losses(head_output: HeadOutput, batch: Batch, world: int
-                ) -> tuple[torch.Tensor, list[float]]:
+def head_losses(
+    head_output: HeadOutput, batch: Batch, world: int
+) -> tuple[torch.Tensor, list[float]]:
     """The loss to back-propagate (scaled so that averaging over `world` workers gives the
     global gradient) and the global [loss, classification, regression] values."""
     logits = torch.cat(head_output.logits, dim=1).float()
@@ -111,8 +112,10 @@ def head_losses(head_output: HeadOutput, batch: Batch, world: int
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on weights, none on norms, biases and scales."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
 
 
 class Trainer(ABC):
@@ -121,9 +124,14 @@ class Trainer(ABC):
 
     labels: list[str]
 
-    def __init__(self, job: TrainJob, rank: int = 0, world: int = 1,
-                 wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
-                 log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        job: TrainJob,
+        rank: int = 0,
+        world: int = 1,
+        wrap: Callable[[nn.Module], nn.Module] = lambda model: model,
+        log: Callable[[str], None] = print,
+    ):
         self.job, self.rank, self.world, self.log = job, rank, world, log
         settings = job.settings
         torch.set_num_threads(job.threads)
@@ -136,11 +144,14 @@ class Trainer(ABC):
         warmup = round(settings.warmup_epochs * len(self.plans[0]))
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=settings.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, warmup, total)
-            * scales[min(step, total - 1)])
-        self.post = PostProcessing(pre_nms_topk=settings.head.pre_nms_topk,
-                                   sigma=settings.head.nms_sigma,
-                                   max_segments=settings.head.max_segments)
+            self.optimizer,
+            lambda step: lr_factor(step, warmup, total) * scales[min(step, total - 1)],
+        )
+        self.post = PostProcessing(
+            pre_nms_topk=settings.head.pre_nms_topk,
+            sigma=settings.head.nms_sigma,
+            max_segments=settings.head.max_segments,
+        )
         self.rows: list[dict[str, Any]] = []
         self.epoch = 0
         self.plotted = -math.inf  # when report.png was last drawn (time.monotonic)
@@ -151,8 +162,13 @@ class Trainer(ABC):
             self.scheduler.load_state_dict(state["scheduler"])
             self.rows, self.epoch = list(state["metrics"]), int(state["epoch"])
             if self.epoch < settings.epochs:  # recorded with the next checkpoint
-                self.rows.append({"kind": "resume", "epoch": self.epoch,
-                                  "step": int(self.first_step[self.epoch])})
+                self.rows.append(
+                    {
+                        "kind": "resume",
+                        "epoch": self.epoch,
+                        "step": int(self.first_step[self.epoch]),
+                    }
+                )
             if rank == 0:
                 self.log(f"resuming {job.run} after epoch {self.epoch} from its checkpoint")
         self.trained = wrap(self.model)
@@ -173,8 +189,9 @@ class Trainer(ABC):
         """The steps of one epoch."""
 
     @abstractmethod
-    def forward_batch(self, video_ids: Sequence[str], plan: StepPlan,
-                      seeds: Sequence[int]) -> tuple[HeadOutput, Batch]:
+    def forward_batch(
+        self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
+    ) -> tuple[HeadOutput, Batch]:
         """The head's output on these training videos, and their targets."""
 
     @abstractmethod
@@ -218,9 +235,16 @@ class Trainer(ABC):
             predictions, _ = self.validate()
         if self.rank == 0:
             self.finish()
-            self.job.root.write_text(predictions_path(self.job.run), json.dumps(
-                {"version": f"lofipipe {__version__}", "results": predictions,
-                 "external_data": self.description()}))
+            self.job.root.write_text(
+                predictions_path(self.job.run),
+                json.dumps(
+                    {
+                        "version": f"lofipipe {__version__}",
+                        "results": predictions,
+                        "external_data": self.description(),
+                    }
+                ),
+            )
 
     def description(self) -> dict[str, Any]:
         return {"mode": self.job.settings.mode}
@@ -229,17 +253,19 @@ class Trainer(ABC):
         job, settings = self.job, self.job.settings
         self.set_train_mode()
         order = np.random.default_rng([settings.seed, self.epoch]).permutation(
-            len(job.train_videos))
+            len(job.train_videos)
+        )
         rows, first = [], 0
         for step, plan in enumerate(self.plans[self.epoch]):
             started = time.perf_counter()
             size = min(plan.batch_size, len(order))
             if first + size > len(order):
                 first = 0
-            chosen = order[first: first + size][self.rank:: self.world]
+            chosen = order[first : first + size][self.rank :: self.world]
             first += size
-            output, batch = self.forward_batch([job.train_videos[i] for i in chosen], plan,
-                                               [int(i) for i in chosen])
+            output, batch = self.forward_batch(
+                [job.train_videos[i] for i in chosen], plan, [int(i) for i in chosen]
+            )
             loss, (total, cls_loss, reg_loss) = head_losses(output, batch, self.world)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -248,10 +274,18 @@ class Trainer(ABC):
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
-            rows.append({"kind": "step", "epoch": self.epoch + 1,
-                         "step": int(self.first_step[self.epoch]) + step + 1, "loss": total,
-                         "cls_loss": cls_loss, "reg_loss": reg_loss, "lr": lr,
-                         "seconds": time.perf_counter() - started})
+            rows.append(
+                {
+                    "kind": "step",
+                    "epoch": self.epoch + 1,
+                    "step": int(self.first_step[self.epoch]) + step + 1,
+                    "loss": total,
+                    "cls_loss": cls_loss,
+                    "reg_loss": reg_loss,
+                    "lr": lr,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
         return rows
 
     def predict(self, video: VideoFeatures) -> list[dict[str, Any]]:
@@ -263,62 +297,103 @@ class Trainer(ABC):
             device = next(self.head.parameters()).device
             for part in windows:
                 batch = collate([part], len(self.labels), self.job.settings.head.levels)
-                found = detect(self.head(batch.features.to(device), batch.mask.to(device)),
-                               0, len(part.values), self.post)
+                found = detect(
+                    self.head(batch.features.to(device), batch.mask.to(device)),
+                    0,
+                    len(part.values),
+                    self.post,
+                )
                 segments.append(part.to_seconds(found[0]))
                 scores.append(found[1])
                 labels.append(found[2])
         segments, scores, labels = (np.concatenate(x) for x in (segments, scores, labels))
         if len(windows) > 1:  # overlapping windows found some actions twice
-            segments, scores, labels = soft_nms(segments, scores, labels, self.post.sigma,
-                                                self.post.min_score, self.post.max_segments)
+            segments, scores, labels = soft_nms(
+                segments,
+                scores,
+                labels,
+                self.post.sigma,
+                self.post.min_score,
+                self.post.max_segments,
+            )
         segments = segments.clip(video.start[0], video.end[-1])
-        return [{"segment": [round(float(a), 3), round(float(b), 3)],
-                 "label": self.labels[int(label)], "score": round(float(score), 6)}
-                for (a, b), score, label in zip(segments, scores, labels, strict=True)]
+        return [
+            {
+                "segment": [round(float(a), 3), round(float(b), 3)],
+                "label": self.labels[int(label)],
+                "score": round(float(score), 6),
+            }
+            for (a, b), score, label in zip(segments, scores, labels, strict=True)
+        ]
 
     def validate(self) -> tuple[dict[str, list], DetectionResult | None]:
         """Every worker predicts its share of the validation videos; worker 0 scores all."""
         self.model.eval()
-        mine = {video_id: self.predict(self.video_features(video_id))
-                for video_id in self.job.val_videos[self.rank:: self.world]}
+        mine = {
+            video_id: self.predict(self.video_features(video_id))
+            for video_id in self.job.val_videos[self.rank :: self.world]
+        }
         gathered = _all_gather(mine)
         if self.rank != 0:
             return {}, None
         predictions = {k: v for part in gathered for k, v in part.items()}
         predictions = {k: predictions[k] for k in sorted(predictions)}
-        found = [Segment(video_id, p["label"], *p["segment"], p["score"])
-                 for video_id, items in predictions.items() for p in items]
-        return predictions, evaluate(self.ground_truth(self.job.val_videos), found,
-                                     self.job.thresholds)
+        found = [
+            Segment(video_id, p["label"], *p["segment"], p["score"])
+            for video_id, items in predictions.items()
+            for p in items
+        ]
+        return predictions, evaluate(
+            self.ground_truth(self.job.val_videos), found, self.job.thresholds
+        )
 
-    def _finish_epoch(self, steps: list[dict[str, Any]], result: DetectionResult | None,
-                      seconds: float) -> None:
+    def _finish_epoch(
+        self, steps: list[dict[str, Any]], result: DetectionResult | None, seconds: float
+    ) -> None:
         self.rows.extend(steps)
         if self.rank != 0:
             return
         job = self.job
-        mean = {key: float(np.mean([r[key] for r in steps]))
-                for key in ("loss", "cls_loss", "reg_loss")}
-        self.rows.append({"kind": "epoch", "epoch": self.epoch,
-                          "step": int(self.first_step[self.epoch]), **mean,
-                          "lr": self.optimizer.param_groups[0]["lr"],
-                          "val_average_map": result.average_mAP,
-                          "val_map": [float(v) for v in result.mAP], "seconds": seconds})
-        save_checkpoint(job.root, job.run, self.epoch, {
-            **self.model_state(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-            "metrics": self.rows, "labels": self.labels, "run_info": self.description(),
-            "lofipipe_version": __version__,
-        }, job.settings.keep_checkpoints)
+        mean = {
+            key: float(np.mean([r[key] for r in steps])) for key in ("loss", "cls_loss", "reg_loss")
+        }
+        self.rows.append(
+            {
+                "kind": "epoch",
+                "epoch": self.epoch,
+                "step": int(self.first_step[self.epoch]),
+                **mean,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "val_average_map": result.average_mAP,
+                "val_map": [float(v) for v in result.mAP],
+                "seconds": seconds,
+            }
+        )
+        save_checkpoint(
+            job.root,
+            job.run,
+            self.epoch,
+            {
+                **self.model_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch,
+                "metrics": self.rows,
+                "labels": self.labels,
+                "run_info": self.description(),
+                "lofipipe_version": __version__,
+            },
+            job.settings.keep_checkpoints,
+        )
         write_metrics(job.root, job.run, self.rows)
         # Drawing the curves costs about 0.3 s, more than an epoch of a small head: the
         # picture follows the run every PLOT_EVERY_S and is complete after the last epoch.
-        if (self.epoch == job.settings.epochs
-                or time.monotonic() - self.plotted >= PLOT_EVERY_S):
+        if self.epoch == job.settings.epochs or time.monotonic() - self.plotted >= PLOT_EVERY_S:
             write_report_plot(job.root, job.run, self.rows, job.thresholds)
             self.plotted = time.monotonic()
         first = f"mAP@{job.thresholds[0]:.2f} {100 * result.mAP[0]:5.2f}"
-        self.log(f"epoch {self.epoch}/{job.settings.epochs}: loss {mean['loss']:.4f}, "
-                 f"val {first}, average {100 * result.average_mAP:5.2f}, "
-                 f"{len(steps) / seconds:.1f} steps/s")
+        self.log(
+            f"epoch {self.epoch}/{job.settings.epochs}: loss {mean['loss']:.4f}, "
+            f"val {first}, average {100 * result.average_mAP:5.2f}, "
+            f"{len(steps) / seconds:.1f} steps/s"
+        )

@@ -47,13 +47,17 @@ class PartJob:
 
     def as_row(self) -> dict[str, Any]:
         """A Ray Data row (plain values only)."""
-        return {"part": self.part, "shard": self.shard,
-                "videos": json.dumps([dataclasses.asdict(v) for v in self.videos])}
+        return {
+            "part": self.part,
+            "shard": self.shard,
+            "videos": json.dumps([dataclasses.asdict(v) for v in self.videos]),
+        }
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> PartJob:
-        return cls(row["part"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])),
-                   row["shard"])
+        return cls(
+            row["part"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])), row["shard"]
+        )
 
 
 @dataclass
@@ -131,44 +135,63 @@ class FeatureExtractor:
             encoded = self._decode(job.videos, failed)
         rows = []
         for video in encoded:
-            rows.append({
-                "video_id": video.video_id, "encoder_fingerprint": self.fingerprint,
-                "num_snippets": len(video.values), "dim": video.values.shape[1],
-                "values": video.values.ravel(), "snippet_start": video.start,
-                "snippet_end": video.end, "source_fingerprint": sources.get(video.video_id)})
+            rows.append(
+                {
+                    "video_id": video.video_id,
+                    "encoder_fingerprint": self.fingerprint,
+                    "num_snippets": len(video.values),
+                    "dim": video.values.shape[1],
+                    "values": video.values.ravel(),
+                    "snippet_start": video.start,
+                    "snippet_end": video.end,
+                    "source_fingerprint": sources.get(video.video_id),
+                }
+            )
             if self.export:
                 self._export(video, self.export)
         # One row group per video: a trainer reads one video's features without the rest.
-        self.root.write_table(feature_part_path(self.fingerprint, job.part),
-                              FEATURES.from_rows(rows), row_group_size=1)
-        record = {"part": job.part, "source": job.shard or "videos",
-                  "videos": [r["video_id"] for r in rows], "rows": len(rows),
-                  "snippets": sum(r["num_snippets"] for r in rows),
-                  "failed": failed, "source_fingerprints": sources,
-                  "lofipipe_version": __version__, "node": node_id()}
-        self.root.write_text(feature_stats_path(self.fingerprint, job.part),
-                             json.dumps(record, indent=1))
+        self.root.write_table(
+            feature_part_path(self.fingerprint, job.part),
+            FEATURES.from_rows(rows),
+            row_group_size=1,
+        )
+        record = {
+            "part": job.part,
+            "source": job.shard or "videos",
+            "videos": [r["video_id"] for r in rows],
+            "rows": len(rows),
+            "snippets": sum(r["num_snippets"] for r in rows),
+            "failed": failed,
+            "source_fingerprints": sources,
+            "lofipipe_version": __version__,
+            "node": node_id(),
+        }
+        self.root.write_text(
+            feature_stats_path(self.fingerprint, job.part), json.dumps(record, indent=1)
+        )
         return record
 
     def _read(self, shard: str) -> Iterator[_Encoded]:
         for video in SnippetReader(self.root, self.schedule.full.name).read_shard(shard):
             step = self._step() or len(video.frames)
             values = self.encode(video.frames.split(step))
-            yield _Encoded(video.video_id, values, video.start, video.end,
-                           int(video.frames.shape[1]))
+            yield _Encoded(
+                video.video_id, values, video.start, video.end, int(video.frames.shape[1])
+            )
 
-    def _decode(self, videos: Iterable[SourceVideo], failed: dict[str, str]
-                ) -> Iterator[_Encoded]:
+    def _decode(self, videos: Iterable[SourceVideo], failed: dict[str, str]) -> Iterator[_Encoded]:
         decoder = SnippetDecoder(self.schedule, self.storage_options, self.decode_threads)
         fidelity = self.schedule.full
         for video in videos:
             spans: list[tuple[float, float]] = []
 
-            def batches(video: SourceVideo = video, spans: list[tuple[float, float]] = spans
-                        ) -> Iterator[torch.Tensor]:
+            def batches(
+                video: SourceVideo = video, spans: list[tuple[float, float]] = spans
+            ) -> Iterator[torch.Tensor]:
                 pending: list[np.ndarray] = []
-                for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
-                                                (fidelity,)):
+                for snippet in decoder.snippets(
+                    video.uri, video.start_time, video.duration, (fidelity,)
+                ):
                     spans.append((snippet.start, snippet.end))
                     pending.append(snippet.frames.transpose(0, 3, 1, 2))  # as shards hold
                     if len(pending) == self._step():
@@ -192,12 +215,22 @@ class FeatureExtractor:
         out.write_bytes(f"{video.video_id}.npy", buffer.getvalue())
         centers = video.center.tolist()
         stride = float(np.median(np.diff(centers))) if len(centers) > 1 else None
-        out.write_text(f"{video.video_id}.json", json.dumps({
-            "video_id": video.video_id, "shape": list(video.values.shape),
-            "feature_stride_s": stride, "fps": (1.0 / stride) if stride else None,
-            "clip_length_frames": video.clip_frames,
-            "snippet_start": video.start.tolist(), "snippet_end": video.end.tolist(),
-            "snippet_center": centers, "encoder_fingerprint": self.fingerprint}))
+        out.write_text(
+            f"{video.video_id}.json",
+            json.dumps(
+                {
+                    "video_id": video.video_id,
+                    "shape": list(video.values.shape),
+                    "feature_stride_s": stride,
+                    "fps": (1.0 / stride) if stride else None,
+                    "clip_length_frames": video.clip_frames,
+                    "snippet_start": video.start.tolist(),
+                    "snippet_end": video.end.tolist(),
+                    "snippet_center": centers,
+                    "encoder_fingerprint": self.fingerprint,
+                }
+            ),
+        )
 
 
 class ExtractActor:

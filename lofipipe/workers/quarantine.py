@@ -66,13 +66,17 @@ class ShardJournal:
         count = self.blamed.get(video_id, 0)
         if count < max_attempts:
             return None
-        return (f"quarantined: the decoder died or hung on it in {count} attempts "
-                f"(last: {self.failures.get(video_id, 'unknown')})")
+        return (
+            f"quarantined: the decoder died or hung on it in {count} attempts "
+            f"(last: {self.failures.get(video_id, 'unknown')})"
+        )
 
     def start(self, video_id: str) -> None:
         self.current = video_id
-        self.root.write_text(journal_path(self.shard), json.dumps(
-            {"current": video_id, "blamed": self.blamed, "failures": self.failures}))
+        self.root.write_text(
+            journal_path(self.shard),
+            json.dumps({"current": video_id, "blamed": self.blamed, "failures": self.failures}),
+        )
 
     def close(self) -> None:
         """The shard committed: nothing is left to blame."""

@@ -86,8 +86,10 @@ class _VideoSpool:
         if not self.rows:
             return
         table = SNIPPETS.from_rows(self.rows).set_column(
-            _FRAMES, SNIPPETS.arrow.field(_FRAMES),
-            frames_column(self.frames, self.encoding, self.jpeg_quality))
+            _FRAMES,
+            SNIPPETS.arrow.field(_FRAMES),
+            frames_column(self.frames, self.encoding, self.jpeg_quality),
+        )
         for batch in table.to_batches():
             self.batches.append(batch)
             self.held += batch.nbytes
@@ -152,20 +154,26 @@ class ShardWriter:
             writers = {}
             for f in fidelities:
                 handle = stack.enter_context(self.root.writer(shard_path(f.name, job.shard)))
-                writers[f.name] = stack.enter_context(pq.ParquetWriter(
-                    handle, SNIPPETS.arrow, compression=self._compression(),
-                    use_dictionary=_SMALL_COLUMNS, write_statistics=_SMALL_COLUMNS))
+                writers[f.name] = stack.enter_context(
+                    pq.ParquetWriter(
+                        handle,
+                        SNIPPETS.arrow,
+                        compression=self._compression(),
+                        use_dictionary=_SMALL_COLUMNS,
+                        write_statistics=_SMALL_COLUMNS,
+                    )
+                )
             for video in job.videos:
                 if quarantined := journal.quarantined(video.video_id, self.max_attempts):
                     for name in stats:
                         stats[name]["failed"][video.video_id] = quarantined
                     continue
                 journal.start(video.video_id)
-                spools = {f.name: _VideoSpool(self.encoding, self.jpeg_quality)
-                          for f in fidelities}
+                spools = {f.name: _VideoSpool(self.encoding, self.jpeg_quality) for f in fidelities}
                 try:
-                    for snippet in decoder.snippets(video.uri, video.start_time, video.duration,
-                                                    fidelities):
+                    for snippet in decoder.snippets(
+                        video.uri, video.start_time, video.duration, fidelities
+                    ):
                         spools[snippet.fidelity].add(self._row(video, snippet), snippet.frames)
                         if sum(spool.held for spool in spools.values()) > _SPILL_BYTES:
                             for spool in spools.values():
@@ -200,18 +208,30 @@ class ShardWriter:
 
     def _new_stats(self, job: ShardJob, fidelity: str) -> dict[str, Any]:
         return {
-            "fidelity": fidelity, "shard": job.shard, "rows": 0, "videos": [], "failed": {},
+            "fidelity": fidelity,
+            "shard": job.shard,
+            "rows": 0,
+            "videos": [],
+            "failed": {},
             "source_fingerprints": {v.video_id: v.fingerprint for v in job.videos},
             "lineage": self.schedule.lineage(fidelity, self.encoding),
-            "lofipipe_version": __version__, "node": node_id(),
+            "lofipipe_version": __version__,
+            "node": node_id(),
         }
 
     def _row(self, video: SourceVideo, snippet: Snippet) -> dict[str, Any]:
         fidelity = self.schedule.fidelity(snippet.fidelity)
         return {
-            "video_id": video.video_id, "fidelity": snippet.fidelity, "index": snippet.index,
-            "start": snippet.start, "end": snippet.end, "center": snippet.center,
-            "frame_times": snippet.frame_times, "num_frames": fidelity.frames,
-            "height": fidelity.size, "width": fidelity.size, "encoding": self.encoding,
+            "video_id": video.video_id,
+            "fidelity": snippet.fidelity,
+            "index": snippet.index,
+            "start": snippet.start,
+            "end": snippet.end,
+            "center": snippet.center,
+            "frame_times": snippet.frame_times,
+            "num_frames": fidelity.frames,
+            "height": fidelity.size,
+            "width": fidelity.size,
+            "encoding": self.encoding,
             "source_fingerprint": video.fingerprint,
         }

@@ -43,9 +43,9 @@ class TaskFailure:
         return VideoFailure(self.reason, self.message).line
 
 
-def map_with_time_limit(stage: Stage[Any, Any], items: Sequence[Any],
-                        timeout_s: float | Callable[[Any], float]
-                        ) -> Iterator[tuple[Any, Any]]:
+def map_with_time_limit(
+    stage: Stage[Any, Any], items: Sequence[Any], timeout_s: float | Callable[[Any], float]
+) -> Iterator[tuple[Any, Any]]:
     """Yields `(item, result_or_TaskFailure)` in completion order.
 
     At most as many tasks are in flight as the stage's CPU request fits in the cluster, and

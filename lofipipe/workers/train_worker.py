@@ -16,8 +16,7 @@ from lofipipe.training.trainer import Trainer, TrainJob
 if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
 
-TRAINERS: dict[str, type[Trainer]] = {"head": HeadTrainer, "lofi": LofiTrainer,
-                                      "losa": LosaTrainer}
+TRAINERS: dict[str, type[Trainer]] = {"head": HeadTrainer, "lofi": LofiTrainer, "losa": LosaTrainer}
 
 
 def train_worker(job: TrainJob) -> None:
@@ -26,10 +25,13 @@ def train_worker(job: TrainJob) -> None:
     import ray.train.torch
 
     context = ray.train.get_context()
-    trainer = TRAINERS[job.settings.mode](job, context.get_world_rank(),
-                                          context.get_world_size(),
-                                          wrap=ray.train.torch.prepare_model,
-                                          log=lambda line: None)
+    trainer = TRAINERS[job.settings.mode](
+        job,
+        context.get_world_rank(),
+        context.get_world_size(),
+        wrap=ray.train.torch.prepare_model,
+        log=lambda line: None,
+    )
     trainer.run()  # the driver shows its epochs from the run's metrics
 
 
@@ -43,9 +45,11 @@ def torch_trainer(job: TrainJob, use_gpu: bool, threads: int) -> TorchTrainer:
     settings = job.settings
     return TorchTrainer(
         lambda: train_worker(job),
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
-                                     resources_per_worker=None if use_gpu else
-                                     {"CPU": threads}),
+        scaling_config=ScalingConfig(
+            num_workers=settings.workers,
+            use_gpu=use_gpu,
+            resources_per_worker=None if use_gpu else {"CPU": threads},
+        ),
         # ray.train exports Train v2's RunConfig, which takes logging_config; mypy sees only
         # v1's, which ray.train imports first and replaces when v2 is on (the default).
         run_config=RunConfig(  # type: ignore[call-arg]
@@ -55,4 +59,6 @@ def torch_trainer(job: TrainJob, use_gpu: bool, threads: int) -> TorchTrainer:
             failure_config=FailureConfig(max_failures=settings.max_failures),
             # Ray Train's INFO lines (process groups, DDP wrapping) and its warnings that
             # the state API is off (lofipipe starts Ray without the dashboard) are noise.
-            logging_config=LoggingConfig(log_level="ERROR")))
+            logging_config=LoggingConfig(log_level="ERROR"),
+        ),
+    )

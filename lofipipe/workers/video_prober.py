@@ -35,8 +35,14 @@ class VideoItem:
 
 def source_signature(info: Mapping[str, Any]) -> str:
     """A cheap change detector from fsspec file info: size plus ETag or modification time."""
-    stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get(
-        "LastModified") or info.get("last_modified") or ""
+    stamp = (
+        info.get("ETag")
+        or info.get("etag")
+        or info.get("mtime")
+        or info.get("LastModified")
+        or info.get("last_modified")
+        or ""
+    )
     return f"{info.get('size', '')}:{str(stamp).strip(chr(34))}"
 
 
@@ -49,8 +55,9 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
 _END_TOLERANCE_S = 1.0  # how far the last frame may fall short of the container's claim
 
 
-def _claimed_end(container: InputContainer, stream: VideoStream, time_base: Fraction,
-                 start: float) -> float | None:
+def _claimed_end(
+    container: InputContainer, stream: VideoStream, time_base: Fraction, start: float
+) -> float | None:
     """The earliest end time the headers allow: a container-level duration is read both as
     a length and as an end time, since muxers disagree (Matroska writes the end)."""
     if stream.duration:
@@ -61,8 +68,9 @@ def _claimed_end(container: InputContainer, stream: VideoStream, time_base: Frac
     return None
 
 
-def _measure_end(container: InputContainer, stream: VideoStream, time_base: Fraction,
-                 claimed: float, rate: float) -> float | None:
+def _measure_end(
+    container: InputContainer, stream: VideoStream, time_base: Fraction, claimed: float, rate: float
+) -> float | None:
     """When the last decodable frame stops showing, by decoding from the last keyframe
     before the claimed end. A file cut short behind a complete index (an MP4 with its moov
     atom first) opens fine and shows itself only here.
@@ -99,17 +107,23 @@ class VideoProber:
     def process(self, item: VideoItem) -> dict[str, Any]:
         """A manifest row for `item`, with `status` ok or failed (and a one-line `error`)."""
         row: dict[str, Any] = {
-            "video_id": item.video_id, "uri": item.uri, "size": item.size,
-            "source_signature": item.source_signature, "lofipipe_version": __version__,
+            "video_id": item.video_id,
+            "uri": item.uri,
+            "size": item.size,
+            "source_signature": item.source_signature,
+            "lofipipe_version": __version__,
         }
         started = time.monotonic()
         try:
             if item.size == 0:
                 raise VideoFailure("empty_file", "empty file (0 bytes)")
             if item.size > self.settings.max_file_gb * 1e9:
-                raise VideoFailure("too_large_file", f"{item.size / 1e9:.3g} GB, over "
-                                                     f"ingest.max_file_gb="
-                                                     f"{self.settings.max_file_gb:g}")
+                raise VideoFailure(
+                    "too_large_file",
+                    f"{item.size / 1e9:.3g} GB, over "
+                    f"ingest.max_file_gb="
+                    f"{self.settings.max_file_gb:g}",
+                )
             with fsspec.open(item.uri, "rb", **self.storage_options) as handle:
                 row.update(self._probe_container(handle))
                 handle.seek(0)
@@ -127,8 +141,9 @@ class VideoProber:
             # "r", which av.open would read off the handle's "rb" anyway, types it as input
             container = av.open(handle, "r", metadata_errors="ignore")
         except av.error.FFmpegError as error:
-            raise VideoFailure("not_a_video", f"not a readable video container "
-                                              f"({one_line(error)})") from None
+            raise VideoFailure(
+                "not_a_video", f"not a readable video container ({one_line(error)})"
+            ) from None
         with container:
             if not container.streams.video:
                 kind = "audio only" if container.streams.audio else "no streams"
@@ -136,9 +151,10 @@ class VideoProber:
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > self.settings.max_pixels:  # from the headers: nothing decoded
-                raise VideoFailure("too_many_pixels", f"{width}x{height} frames, over "
-                                                      f"ingest.max_pixels="
-                                                      f"{self.settings.max_pixels}")
+                raise VideoFailure(
+                    "too_many_pixels",
+                    f"{width}x{height} frames, over ingest.max_pixels={self.settings.max_pixels}",
+                )
             stream.thread_type = "AUTO"
             frame = None
             with contextlib.suppress(av.error.FFmpegError, StopIteration):
@@ -158,13 +174,19 @@ class VideoProber:
             end = _measure_end(container, stream, time_base, claimed, rate or 25.0)
             if end is None or end < claimed - _END_TOLERANCE_S:
                 shown = "nothing" if end is None else f"frames up to {end - start:.3g} s"
-                raise VideoFailure("truncated", f"the headers promise "
-                                                f"{claimed - start:.3g} s but {shown} decode: "
-                                                f"the file is cut short or corrupt")
+                raise VideoFailure(
+                    "truncated",
+                    f"the headers promise "
+                    f"{claimed - start:.3g} s but {shown} decode: "
+                    f"the file is cut short or corrupt",
+                )
             if end - start > self.settings.max_duration_s:
-                raise VideoFailure("too_long", f"{(end - start) / 3600:.3g} h, over "
-                                               f"ingest.max_duration_s="
-                                               f"{self.settings.max_duration_s:g}")
+                raise VideoFailure(
+                    "too_long",
+                    f"{(end - start) / 3600:.3g} h, over "
+                    f"ingest.max_duration_s="
+                    f"{self.settings.max_duration_s:g}",
+                )
             return {
                 # Measured, not read: the span from the first frame to the end of the last.
                 "duration": end - start,

@@ -8,11 +8,23 @@ from lofipipe.data.video_ids import (
 )
 
 
-@pytest.mark.parametrize("name", [
-    "../../etc/passwd.mp4", "..mp4", ".hidden.mp4", "a b.mp4", "vidéo ünïcode.mkv",
-    "$(rm -rf ~);.mp4", "x" * 300 + ".mp4", "back\\slash.mp4", "null\x00byte.mp4",
-    "\u202eevil.mp4", "CON.mp4", "-starts-with-dash.mp4",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd.mp4",
+        "..mp4",
+        ".hidden.mp4",
+        "a b.mp4",
+        "vidéo ünïcode.mkv",
+        "$(rm -rf ~);.mp4",
+        "x" * 300 + ".mp4",
+        "back\\slash.mp4",
+        "null\x00byte.mp4",
+        "\u202eevil.mp4",
+        "CON.mp4",
+        "-starts-with-dash.mp4",
+    ],
+)
 @pytest.mark.reliability
 def test_ids_are_safe_path_components(name):
     video_id = video_id_for_file(name)
@@ -21,8 +33,12 @@ def test_ids_are_safe_path_components(name):
     assert "/" not in video_id and "\\" not in video_id and "\x00" not in video_id
     assert len(video_id) <= 140
     assert video_id.isascii() and video_id.isprintable()
-    record("input", f"file name {name[:40]!r}", f"video id `{video_id[:60]}`: a safe path "
-           f"component", "test_video_ids")
+    record(
+        "input",
+        f"file name {name[:40]!r}",
+        f"video id `{video_id[:60]}`: a safe path component",
+        "test_video_ids",
+    )
 
 
 def test_plain_names_are_kept_and_different_names_never_collide():

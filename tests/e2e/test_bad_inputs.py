@@ -69,8 +69,7 @@ BROKEN = {
 }
 # Annotation entries that do not fit: each is an issue, left out.
 BAD_ENTRIES = {
-    "annotation id with path traversal": ("../../../outside", [1.0, 2.0], "swing",
-                                          "unknown_video"),
+    "annotation id with path traversal": ("../../../outside", [1.0, 2.0], "swing", "unknown_video"),
     "label not in the taxonomy": ("synth_0000", [1.0, 2.0], "ghost", "unknown_label"),
     "segment reversed": ("synth_0000", [5.0, 2.0], "swing", "reversed_segment"),
     "segment outside the video": ("synth_0000", [50.0, 60.0], "swing", "outside_video"),
@@ -78,17 +77,23 @@ BAD_ENTRIES = {
 
 
 def _write_awkward(videos: Path) -> None:
-    write_timed_video(videos / AWKWARD["variable frame rate"],
-                      [0.0, 0.1, 0.15, 0.6, 0.65, 0.7, 1.4, 2.0, 2.05, 2.9])
+    write_timed_video(
+        videos / AWKWARD["variable frame rate"],
+        [0.0, 0.1, 0.15, 0.6, 0.65, 0.7, 1.4, 2.0, 2.05, 2.9],
+    )
     for degrees in (90, 180, 270):
         write_video(videos / f"rot{degrees}.mp4", rotation=degrees)
     write_video(videos / AWKWARD["1x1 pixels"], size=(1, 1), pix_fmt="yuv444p")
     write_video(videos / AWKWARD["stream without a frame count (Matroska)"])
     write_video(videos / AWKWARD["shorter than one snippet (0.3 s)"], seconds=0.3)
-    write_video(videos / AWKWARD["a 10-hour video (1 fps, 16x16)"], seconds=36000,
-                size=(16, 16), fps=1)
-    for case in ("unicode name with spaces", "shell metacharacters in the name",
-                 "a name of dots (path traversal)"):
+    write_video(
+        videos / AWKWARD["a 10-hour video (1 fps, 16x16)"], seconds=36000, size=(16, 16), fps=1
+    )
+    for case in (
+        "unicode name with spaces",
+        "shell metacharacters in the name",
+        "a name of dots (path traversal)",
+    ):
         write_video(videos / AWKWARD[case])
 
 
@@ -115,19 +120,23 @@ def both_runs(tmp_path_factory, ray_local):
     _write_awkward(videos)
     clean = base / "clean"
     recipes = {}
-    for name, truth_file in (("clean", base / "data/annotations.json"),
-                             ("bad", base / "data/annotations-bad.json")):
+    for name, truth_file in (
+        ("clean", base / "data/annotations.json"),
+        ("bad", base / "data/annotations-bad.json"),
+    ):
         recipes[name] = base / f"{name}.yaml"
-        recipes[name].write_text(RECIPE.format(root=base / name, videos=videos,
-                                               annotations=truth_file))
+        recipes[name].write_text(
+            RECIPE.format(root=base / name, videos=videos, annotations=truth_file)
+        )
     result = _run(recipes["clean"])
     assert result.exit_code == 0, result.output
 
     _write_broken(videos)
     truth = json.loads((base / "data/annotations.json").read_text())
     for key, segment, label, _ in BAD_ENTRIES.values():
-        entry = truth["database"].setdefault(key, {"subset": "training", "duration": 10.0,
-                                                   "annotations": []})
+        entry = truth["database"].setdefault(
+            key, {"subset": "training", "duration": 10.0, "annotations": []}
+        )
         entry["annotations"].append({"segment": segment, "label": label})
     (base / "data/annotations-bad.json").write_text(json.dumps(truth))
     before = {p for p in base.rglob("*") if not p.is_relative_to(base / "bad")}
@@ -142,8 +151,9 @@ def test_each_bad_input_has_its_reason_and_strict_exits_3(both_runs):
     assert strict.exit_code == 3, strict.output
     assert f"error: --strict: {len(BROKEN)} failed videos" in strict.output
     assert f"status: {6 + len(AWKWARD)} ok, {len(BROKEN)} failed" in strict.output
-    manifest = {r["video_id"]: r for r in pq.read_table(bad / "manifest/videos.parquet")
-                .to_pylist()}
+    manifest = {
+        r["video_id"]: r for r in pq.read_table(bad / "manifest/videos.parquet").to_pylist()
+    }
     for case, (name, reason) in BROKEN.items():
         row = manifest[video_id_for_file(name)]
         assert row["status"] == "failed" and row["error"].startswith(f"{reason}: "), row
@@ -153,8 +163,7 @@ def test_each_bad_input_has_its_reason_and_strict_exits_3(both_runs):
     for case, (key, _, _, reason) in BAD_ENTRIES.items():
         [issue] = [i for i in issues if i["reason"] == reason]
         assert key in issue["error"] and "\n" not in issue["error"]
-        record("input", case, f"annotations issue, left out: `{issue['error']}`",
-               "test_bad_inputs")
+        record("input", case, f"annotations issue, left out: `{issue['error']}`", "test_bad_inputs")
     for case, name in AWKWARD.items():
         row = manifest[video_id_for_file(name)]
         assert row["status"] == "ok", row
@@ -163,7 +172,8 @@ def test_each_bad_input_has_its_reason_and_strict_exits_3(both_runs):
     rotations = {manifest[f"rot{d}"]["rotation"] for d in (90, 180, 270)}
     assert rotations == {90, 180, 270}
     assert manifest[video_id_for_file(AWKWARD["a 10-hour video (1 fps, 16x16)"])][
-        "duration"] == pytest.approx(36000, abs=2)
+        "duration"
+    ] == pytest.approx(36000, abs=2)
 
 
 def test_good_videos_match_the_clean_run(both_runs):
@@ -172,18 +182,27 @@ def test_good_videos_match_the_clean_run(both_runs):
     assert again.exit_code == 0, again.output
     first, second = job_outputs(Store(str(clean))), job_outputs(Store(str(bad)))
     manifests = "manifest/videos.parquet", "manifest/errors.parquet"
-    assert differences({k: v for k, v in first.items() if k not in manifests},
-                       {k: v for k, v in second.items() if k not in manifests}) == []
+    assert (
+        differences(
+            {k: v for k, v in first.items() if k not in manifests},
+            {k: v for k, v in second.items() if k not in manifests},
+        )
+        == []
+    )
     good = {r["video_id"]: r for r in first["manifest/videos.parquet"]}
-    found = {r["video_id"]: r for r in second["manifest/videos.parquet"]
-             if r["video_id"] in good}
+    found = {r["video_id"]: r for r in second["manifest/videos.parquet"] if r["video_id"] in good}
     assert found == good
-    lost, duplicated = row_changes({k: v for k, v in first.items() if k not in manifests},
-                                   second)
+    lost, duplicated = row_changes({k: v for k, v in first.items() if k not in manifests}, second)
     assert lost == duplicated == 0
-    record("input", "all of the above in one dataset",
-           f"{len(good)} good videos: manifest rows, shards, features, training run and "
-           f"evaluation identical to the clean run's", "test_bad_inputs", lost, duplicated)
+    record(
+        "input",
+        "all of the above in one dataset",
+        f"{len(good)} good videos: manifest rows, shards, features, training run and "
+        f"evaluation identical to the clean run's",
+        "test_bad_inputs",
+        lost,
+        duplicated,
+    )
 
 
 def test_malformed_files_stop_before_any_work(tmp_path):
@@ -196,12 +215,17 @@ def test_malformed_files_stop_before_any_work(tmp_path):
     cases = {
         "malformed recipe YAML": ("recipe.yaml", "job: [unclosed\n", None),
         "malformed annotations JSON": ("annotations.json", '{"database": {', "annotations"),
-        "annotations as CSV": ("annotations.csv", "video,label,start,end\na,x,1,2\n",
-                               "annotations"),
+        "annotations as CSV": (
+            "annotations.csv",
+            "video,label,start,end\na,x,1,2\n",
+            "annotations",
+        ),
         "schedule with impossible values": (
-            "schedule.yaml", "name: bad\nsampling: stride\nfps: 10\nstride: 4\n"
+            "schedule.yaml",
+            "name: bad\nsampling: stride\nfps: 10\nstride: 4\n"
             "full: {name: full, snippets: 0}\ntrain: [{name: a, snippets: 2}]\n",
-            "schedule"),
+            "schedule",
+        ),
     }
     for case, (name, text, role) in cases.items():
         path = tmp_path / name
@@ -209,11 +233,16 @@ def test_malformed_files_stop_before_any_work(tmp_path):
         recipe = path
         if role is not None:
             recipe = tmp_path / f"recipe-{name}"
-            recipe.write_text(RECIPE.format(
-                root=tmp_path / "root", videos=videos,
-                annotations=path if role == "annotations" else good).replace(
-                "schedule: demo", f"schedule: {path}" if role == "schedule" else
-                "schedule: demo"))
+            recipe.write_text(
+                RECIPE.format(
+                    root=tmp_path / "root",
+                    videos=videos,
+                    annotations=path if role == "annotations" else good,
+                ).replace(
+                    "schedule: demo",
+                    f"schedule: {path}" if role == "schedule" else "schedule: demo",
+                )
+            )
         result = _run(recipe)
         assert result.exit_code in (1, 2), (case, result.output)
         message = [line for line in result.output.splitlines() if line.startswith("error:")]

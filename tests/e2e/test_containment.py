@@ -27,37 +27,63 @@ INJECT = Path(__file__).parent.parent / "support" / "inject"
 
 
 def _materialize(root: Path, faults: str, *sets: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(INJECT),
-           "LOFIPIPE_TEST_DECODER_FAULTS": faults}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(INJECT),
+        "LOFIPIPE_TEST_DECODER_FAULTS": faults,
+    }
     env.pop("RAY_ADDRESS", None)
-    command = [str(Path(sys.executable).parent / "lofipipe"), "materialize", str(root),
-               "--schedule", "demo", "--set", "ray.num_cpus=2",
-               "--set", "materialize.videos_per_shard=2", *sets]
+    command = [
+        str(Path(sys.executable).parent / "lofipipe"),
+        "materialize",
+        str(root),
+        "--schedule",
+        "demo",
+        "--set",
+        "ray.num_cpus=2",
+        "--set",
+        "materialize.videos_per_shard=2",
+        *sets,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.mark.reliability
 def test_crashing_and_hanging_videos_are_quarantined(demo_shards, tmp_path):
     root = fresh_root(demo_shards, tmp_path)
-    result = _materialize(root, "crash=synth_0001.mp4;hang=synth_0002.mp4", "--force",
-                          "--set", "materialize.video_timeout_s=5",
-                          "--set", "materialize.video_timeout_s_per_hour=0")
+    result = _materialize(
+        root,
+        "crash=synth_0001.mp4;hang=synth_0002.mp4",
+        "--force",
+        "--set",
+        "materialize.video_timeout_s=5",
+        "--set",
+        "materialize.video_timeout_s_per_hour=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "full: 2 shards (2 written, 0 already done), 2 videos ok, 2 failed " \
-           "(quarantined 2)" in result.stdout
+    assert (
+        "full: 2 shards (2 written, 0 already done), 2 videos ok, 2 failed "
+        "(quarantined 2)" in result.stdout
+    )
     assert "shard 0: worker died" in result.stderr and "trying again" in result.stderr
     assert "shard 1: timed out after" in result.stderr
 
     for fidelity in ("full", "s-lofi"):
-        stats = [json.loads((root / f"shards/{fidelity}/part-0000{i}.stats.json").read_text())
-                 for i in range(2)]
+        stats = [
+            json.loads((root / f"shards/{fidelity}/part-0000{i}.stats.json").read_text())
+            for i in range(2)
+        ]
         assert [s["videos"] for s in stats] == [["synth_0000"], ["synth_0003"]]
         crashed, hung = stats[0]["failed"]["synth_0001"], stats[1]["failed"]["synth_0002"]
-        assert crashed.startswith("quarantined: the decoder died or hung on it in 2 "
-                                  "attempts (last: worker_died: ")
+        assert crashed.startswith(
+            "quarantined: the decoder died or hung on it in 2 attempts (last: worker_died: "
+        )
         # The shard's limit: 2 videos x 5 s.
-        assert hung == ("quarantined: the decoder died or hung on it in 2 attempts (last: "
-                        "timeout: timed out after 10 s)")
+        assert hung == (
+            "quarantined: the decoder died or hung on it in 2 attempts (last: "
+            "timeout: timed out after 10 s)"
+        )
         clean = SnippetReader(Store(str(demo_shards / "root")), fidelity)
         for video in ("synth_0000", "synth_0003"):
             got = SnippetReader(Store(str(root)), fidelity).read_video(video)
@@ -65,12 +91,19 @@ def test_crashing_and_hanging_videos_are_quarantined(demo_shards, tmp_path):
             assert np.array_equal(got.frames.numpy(), want.frames.numpy())
             assert np.array_equal(got.start, want.start)
     assert not list((root / "_lofipipe/journal").rglob("*.json"))  # committed: cleared
-    record("fault", "decoder crash (SIGSEGV in the worker) on one video",
-           f"shard retried, video quarantined after 2 attempts: `{crashed[:60]}...`; its "
-           f"shard neighbour identical to a clean run's", "test_containment")
-    record("fault", "decoder hang on one video (5 s limit per video)",
-           f"task killed at its time limit, retried, quarantined: `{hung}`",
-           "test_containment")
+    record(
+        "fault",
+        "decoder crash (SIGSEGV in the worker) on one video",
+        f"shard retried, video quarantined after 2 attempts: `{crashed[:60]}...`; its "
+        f"shard neighbour identical to a clean run's",
+        "test_containment",
+    )
+    record(
+        "fault",
+        "decoder hang on one video (5 s limit per video)",
+        f"task killed at its time limit, retried, quarantined: `{hung}`",
+        "test_containment",
+    )
 
     # A rerun with --retry-failed gives them a fresh start; without faults they pass.
     again = _materialize(root, "", "--retry-failed")
@@ -84,12 +117,22 @@ def _killed_worker_run(command: list[str], title: bytes) -> tuple[subprocess.Pop
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     earlier = worker_pids(title)
-    process = subprocess.Popen([str(Path(sys.executable).parent / "lofipipe"), *command],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "lofipipe"), *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
-        assert kill_when(process, lambda: bool(worker_pids(title) - earlier), kill=lambda: [
-            os.kill(pid, signal.SIGKILL) for pid in worker_pids(title) - earlier]) is True
+        assert (
+            kill_when(
+                process,
+                lambda: bool(worker_pids(title) - earlier),
+                kill=lambda: [os.kill(pid, signal.SIGKILL) for pid in worker_pids(title) - earlier],
+            )
+            is True
+        )
     finally:  # a driver left running would hold its Ray for the tests after this one
         out, err = process.communicate(timeout=600)
     return process, out, err
@@ -100,35 +143,76 @@ def test_a_killed_worker_during_materialize_or_extract_loses_nothing(demo_shards
     root = fresh_root(demo_shards, tmp_path)
     clean = job_outputs(Store(str(demo_shards / "root")))
     process, out, err = _killed_worker_run(
-        ["materialize", str(root), "--schedule", "demo", "--force", "--set", "ray.num_cpus=2",
-         "--set", "materialize.videos_per_shard=2"], b"ray::lofipipe.materialize")
+        [
+            "materialize",
+            str(root),
+            "--schedule",
+            "demo",
+            "--force",
+            "--set",
+            "ray.num_cpus=2",
+            "--set",
+            "materialize.videos_per_shard=2",
+        ],
+        b"ray::lofipipe.materialize",
+    )
     assert process.returncode == 0, err[-3000:]
     assert "worker died" in err and "trying again" in err
     assert "4 videos ok, 0 failed" in out
     shards = {k: v for k, v in job_outputs(Store(str(root))).items() if k.startswith("shards/")}
     want = {k: v for k, v in clean.items() if k.startswith("shards/")}
     assert differences(want, shards) == [] and row_changes(want, shards) == (0, 0)
-    record("fault", "Ray worker killed (SIGKILL) during materialize",
-           "its shard ran again; shards equal a clean run's", "test_containment")
+    record(
+        "fault",
+        "Ray worker killed (SIGKILL) during materialize",
+        "its shard ran again; shards equal a clean run's",
+        "test_containment",
+    )
 
     process, out, err = _killed_worker_run(
-        ["extract", str(root), "--encoder", "tiny", "--schedule", "demo", "--set",
-         "ray.num_cpus=2"], b"ExtractActor")
+        [
+            "extract",
+            str(root),
+            "--encoder",
+            "tiny",
+            "--schedule",
+            "demo",
+            "--set",
+            "ray.num_cpus=2",
+        ],
+        b"ExtractActor",
+    )
     assert process.returncode == 0, err[-3000:]
     reference = tmp_path / "reference"
     shutil.copytree(root, reference)
     shutil.rmtree(reference / "features")
-    again = subprocess.run([str(Path(sys.executable).parent / "lofipipe"), "extract",
-                            str(reference), "--encoder", "tiny", "--schedule", "demo"],
-                           capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    again = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lofipipe"),
+            "extract",
+            str(reference),
+            "--encoder",
+            "tiny",
+            "--schedule",
+            "demo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     got = {k: v for k, v in job_outputs(Store(str(root))).items() if k.startswith("features/")}
-    want = {k: v for k, v in job_outputs(Store(str(reference))).items()
-            if k.startswith("features/")}
+    want = {
+        k: v for k, v in job_outputs(Store(str(reference))).items() if k.startswith("features/")
+    }
     assert want and differences(want, got) == [] and row_changes(want, got) == (0, 0)
-    record("fault", "Ray worker (encoder actor) killed (SIGKILL) during extract",
-           "Ray Data restarted the actor; features equal a clean run's", "test_containment")
+    record(
+        "fault",
+        "Ray worker (encoder actor) killed (SIGKILL) during extract",
+        "Ray Data restarted the actor; features equal a clean run's",
+        "test_containment",
+    )
 
 
 @pytest.mark.reliability
@@ -139,21 +223,29 @@ def test_a_full_disk_stops_with_one_line_and_a_rerun_resumes(demo_shards, tmp_pa
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     clean = demo_shards / "root"
-    kept = [p for p in clean.rglob("*") if p.is_file() and "shards" not in p.parts
-            and "_lofipipe" not in p.parts]
+    kept = [
+        p
+        for p in clean.rglob("*")
+        if p.is_file() and "shards" not in p.parts and "_lofipipe" not in p.parts
+    ]
     shards = sum(p.stat().st_size for p in (clean / "shards").rglob("*.parquet"))
     size = sum(p.stat().st_size for p in kept) + 4096 * (len(kept) + 40) + shards // 2
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
-                   check=True)
-    command = [str(Path(sys.executable).parent / "lofipipe"), "materialize", str(disk / "root"),
-               "--schedule", "demo", "--set", "materialize.videos_per_shard=2"]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
+    command = [
+        str(Path(sys.executable).parent / "lofipipe"),
+        "materialize",
+        str(disk / "root"),
+        "--schedule",
+        "demo",
+        "--set",
+        "materialize.videos_per_shard=2",
+    ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     try:
-        shutil.copytree(clean, disk / "root", ignore=shutil.ignore_patterns(
-            "shards", "_lofipipe"))
+        shutil.copytree(clean, disk / "root", ignore=shutil.ignore_patterns("shards", "_lofipipe"))
         full = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
         assert full.returncode == 1, full.stderr[-3000:]
         errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
@@ -164,14 +256,22 @@ def test_a_full_disk_stops_with_one_line_and_a_rerun_resumes(demo_shards, tmp_pa
         subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
         again = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
         assert again.returncode == 0, again.stderr[-3000:]
-        got = {k: v for k, v in job_outputs(Store(str(disk / "root"))).items()
-               if k.startswith("shards/")}
-        want = {k: v for k, v in job_outputs(Store(str(clean))).items()
-                if k.startswith("shards/")}
+        got = {
+            k: v
+            for k, v in job_outputs(Store(str(disk / "root"))).items()
+            if k.startswith("shards/")
+        }
+        want = {k: v for k, v in job_outputs(Store(str(clean))).items() if k.startswith("shards/")}
         assert differences(want, got) == []
         lost, duplicated = row_changes(want, got)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
-    record("fault", "local disk full during materialize (ROOT on a small tmpfs)",
-           f"stopped with `{errors[0][:90]}...`, no partial file; the rerun with room wrote "
-           f"the clean run's shards", "test_containment", lost, duplicated)
+    record(
+        "fault",
+        "local disk full during materialize (ROOT on a small tmpfs)",
+        f"stopped with `{errors[0][:90]}...`, no partial file; the rerun with room wrote "
+        f"the clean run's shards",
+        "test_containment",
+        lost,
+        duplicated,
+    )

@@ -22,10 +22,25 @@ def test_demo_runs_the_recipe_and_points_to_its_report(tmp_path):
     script = Path(sys.executable).parent / "lofipipe"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    result = subprocess.run([str(script), "demo", str(tmp_path / "demo"), "--set",
-                             "synth.videos=4", "--set", "synth.width=64", "--set",
-                             "synth.height=48", "--set", "ray.num_cpus=2"],
-                            capture_output=True, text=True, timeout=500, env=env)
+    result = subprocess.run(
+        [
+            str(script),
+            "demo",
+            str(tmp_path / "demo"),
+            "--set",
+            "synth.videos=4",
+            "--set",
+            "synth.width=64",
+            "--set",
+            "synth.height=48",
+            "--set",
+            "ray.num_cpus=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "probe:" in result.stderr and "train:" in result.stderr  # live progress lines
     output = result.stdout
@@ -57,6 +72,12 @@ def test_demo_runs_the_recipe_and_points_to_its_report(tmp_path):
     assert seen["tables"]["map-per-tiou"][0][-1] == f"{100 * evaluation['average_mAP']:.2f}"
     stages = [row[0] for row in seen["tables"]["stage-throughput"]]
     assert [stage.split()[0] for stage in stages] == [
-        "ingest", "materialize", "extract", "train", "extract", "train"]
+        "ingest",
+        "materialize",
+        "extract",
+        "train",
+        "extract",
+        "train",
+    ]
     assert stages[3:6:2] == ["train demo-lofi", "train demo-head"]
     assert "recipe: lofi" in seen["config"]

@@ -36,7 +36,8 @@ def test_rayjob_runs_a_shipped_recipe_with_credentials_from_a_secret():
     assert (REPO / recipe).exists()
     cluster = job["spec"]["rayClusterSpec"]
     containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
-        group["template"]["spec"]["containers"][0] for group in cluster["workerGroupSpecs"]]
+        group["template"]["spec"]["containers"][0] for group in cluster["workerGroupSpecs"]
+    ]
     for container in containers:
         assert container["envFrom"] == [{"secretRef": {"name": "lofipipe-s3"}}]
         assert "env" not in container  # no credential values in the manifest

@@ -27,8 +27,11 @@ from lofipipe.storage import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.s3, pytest.mark.reliability]
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": S3_KEY,
+    "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 RECIPE = """\
 # lofipipe run --config recipe.yaml (the tests' small LoFi job)
 job:
@@ -62,8 +65,10 @@ class Job:
         self.bucket, self.endpoint, self.folder = bucket, endpoint, folder
 
     def store(self, root: str) -> Store:
-        return Store(f"s3://{self.bucket}/{root}", {"endpoint_url": self.endpoint,
-                                                     "key": S3_KEY, "secret": S3_SECRET})
+        return Store(
+            f"s3://{self.bucket}/{root}",
+            {"endpoint_url": self.endpoint, "key": S3_KEY, "secret": S3_SECRET},
+        )
 
     def recipe(self, root: str) -> list[str]:
         """`run --config RECIPE` and the storage options of the job on `root`."""
@@ -71,20 +76,31 @@ class Job:
         recipe.write_text(RECIPE.format(bucket=self.bucket, root=root))
         # The secret also travels as a storage option (inside Ray task arguments), the way
         # that could leak into saved configs, reports or errors: the clean run checks it.
-        return ["run", "--config", str(recipe), "--storage-option",
-                f"endpoint_url={self.endpoint}", "--storage-option", f"secret={S3_SECRET}",
-                "--storage-option", f"key={S3_KEY}"]
+        return [
+            "run",
+            "--config",
+            str(recipe),
+            "--storage-option",
+            f"endpoint_url={self.endpoint}",
+            "--storage-option",
+            f"secret={S3_SECRET}",
+            "--storage-option",
+            f"key={S3_KEY}",
+        ]
 
     def start(self, root: str, cluster, *extra: str):
-        return driver([*self.recipe(root), "--address", cluster.address, *extra],
-                      CREDENTIALS)
+        return driver([*self.recipe(root), "--address", cluster.address, *extra], CREDENTIALS)
 
     def plan(self, root: str) -> dict[str, str]:
         """`lofipipe run --dry-run` (which reads ROOT and needs no Ray): each step's state."""
         result = CliRunner().invoke(main, [*self.recipe(root), "--dry-run"])
         assert result.exit_code == 0, result.output
-        return {m[1]: m[2] for m in re.finditer(
-            r"^(\S.*?) {2,}(done|pending|partly done)\b", result.output, re.MULTILINE)}
+        return {
+            m[1]: m[2]
+            for m in re.finditer(
+                r"^(\S.*?) {2,}(done|pending|partly done)\b", result.output, re.MULTILINE
+            )
+        }
 
     def run(self, root: str, cluster, *extra: str) -> str:
         """Runs the job to the end; returns its output (stdout and stderr)."""
@@ -99,14 +115,34 @@ def job(s3_server, tmp_path_factory):
     import boto3
 
     bucket = "lofipipe-cluster"
-    boto3.client("s3", endpoint_url=s3_server, aws_access_key_id=S3_KEY,
-                 aws_secret_access_key=S3_SECRET, region_name="us-east-1"
-                 ).create_bucket(Bucket=bucket)
-    process = driver(["synth", f"s3://{bucket}/data", "--videos", "8", "--seconds", "10",
-                      "--size", "64x48", "--fps", "10", "--set",
-                      "synth.actions_per_video=[1, 2]", "--set",
-                      "synth.action_seconds=[1.5, 3]", "--storage-option",
-                      f"endpoint_url={s3_server}"], CREDENTIALS)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
+    process = driver(
+        [
+            "synth",
+            f"s3://{bucket}/data",
+            "--videos",
+            "8",
+            "--seconds",
+            "10",
+            "--size",
+            "64x48",
+            "--fps",
+            "10",
+            "--set",
+            "synth.actions_per_video=[1, 2]",
+            "--set",
+            "synth.action_seconds=[1.5, 3]",
+            "--storage-option",
+            f"endpoint_url={s3_server}",
+        ],
+        CREDENTIALS,
+    )
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     return Job(bucket, s3_server, tmp_path_factory.mktemp("recipes"))
@@ -140,9 +176,13 @@ def _assert_no_secret(store: Store, output: str, cluster) -> None:
     assert files
     for path in files:
         assert S3_SECRET.encode() not in path.read_bytes(), path
-    record("fault", "storage secret planted in --storage-option and the environment",
-           f"absent from {len(written)} files under ROOT, the driver's output and "
-           f"{len(files)} Ray log files", "test_job_cluster")
+    record(
+        "fault",
+        "storage secret planted in --storage-option and the environment",
+        f"absent from {len(written)} files under ROOT, the driver's output and "
+        f"{len(files)} Ray log files",
+        "test_job_cluster",
+    )
 
 
 def _committed(store: Store, folder: str) -> int:
@@ -151,8 +191,7 @@ def _committed(store: Store, folder: str) -> int:
 
 def test_killed_driver_reruns_to_the_clean_outputs(job, single_node, clean_run):
     store = job.store("killed")
-    shards = sum(path.startswith("shards/") and path.endswith(".stats.json")
-                 for path in clean_run)
+    shards = sum(path.startswith("shards/") and path.endswith(".stats.json") for path in clean_run)
     points = [
         ("materialize", lambda: _committed(store, "shards") >= 1),
         ("extract", lambda: _committed(store, "features") >= 1),
@@ -170,9 +209,14 @@ def test_killed_driver_reruns_to_the_clean_outputs(job, single_node, clean_run):
     assert differences(clean_run, job_outputs(store)) == []
     lost, duplicated = row_changes(clean_run, job_outputs(store))
     for step, _ in points:
-        record("fault", f"driver killed (SIGKILL) during {step}, rerun",
-               "the rerun continued; final ROOT equal to an uninterrupted run's",
-               "test_job_cluster", lost, duplicated)
+        record(
+            "fault",
+            f"driver killed (SIGKILL) during {step}, rerun",
+            "the rerun continued; final ROOT equal to an uninterrupted run's",
+            "test_job_cluster",
+            lost,
+            duplicated,
+        )
     assert set(job.plan("killed").values()) == {"done"}
 
 
@@ -184,8 +228,11 @@ def test_two_nodes_share_the_work_and_ride_out_an_s3_outage(job, clean_run, s3_o
     with ray_cluster([1, 1], CREDENTIALS) as cluster:
         process = job.start("two-nodes", cluster)
         restarts = []
-        assert kill_when(process, lambda: _committed(store, "shards") >= 1,
-                         kill=lambda: restarts.append(s3_outage(4.0)))
+        assert kill_when(
+            process,
+            lambda: _committed(store, "shards") >= 1,
+            kill=lambda: restarts.append(s3_outage(4.0)),
+        )
         out, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
         nodes = node_ids(cluster)
@@ -193,10 +240,17 @@ def test_two_nodes_share_the_work_and_ride_out_an_s3_outage(job, clean_run, s3_o
     outputs = job_outputs(store)
     assert differences(clean_run, outputs) == []
     lost, duplicated = row_changes(clean_run, outputs)
-    record("fault", "S3 server stopped for 4 s during the job's writes, then restarted",
-           "the job finished on its own (storage retries); ROOT equal to a clean run's",
-           "test_job_cluster", lost, duplicated)
+    record(
+        "fault",
+        "S3 server stopped for 4 s during the job's writes, then restarted",
+        "the job finished on its own (storage retries); ROOT equal to a clean run's",
+        "test_job_cluster",
+        lost,
+        duplicated,
+    )
     for folder in ("shards", "features"):
-        used = {json.loads(store.read_text(path))["node"]
-                for path in store.list(folder, pattern="part-*.stats.json", recursive=True)}
+        used = {
+            json.loads(store.read_text(path))["node"]
+            for path in store.list(folder, pattern="part-*.stats.json", recursive=True)
+        }
         assert used == nodes, f"{folder}: written on {len(used)} of the {len(nodes)} nodes"

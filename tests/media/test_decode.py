@@ -9,10 +9,17 @@ from lofipipe.media.decode import SnippetDecoder, plan_snippets
 from lofipipe.schemas.schedule import PRESETS, Fidelity, Schedule
 from lofipipe.workers.video_prober import VideoItem, VideoProber
 
-RESIZE = Schedule("t", Fidelity("full", 4, 2, 16), (Fidelity("small", 4, 2, 8),
-                                                    Fidelity("few", 2, 2, 16)))
-STRIDE = Schedule("s", Fidelity("full", 4, 4, 16), (Fidelity("half", 2, 4, 8),),
-                  sampling="stride", fps=10.0, stride=2)
+RESIZE = Schedule(
+    "t", Fidelity("full", 4, 2, 16), (Fidelity("small", 4, 2, 8), Fidelity("few", 2, 2, 16))
+)
+STRIDE = Schedule(
+    "s",
+    Fidelity("full", 4, 4, 16),
+    (Fidelity("half", 2, 4, 8),),
+    sampling="stride",
+    fps=10.0,
+    stride=2,
+)
 
 
 def _probe(path):
@@ -91,15 +98,19 @@ def test_nonzero_start_time_counts_from_the_first_frame(tmp_path):
     assert first.frame_times == pytest.approx([0.1, 0.3])
 
 
-@pytest.mark.parametrize("rotation, corner", [(0, (0, 0)), (90, (1, 0)), (180, (1, 1)),
-                                              (-90, (0, 1))])
+@pytest.mark.parametrize(
+    "rotation, corner", [(0, (0, 0)), (90, (1, 0)), (180, (1, 1)), (-90, (0, 1))]
+)
 def test_rotation_is_applied(tmp_path, rotation, corner):
     """The stored top-left mark ends where the display matrix puts it upright."""
     path = write_marked_video(tmp_path / "marked.mp4", rotation)
     frame = _decode(RESIZE, path)[0].frames[0]
     half = frame.shape[0] // 2
-    quadrants = {(r, c): frame[r * half:(r + 1) * half, c * half:(c + 1) * half].mean()
-                 for r in (0, 1) for c in (0, 1)}
+    quadrants = {
+        (r, c): frame[r * half : (r + 1) * half, c * half : (c + 1) * half].mean()
+        for r in (0, 1)
+        for c in (0, 1)
+    }
     assert max(quadrants, key=quadrants.get) == corner
 
 
@@ -111,8 +122,12 @@ def test_one_pass_equals_separate_passes(tmp_path):
         mine = [s for s in together if s.fidelity == fidelity.name]
         assert len(alone) == len(mine) == fidelity.snippets
         for a, b in zip(alone, mine, strict=True):
-            assert (a.index, a.start, a.end, a.frame_times) == (b.index, b.start, b.end,
-                                                                b.frame_times)
+            assert (a.index, a.start, a.end, a.frame_times) == (
+                b.index,
+                b.start,
+                b.end,
+                b.frame_times,
+            )
             assert a.frames.shape == (fidelity.frames, fidelity.size, fidelity.size, 3)
             assert np.array_equal(a.frames, b.frames)
 

@@ -10,9 +10,16 @@ from lofipipe.media.synth import MOTION_PATTERNS, synthesize
 from lofipipe.schemas.config import load_config
 from lofipipe.storage import Store
 
-SMALL = ["synth.videos=4", "synth.seconds=10", "synth.width=64", "synth.height=48",
-         "synth.fps=10", "synth.actions_per_video=[1, 2]", "synth.action_seconds=[1.5, 3]",
-         "synth.classes=3"]
+SMALL = [
+    "synth.videos=4",
+    "synth.seconds=10",
+    "synth.width=64",
+    "synth.height=48",
+    "synth.fps=10",
+    "synth.actions_per_video=[1, 2]",
+    "synth.action_seconds=[1.5, 3]",
+    "synth.classes=3",
+]
 
 
 def _make(tmp_path, name, *overrides):
@@ -87,13 +94,18 @@ def test_actions_need_frames_and_motion(tmp_path):
         visible |= {i for s, e, _, _ in plan.idle for i in range(s, e)}
         for index, frame in enumerate(frames):
             seen = _white_disc(frame) is not None
-            near_edge = any(abs(index - b) <= 1 for a in plan.actions
-                            for b in (a.start_frame, a.end_frame))
+            near_edge = any(
+                abs(index - b) <= 1 for a in plan.actions for b in (a.start_frame, a.end_frame)
+            )
             if not near_edge:
                 assert seen == (index in visible), (plan.video_id, index)
         for action in plan.actions:
-            track = np.array([_white_disc(frames[i]) for i in
-                              range(action.start_frame + 1, action.end_frame - 1)])
+            track = np.array(
+                [
+                    _white_disc(frames[i])
+                    for i in range(action.start_frame + 1, action.end_frame - 1)
+                ]
+            )
             assert track.std(axis=0).max() > 1.0, (plan.video_id, action)
             moving += 1
         for start, end, _, _ in plan.idle:
@@ -104,9 +116,25 @@ def test_actions_need_frames_and_motion(tmp_path):
 
 
 def test_cli_synth_options_and_summary(tmp_path):
-    result = CliRunner().invoke(main, [
-        "synth", str(tmp_path / "s"), "--videos", "2", "--seconds", "20", "--size", "96x64",
-        "--fps", "12", "--classes", "2", "--seed", "5"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "synth",
+            str(tmp_path / "s"),
+            "--videos",
+            "2",
+            "--seconds",
+            "20",
+            "--size",
+            "96x64",
+            "--fps",
+            "12",
+            "--classes",
+            "2",
+            "--seed",
+            "5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "synth: 2 videos" in result.output
     with av.open(str(tmp_path / "s/videos/synth_0000.mp4")) as container:
@@ -128,5 +156,4 @@ def test_rerun_with_fewer_videos_removes_the_extra_ones(tmp_path):
     out, _ = _make(tmp_path, "f", "synth.videos=3")
     _make(tmp_path, "f", "synth.videos=1")
     assert sorted(p.name for p in (out / "videos").iterdir()) == ["synth_0000.mp4"]
-    assert list(json.loads((out / "annotations.json").read_text())["database"]) == \
-        ["synth_0000"]
+    assert list(json.loads((out / "annotations.json").read_text())["database"]) == ["synth_0000"]

@@ -22,8 +22,10 @@ def test_shift_keeps_clips_apart():
     assert out[0, 1, 0] == 0 and out[1, 0, 1] == 0  # no value crosses from clip to clip
 
 
-@pytest.mark.parametrize("name, dim", [("tiny", 128), ("tsm_r18", 512), ("tsm_r50", 2048),
-                                       ("vit_s", 384), ("vit_b", 768)])
+@pytest.mark.parametrize(
+    "name, dim",
+    [("tiny", 128), ("tsm_r18", 512), ("tsm_r50", 2048), ("vit_s", 384), ("vit_b", 768)],
+)
 def test_encoders_shape_and_determinism(name, dim):
     torch.manual_seed(0)
     encoder = build_encoder(name).eval()
@@ -39,8 +41,10 @@ def test_encoders_shape_and_determinism(name, dim):
 
 
 def test_parameter_counts_match_the_resnets():
-    counts = {name: sum(p.numel() for p in build_encoder(name).parameters())
-              for name in ("tsm_r18", "tsm_r50")}
+    counts = {
+        name: sum(p.numel() for p in build_encoder(name).parameters())
+        for name in ("tsm_r18", "tsm_r50")
+    }
     # torchvision's ResNet-18/50 without the classifier: 11,176,512 and 23,508,032.
     assert counts == {"tsm_r18": 11_176_512, "tsm_r50": 23_508_032}
 
@@ -58,8 +62,7 @@ def test_vit_sizes_match_videomae_v2():
         with torch.device("meta"):  # no memory for the billion parameters of vit_g
             counts[size] = sum(p.numel() for p in VideoViT(*shape).parameters())
     # ~22M, 86M, 304M and 1.01B, as published for VideoMAE-v2 ViT-S/B/L/g.
-    assert counts == {"s": 21_884_544, "b": 86_236_416, "l": 303_885_312,
-                      "g": 1_012_173_952}
+    assert counts == {"s": 21_884_544, "b": 86_236_416, "l": 303_885_312, "g": 1_012_173_952}
 
 
 def test_losa_trains_adapters_only_and_starts_as_the_backbone():
@@ -76,8 +79,7 @@ def test_losa_trains_adapters_only_and_starts_as_the_backbone():
     assert all(p.grad is None for p in backbone.parameters())
     trainable = [p for p in encoder.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None for p in trainable)
-    assert sum(p.numel() for p in trainable) < 0.05 * sum(p.numel() for p in
-                                                         backbone.parameters())
+    assert sum(p.numel() for p in trainable) < 0.05 * sum(p.numel() for p in backbone.parameters())
     assert encoder.net.gates.grad.abs().sum() > 0
 
 
@@ -109,7 +111,12 @@ def test_losa_step_needs_less_memory_than_fine_tuning():
 
     peaks = {}
     for mode in ("losa", "full"):
-        out = subprocess.run([sys.executable, "-c", _STEP, mode], capture_output=True,
-                             text=True, timeout=300, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _STEP, mode],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
         peaks[mode] = int(out.stdout.strip().splitlines()[-1])
     assert peaks["losa"] < 0.5 * peaks["full"], peaks

@@ -23,10 +23,8 @@ def test_pyramid_shapes_and_padding_is_ignored():
     mask = torch.ones(2, 32, dtype=torch.bool)
     mask[1, 20:] = False
     out = head(features, mask)
-    assert [tuple(x.shape) for x in out.logits] == [(2, 32, 3), (2, 16, 3), (2, 8, 3),
-                                                    (2, 4, 3)]
-    assert [tuple(x.shape) for x in out.offsets] == [(2, 32, 2), (2, 16, 2), (2, 8, 2),
-                                                     (2, 4, 2)]
+    assert [tuple(x.shape) for x in out.logits] == [(2, 32, 3), (2, 16, 3), (2, 8, 3), (2, 4, 3)]
+    assert [tuple(x.shape) for x in out.offsets] == [(2, 32, 2), (2, 16, 2), (2, 8, 2), (2, 4, 2)]
     assert out.strides == [1, 2, 4, 8] and out.masks[1][1].sum() == 10
     assert all((x >= 0).all() for x in out.offsets)
     # What lies past a video's end changes nothing of its outputs.
@@ -43,16 +41,24 @@ def test_pyramid_shapes_and_padding_is_ignored():
 def test_targets_follow_center_sampling_and_regression_ranges():
     segments = torch.tensor([[2.0, 5.0], [0.0, 8.0]])
     labels = torch.tensor([1, 0])
-    classes, distances = assign_targets(segments, labels, lengths=[8, 4], strides=[1, 2],
-                                        num_classes=2)
-    positive = {int(i): (int(classes[i].argmax()), tuple(distances[i].tolist()))
-                for i in torch.nonzero(classes.sum(1)).flatten()}
+    classes, distances = assign_targets(
+        segments, labels, lengths=[8, 4], strides=[1, 2], num_classes=2
+    )
+    positive = {
+        int(i): (int(classes[i].argmax()), tuple(distances[i].tolist()))
+        for i in torch.nonzero(classes.sum(1)).flatten()
+    }
     # Level 0 (stride 1, extents 0-4): points 3 and 4 lie near the center of [2, 5];
     # point 4 is also near [0, 8]'s center and fits, and takes the shorter action.
     # Level 1 (stride 2, extents 4-8, radius 3): points at 2, 4, 6 of [0, 8], distances
     # in strides.
-    assert positive == {3: (1, (1.0, 2.0)), 4: (1, (2.0, 1.0)), 8 + 1: (0, (1.0, 3.0)),
-                        8 + 2: (0, (2.0, 2.0)), 8 + 3: (0, (3.0, 1.0))}
+    assert positive == {
+        3: (1, (1.0, 2.0)),
+        4: (1, (2.0, 1.0)),
+        8 + 1: (0, (1.0, 3.0)),
+        8 + 2: (0, (2.0, 2.0)),
+        8 + 3: (0, (3.0, 1.0)),
+    }
 
 
 def test_focal_loss_by_hand():
@@ -69,17 +75,19 @@ def test_diou_loss_by_hand():
     # pred covers [p-1, p+1], target [p-1, p+3]: IoU 2/4, centers 1 apart, enclosing 4.
     loss = diou_loss_1d(torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]]))
     assert loss.item() == pytest.approx(1 - 0.5 + (1 / 4) ** 2)
-    assert diou_loss_1d(torch.tensor([[2.0, 3.0]]), torch.tensor([[2.0, 3.0]])).item() == \
-        pytest.approx(0.0, abs=1e-6)
+    assert diou_loss_1d(
+        torch.tensor([[2.0, 3.0]]), torch.tensor([[2.0, 3.0]])
+    ).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_soft_nms_decays_overlaps_of_the_same_class_only():
     segments = np.array([[0, 10], [1, 10], [0, 10], [20, 30]], np.float64)
     scores = np.array([0.9, 0.8, 0.7, 0.6])
     labels = np.array([0, 0, 1, 0])
-    kept, kept_scores, kept_labels = soft_nms(segments, scores, labels, sigma=0.5,
-                                              min_score=0.001, max_segments=10)
-    decayed = 0.8 * math.exp(-(0.9 ** 2) / 0.5)  # tIoU([0, 10], [1, 10]) = 0.9
+    kept, kept_scores, kept_labels = soft_nms(
+        segments, scores, labels, sigma=0.5, min_score=0.001, max_segments=10
+    )
+    decayed = 0.8 * math.exp(-(0.9**2) / 0.5)  # tIoU([0, 10], [1, 10]) = 0.9
     assert np.allclose(kept_scores, [0.9, 0.7, 0.6, decayed])
     assert kept_labels.tolist() == [0, 1, 0, 0]
     assert kept.tolist() == [[0, 10], [0, 10], [20, 30], [1, 10]]

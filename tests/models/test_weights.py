@@ -89,8 +89,12 @@ def test_only_weights_ever_load(tmp_path):
         read_checkpoint(str(tmp_path / "junk.pth"), {})
     with pytest.raises(InputError, match="checkpoint not found"):
         read_checkpoint(str(tmp_path / "missing.pth"), {})
-    record("input", "checkpoint carrying a pickled os.system call",
-           "refused by torch.load(weights_only=True), nothing executed", "test_weights")
+    record(
+        "input",
+        "checkpoint carrying a pickled os.system call",
+        "refused by torch.load(weights_only=True), nothing executed",
+        "test_weights",
+    )
 
 
 def test_fingerprint_follows_weights_and_preprocessing():

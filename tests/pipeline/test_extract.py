@@ -24,15 +24,15 @@ from lofipipe.storage import Store
 pytestmark = pytest.mark.ray
 
 
-
 def _fingerprint(output):
     return re.search(r"^features (\w+): ", output, re.MULTILINE).group(1)
 
 
 def test_features_equal_an_in_process_forward(demo_shards, tmp_path):
     root = fresh_root(demo_shards, tmp_path)
-    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
-                  "--export", tmp_path / "npy")
+    output = run(
+        "extract", root, "--encoder", "tiny", "--schedule", "demo", "--export", tmp_path / "npy"
+    )
     assert "WARNING: no checkpoint given" in output
     fingerprint = _fingerprint(output)
     features = read_features(Store(str(root)), fingerprint)
@@ -56,7 +56,9 @@ def test_features_equal_an_in_process_forward(demo_shards, tmp_path):
     part = root / f"features/{fingerprint}/part-00000.parquet"
     assert pq.ParquetFile(part).num_row_groups == 2  # one per video
     assert list(fastparquet.ParquetFile(str(part)).to_pandas()["video_id"]) == [
-        "synth_0000", "synth_0001"]
+        "synth_0000",
+        "synth_0001",
+    ]
     lineage = json.loads((root / f"features/{fingerprint}/lineage.json").read_text())
     assert lineage["encoder"] == "tiny" and lineage["weights"] == "random:seed=0"
 
@@ -67,7 +69,9 @@ def test_features_equal_an_in_process_forward(demo_shards, tmp_path):
     shrunk = run("extract", root, "--encoder", "tiny", "--schedule", "demo")
     assert "1 parts from shards (1 written, 0 already done), 4 videos" in shrunk
     assert sorted(p.name for p in (root / f"features/{fingerprint}").glob("part-*")) == [
-        "part-00000.parquet", "part-00000.stats.json"]
+        "part-00000.parquet",
+        "part-00000.stats.json",
+    ]
     assert sorted(read_features(Store(str(root)), fingerprint)) == sorted(features)
 
 
@@ -78,8 +82,16 @@ def test_a_new_checkpoint_regenerates_beside_the_old(demo_shards, tmp_path):
     torch.manual_seed(7)
     adapted = build_encoder("tiny")
     torch.save({"encoder": adapted.net.state_dict()}, tmp_path / "adapted.pth")
-    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
-                  "--checkpoint", tmp_path / "adapted.pth")
+    output = run(
+        "extract",
+        root,
+        "--encoder",
+        "tiny",
+        "--schedule",
+        "demo",
+        "--checkpoint",
+        tmp_path / "adapted.pth",
+    )
     second = _fingerprint(output)
     assert second != first and "RANDOM" not in output
     assert {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()} == before
@@ -99,40 +111,74 @@ def _assert_same_features(left: dict, right: dict) -> None:
 
 def test_from_videos_needs_no_shards_and_equals_raw_shards(demo_shards, tmp_path):
     shards_root = fresh_root(demo_shards, tmp_path / "a")
-    from_shards = run("extract", shards_root, "--encoder", "tiny", "--schedule", "demo",
-                      *SHARDS)
+    from_shards = run("extract", shards_root, "--encoder", "tiny", "--schedule", "demo", *SHARDS)
     videos_root = fresh_root(demo_shards, tmp_path / "b")
     shutil.rmtree(videos_root / "shards")
-    from_videos = run("extract", videos_root, "--encoder", "tiny", "--schedule", "demo",
-                      "--from", "videos", *SHARDS, "--export", tmp_path / "npy")
+    from_videos = run(
+        "extract",
+        videos_root,
+        "--encoder",
+        "tiny",
+        "--schedule",
+        "demo",
+        "--from",
+        "videos",
+        *SHARDS,
+        "--export",
+        tmp_path / "npy",
+    )
     assert "2 parts from videos (2 written, 0 already done), 4 videos, 0 failed" in from_videos
     fingerprint = _fingerprint(from_videos)
     assert fingerprint == _fingerprint(from_shards)  # the same pixels, the same features
-    _assert_same_features(read_features(Store(str(videos_root)), fingerprint),
-                          read_features(Store(str(shards_root)), fingerprint))
+    _assert_same_features(
+        read_features(Store(str(videos_root)), fingerprint),
+        read_features(Store(str(shards_root)), fingerprint),
+    )
     sidecar = json.loads((tmp_path / "npy/synth_0001.json").read_text())
     assert sidecar["shape"] == [32, 128] and sidecar["clip_length_frames"] == 8
 
-    again = run("extract", videos_root, "--encoder", "tiny", "--schedule", "demo",
-                "--from", "videos", *SHARDS)
+    again = run(
+        "extract",
+        videos_root,
+        "--encoder",
+        "tiny",
+        "--schedule",
+        "demo",
+        "--from",
+        "videos",
+        *SHARDS,
+    )
     assert "(0 written, 2 already done)" in again
 
 
 def test_from_videos_a_broken_video_fails_alone(demo_shards, tmp_path):
     clean_root = fresh_root(demo_shards, tmp_path / "clean")
-    clean = run("extract", clean_root, "--encoder", "tiny", "--schedule", "demo",
-                "--from", "videos", *SHARDS)
+    clean = run(
+        "extract",
+        clean_root,
+        "--encoder",
+        "tiny",
+        "--schedule",
+        "demo",
+        "--from",
+        "videos",
+        *SHARDS,
+    )
     root = fresh_root(demo_shards, tmp_path / "broken")
     manifest = pq.read_table(root / "manifest/videos.parquet").to_pylist()
     broken = next(row["uri"] for row in manifest if row["video_id"] == "synth_0002")
     copy = tmp_path / "synth_0002.mp4"
     copy.write_bytes(Path(broken).read_bytes()[:3000])  # cut short after ingest checked it
-    rows = [{**row, "uri": str(copy)} if row["video_id"] == "synth_0002" else row
-            for row in manifest]
-    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(
-        root / "manifest/videos.parquet")), root / "manifest/videos.parquet")
-    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
-                 "--from", "videos", *SHARDS)
+    rows = [
+        {**row, "uri": str(copy)} if row["video_id"] == "synth_0002" else row for row in manifest
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=pq.read_schema(root / "manifest/videos.parquet")),
+        root / "manifest/videos.parquet",
+    )
+    output = run(
+        "extract", root, "--encoder", "tiny", "--schedule", "demo", "--from", "videos", *SHARDS
+    )
     assert re.search(r"3 videos, 1 failed \((decode_error|too_short) 1\)", output), output
     fingerprint = _fingerprint(output)
     features = read_features(Store(str(root)), fingerprint)
@@ -145,22 +191,26 @@ def test_from_videos_a_broken_video_fails_alone(demo_shards, tmp_path):
 
 def test_encoder_and_schedule_must_agree(demo_shards, tmp_path):
     root = fresh_root(demo_shards, tmp_path)
-    result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "vit_s",
-                                       "--schedule", "demo"])
+    result = CliRunner().invoke(
+        main, ["extract", str(root), "--encoder", "vit_s", "--schedule", "demo"]
+    )
     assert result.exit_code == 2
-    assert "vit_s takes 16-frame snippets, the demo schedule's full fidelity has 8" in \
-        result.output
-    result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "tiny",
-                                       "--schedule", "lofi-anet"])
+    assert "vit_s takes 16-frame snippets, the demo schedule's full fidelity has 8" in result.output
+    result = CliRunner().invoke(
+        main, ["extract", str(root), "--encoder", "tiny", "--schedule", "lofi-anet"]
+    )
     assert result.exit_code == 2
-    assert "holds snippets of schedule 'demo', not of 'lofi-anet': pass --schedule demo" \
+    assert (
+        "holds snippets of schedule 'demo', not of 'lofi-anet': pass --schedule demo"
         in result.output
+    )
     bad = tmp_path / "bad.pth"
     torch.save({"state_dict": build_encoder("tsm_r18").net.state_dict()}, bad)
-    result = CliRunner().invoke(main, ["extract", str(root), "--encoder", "tiny",
-                                       "--schedule", "demo", "--checkpoint", str(bad)])
-    assert result.exit_code == 1 and "bad.pth: does not fit the model: missing" in \
-        result.output
+    result = CliRunner().invoke(
+        main,
+        ["extract", str(root), "--encoder", "tiny", "--schedule", "demo", "--checkpoint", str(bad)],
+    )
+    assert result.exit_code == 1 and "bad.pth: does not fit the model: missing" in result.output
 
 
 @pytest.mark.s3
@@ -171,8 +221,17 @@ def test_extract_on_s3(demo_shards, tmp_path, s3_bucket):
         if path.is_file():
             root.write_bytes(str(path.relative_to(demo_shards / "root")), path.read_bytes())
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
-    output = run("extract", root.url, "--encoder", "tiny", "--schedule", "demo",
-                  "--export", f"s3://{bucket}/npy", *pairs)
+    output = run(
+        "extract",
+        root.url,
+        "--encoder",
+        "tiny",
+        "--schedule",
+        "demo",
+        "--export",
+        f"s3://{bucket}/npy",
+        *pairs,
+    )
     fingerprint = _fingerprint(output)
     remote = read_features(root, fingerprint)
     local_root = fresh_root(demo_shards, tmp_path)

@@ -31,29 +31,46 @@ def _dataset(folder):
     write_audio_only(videos / "podcast.mp4")
     (videos / "readme.txt").write_text("ignored: not a video extension\n")
     database = {
-        "good": {"subset": "training", "duration": 3.0,
-                 "annotations": [{"segment": [0.5, 1.5], "label": "move"},
-                                 {"segment": [2.5, 4.0], "label": "move"}]},
-        "talky": {"subset": "validation", "duration": 2.0,
-                  "annotations": [{"segment": [0.2, 1.0], "label": "talk"}]},
-        HOSTILE: {"subset": "training", "duration": 2.0,
-                  "annotations": [{"segment": [0.0, 1.0], "label": "move"}]},
-        "not_downloaded": {"subset": "training", "duration": 9.0,
-                           "annotations": [{"segment": [1, 2], "label": "move"}]},
+        "good": {
+            "subset": "training",
+            "duration": 3.0,
+            "annotations": [
+                {"segment": [0.5, 1.5], "label": "move"},
+                {"segment": [2.5, 4.0], "label": "move"},
+            ],
+        },
+        "talky": {
+            "subset": "validation",
+            "duration": 2.0,
+            "annotations": [{"segment": [0.2, 1.0], "label": "talk"}],
+        },
+        HOSTILE: {
+            "subset": "training",
+            "duration": 2.0,
+            "annotations": [{"segment": [0.0, 1.0], "label": "move"}],
+        },
+        "not_downloaded": {
+            "subset": "training",
+            "duration": 9.0,
+            "annotations": [{"segment": [1, 2], "label": "move"}],
+        },
     }
     (folder / "annotations.json").write_text(json.dumps({"database": database}))
     return videos, folder / "annotations.json"
 
 
 def _ingest(root, videos, annotations, *extra):
-    result = CliRunner().invoke(main, ["ingest", str(root), "--videos", str(videos),
-                                       "--annotations", str(annotations), *extra])
+    result = CliRunner().invoke(
+        main,
+        ["ingest", str(root), "--videos", str(videos), "--annotations", str(annotations), *extra],
+    )
     return result
 
 
 def _manifest(root):
-    return {row["video_id"]: row for row in pq.read_table(root / "manifest/videos.parquet")
-            .to_pylist()}
+    return {
+        row["video_id"]: row for row in pq.read_table(root / "manifest/videos.parquet").to_pylist()
+    }
 
 
 def test_good_and_bad_inputs(ray_local, tmp_path):
@@ -63,39 +80,55 @@ def test_good_and_bad_inputs(ray_local, tmp_path):
     assert result.exit_code == 0, result.output
     rows = _manifest(root)
     hostile_id = video_id_for_file(f"{HOSTILE}.mp4")
-    assert sorted(rows) == sorted(["empty", "good", hostile_id, "notes", "podcast", "rotated",
-                                   "talky", "truncated"])
-    status = {vid: (row["status"], (row["error"] or "").split(":")[0])
-              for vid, row in rows.items()}
+    assert sorted(rows) == sorted(
+        ["empty", "good", hostile_id, "notes", "podcast", "rotated", "talky", "truncated"]
+    )
+    status = {vid: (row["status"], (row["error"] or "").split(":")[0]) for vid, row in rows.items()}
     assert status == {
-        "good": ("ok", ""), "talky": ("ok", ""), "rotated": ("ok", ""), hostile_id: ("ok", ""),
-        "truncated": ("failed", "not_a_video"), "empty": ("failed", "empty_file"),
-        "notes": ("failed", "not_a_video"), "podcast": ("failed", "no_video_stream"),
+        "good": ("ok", ""),
+        "talky": ("ok", ""),
+        "rotated": ("ok", ""),
+        hostile_id: ("ok", ""),
+        "truncated": ("failed", "not_a_video"),
+        "empty": ("failed", "empty_file"),
+        "notes": ("failed", "not_a_video"),
+        "podcast": ("failed", "no_video_stream"),
     }
     assert rows["rotated"]["rotation"] == 270
     assert rows["talky"]["has_audio"] is True
     assert rows["good"]["duration"] == pytest.approx(3.0)
     assert rows["good"]["subset"] == "training" and rows["talky"]["subset"] == "validation"
     assert rows[hostile_id]["uri"] == str(videos / f"{HOSTILE}.mp4")
-    assert "status: 4 ok, 4 failed (empty_file 1, no_video_stream 1, not_a_video 2)" \
-        in result.output
+    assert (
+        "status: 4 ok, 4 failed (empty_file 1, no_video_stream 1, not_a_video 2)" in result.output
+    )
     assert "hours in the ok videos" in result.output
     assert "issues: clipped_segment 1, unknown_video 1" in result.output
-    assert "annotations for video 'not_downloaded', which is not among the listed videos" \
+    assert (
+        "annotations for video 'not_downloaded', which is not among the listed videos"
         in result.output
+    )
     assert not (tmp_path / "pwned").exists()
 
     segments = pq.read_table(root / "annotations.parquet")
     ANNOTATIONS.check(segments, "annotations")
     assert [(r["video_id"], r["label"], r["start"], r["end"]) for r in segments.to_pylist()] == [
-        (hostile_id, "move", 0.0, 1.0), ("good", "move", 0.5, 1.5), ("good", "move", 2.5, 3.0),
-        ("talky", "talk", 0.2, 1.0)]
+        (hostile_id, "move", 0.0, 1.0),
+        ("good", "move", 0.5, 1.5),
+        ("good", "move", 2.5, 3.0),
+        ("talky", "talk", 0.2, 1.0),
+    ]
     errors = pq.read_table(root / "manifest/errors.parquet")
     ERRORS.check(errors, "errors")
     reasons = sorted((r["stage"], r["reason"]) for r in errors.to_pylist())
-    assert reasons == [("annotations", "clipped_segment"), ("annotations", "unknown_video"),
-                       ("ingest", "empty_file"), ("ingest", "no_video_stream"),
-                       ("ingest", "not_a_video"), ("ingest", "not_a_video")]
+    assert reasons == [
+        ("annotations", "clipped_segment"),
+        ("annotations", "unknown_video"),
+        ("ingest", "empty_file"),
+        ("ingest", "no_video_stream"),
+        ("ingest", "not_a_video"),
+        ("ingest", "not_a_video"),
+    ]
     assert (root / "manifest/ingest.yaml").read_text().startswith("# Resolved by: lofipipe")
     MANIFEST.check(pq.read_table(root / "manifest/videos.parquet"), "manifest")
 
@@ -118,8 +151,9 @@ def test_rerun_skips_unchanged_and_picks_up_new(ray_local, tmp_path):
             assert second[video_id] == row
         else:
             drop = {"probe_seconds"}
-            assert {k: v for k, v in second[video_id].items() if k not in drop} == \
-                {k: v for k, v in row.items() if k not in drop}
+            assert {k: v for k, v in second[video_id].items() if k not in drop} == {
+                k: v for k, v in row.items() if k not in drop
+            }
 
     write_video(videos / "new.mp4", seconds=4)
     (videos / "notes.mp4").unlink()
@@ -146,12 +180,17 @@ def test_duplicate_ids_name_both_files(ray_local, tmp_path):
     result = _ingest(tmp_path / "root", videos, tmp_path / "a.json")
     assert result.exit_code == 1
     assert "duplicate video id 'clip'" in result.output
-    assert str(videos / "clip.mp4") in result.output and str(videos / "sub/clip.mkv") in \
-        result.output
+    assert (
+        str(videos / "clip.mp4") in result.output and str(videos / "sub/clip.mkv") in result.output
+    )
     assert not (tmp_path / "root").exists()
-    record("input", "duplicate ids (clip.mp4 and sub/clip.mkv)",
-           "exit 1 before any work, the error names both files (an ambiguous listing is "
-           "the user's to resolve)", "test_ingest")
+    record(
+        "input",
+        "duplicate ids (clip.mp4 and sub/clip.mkv)",
+        "exit 1 before any work, the error names both files (an ambiguous listing is "
+        "the user's to resolve)",
+        "test_ingest",
+    )
 
 
 def test_malformed_annotations_stop_before_any_work(ray_local, tmp_path):
@@ -160,8 +199,11 @@ def test_malformed_annotations_stop_before_any_work(ray_local, tmp_path):
     (tmp_path / "a.json").write_text('{"database": {"clip": {"annotations": [{"segment": 3}]}}}')
     result = _ingest(tmp_path / "root", videos, tmp_path / "a.json")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith(
-        "error: a.json: database['clip'].annotations[0].segment: expected [start, end]")
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith("error: a.json: database['clip'].annotations[0].segment: expected [start, end]")
+    )
     assert not (tmp_path / "root").exists()
 
 
@@ -190,8 +232,9 @@ def test_thumos_annotations_and_glob_listing(ray_local, tmp_path):
     assert rows["video_test_0000002"]["subset"] == "test"
     segments = pq.read_table(root / "annotations.parquet").to_pylist()
     assert [(s["video_id"], s["label"], s["source_format"]) for s in segments] == [
-        ("video_test_0000002", "Jump", "thumos14"), ("video_validation_0000001", "Jump",
-                                                     "thumos14")]
+        ("video_test_0000002", "Jump", "thumos14"),
+        ("video_validation_0000001", "Jump", "thumos14"),
+    ]
 
 
 @pytest.mark.s3
@@ -203,14 +246,20 @@ def test_ingest_to_and_from_s3(ray_local, tmp_path, s3_bucket):
         source.write_bytes(f"videos/{path.name}", path.read_bytes())
     source.write_bytes("annotations.json", annotations.read_bytes())
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
-    result = _ingest(f"s3://{bucket}/root", f"s3://{bucket}/raw/videos",
-                     f"s3://{bucket}/raw/annotations.json", *pairs)
+    result = _ingest(
+        f"s3://{bucket}/root",
+        f"s3://{bucket}/raw/videos",
+        f"s3://{bucket}/raw/annotations.json",
+        *pairs,
+    )
     assert result.exit_code == 0, result.output
     assert options["secret"] not in result.output
     root = Store(f"s3://{bucket}/root", options)
     rows = {r["video_id"]: r for r in root.read_table("manifest/videos.parquet").to_pylist()}
-    assert rows["good"]["status"] == "ok" and rows["good"]["uri"] == \
-        f"s3://{bucket}/raw/videos/good.mp4"
+    assert (
+        rows["good"]["status"] == "ok"
+        and rows["good"]["uri"] == f"s3://{bucket}/raw/videos/good.mp4"
+    )
     assert rows["rotated"]["rotation"] == 270
     assert rows["empty"]["error"].startswith("empty_file")
     assert rows["truncated"]["error"].startswith("not_a_video")
@@ -223,6 +272,10 @@ def test_ingest_to_and_from_s3(ray_local, tmp_path, s3_bucket):
     assert len(root.read_table("annotations.parquet")) == 4
     resolved = root.read_text("manifest/ingest.yaml")
     assert options["secret"] not in resolved and options["key"] not in resolved
-    again = _ingest(f"s3://{bucket}/root", f"s3://{bucket}/raw/videos",
-                    f"s3://{bucket}/raw/annotations.json", *pairs)
+    again = _ingest(
+        f"s3://{bucket}/root",
+        f"s3://{bucket}/raw/videos",
+        f"s3://{bucket}/raw/annotations.json",
+        *pairs,
+    )
     assert "4 probed, 4 unchanged" in again.output

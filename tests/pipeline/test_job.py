@@ -29,6 +29,7 @@ def test_recipe_must_name_its_inputs(tmp_path):
     from click.testing import CliRunner
 
     from lofipipe.cli import main
+
     result = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
     assert result.exit_code == 2 and "job.videos: the recipe must name it" in result.output
 
@@ -38,21 +39,34 @@ STEPS = ("ingest", "materialize", "extract", "train r", "evaluate")
 
 def _states(plan: str) -> dict[str, str]:
     """Each step's state in a dry-run's output (Ray's own lines may come between)."""
-    return {step: re.search(rf"^{step}\s{{2,}}(\S+)", plan, re.M).group(1)
-            for step in STEPS}
+    return {step: re.search(rf"^{step}\s{{2,}}(\S+)", plan, re.M).group(1) for step in STEPS}
 
 
 @pytest.mark.ray
 def test_whole_graph_then_a_rerun_that_redoes_nothing(tmp_path, ray_local):
     run("synth", tmp_path / "data", *small_synth(4))
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "job": {"root": str(tmp_path / "root"), "videos": str(tmp_path / "data/videos"),
-                "annotations": str(tmp_path / "data/annotations.json"), "recipe": "head"},
-        "materialize": {"schedule": "demo", "videos_per_shard": 2},
-        "extract": {"encoder": "tiny"},
-        "train": {"run": "r", "epochs": 3, "batch_size": 2, "warmup_epochs": 1,
-                  "head": {"dim": 32, "levels": 3}}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "job": {
+                    "root": str(tmp_path / "root"),
+                    "videos": str(tmp_path / "data/videos"),
+                    "annotations": str(tmp_path / "data/annotations.json"),
+                    "recipe": "head",
+                },
+                "materialize": {"schedule": "demo", "videos_per_shard": 2},
+                "extract": {"encoder": "tiny"},
+                "train": {
+                    "run": "r",
+                    "epochs": 3,
+                    "batch_size": 2,
+                    "warmup_epochs": 1,
+                    "head": {"dim": 32, "levels": 3},
+                },
+            }
+        )
+    )
     plan = run("run", "--config", recipe, "--dry-run")
     assert _states(plan)["ingest"] == "pending"
     assert "4 videos listed, 4 to probe" in plan and not (tmp_path / "root").exists()

@@ -48,11 +48,16 @@ def _shard_files(root):
 def test_every_fidelity_written_and_read_back(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
     output = run("materialize", root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
-    assert "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 160 snippets" \
-        in output
+    assert (
+        "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 160 snippets" in output
+    )
     assert "t-lofi: 3 shards" in output and "40 snippets" in output
-    expected = [f"shards/{f.name}/part-0000{i}.{kind}" for f in DEMO.fidelities
-                for i in range(3) for kind in ("parquet", "stats.json")]
+    expected = [
+        f"shards/{f.name}/part-0000{i}.{kind}"
+        for f in DEMO.fidelities
+        for i in range(3)
+        for kind in ("parquet", "stats.json")
+    ]
     assert _shard_files(root) == sorted(expected)
 
     stats = json.loads((root / "shards/full/part-00000.stats.json").read_text())
@@ -62,27 +67,37 @@ def test_every_fidelity_written_and_read_back(ingested, tmp_path):
     SNIPPETS.check(table, "shard")
     assert table.column("video_id").to_pylist() == ["synth_0000"] * 32 + ["synth_0001"] * 32
 
-    manifest = {r["video_id"]: r for r in
-                pq.read_table(root / "manifest/videos.parquet").to_pylist()}
+    manifest = {
+        r["video_id"]: r for r in pq.read_table(root / "manifest/videos.parquet").to_pylist()
+    }
     reader = SnippetReader(Store(str(root)), "st-lofi")
     videos = list(reader.videos())
     assert [v.video_id for v in videos] == [f"synth_{i:04d}" for i in range(5)]
     annotations = pq.read_table(root / "annotations.parquet").to_pylist()
     fidelity = DEMO.fidelity("st-lofi")
     for video in videos:
-        assert video.frames.shape == (16, 8, 3, 45, 45) and str(video.frames.dtype) == \
-            "torch.uint8"
+        assert video.frames.shape == (16, 8, 3, 45, 45) and str(video.frames.dtype) == "torch.uint8"
         row = manifest[video.video_id]
-        direct = [s for s in SnippetDecoder(DEMO).snippets(row["uri"], row["start_time"],
-                                                           row["duration"], (fidelity,))]
+        direct = [
+            s
+            for s in SnippetDecoder(DEMO).snippets(
+                row["uri"], row["start_time"], row["duration"], (fidelity,)
+            )
+        ]
         assert np.allclose(video.start, [s.start for s in direct])
         assert np.allclose(video.frame_times, [s.frame_times for s in direct])
-        assert np.array_equal(video.frames.permute(0, 1, 3, 4, 2).numpy(),
-                              np.stack([s.frames for s in direct]))
-        mine = sorted((a["start"], a["end"], a["label_id"]) for a in annotations
-                      if a["video_id"] == video.video_id)
-        assert sorted(zip(video.segments[:, 0], video.segments[:, 1], video.labels,
-                          strict=True)) == mine
+        assert np.array_equal(
+            video.frames.permute(0, 1, 3, 4, 2).numpy(), np.stack([s.frames for s in direct])
+        )
+        mine = sorted(
+            (a["start"], a["end"], a["label_id"])
+            for a in annotations
+            if a["video_id"] == video.video_id
+        )
+        assert (
+            sorted(zip(video.segments[:, 0], video.segments[:, 1], video.labels, strict=True))
+            == mine
+        )
 
     rows = reader.dataset().take_all()
     assert sorted(r["video_id"] for r in rows) == [v.video_id for v in videos]
@@ -95,7 +110,10 @@ def test_every_fidelity_written_and_read_back(ingested, tmp_path):
     assert np.array_equal(windows[1].frames, videos[0].frames[6:12])
     rows = reader.dataset(video_ids={"synth_0000"}, window=6).take_all()
     assert sorted((r["first_index"], r["frames"].shape) for r in rows) == [
-        (0, (6, 8, 3, 45, 45)), (6, (6, 8, 3, 45, 45)), (12, (4, 8, 3, 45, 45))]
+        (0, (6, 8, 3, 45, 45)),
+        (6, (6, 8, 3, 45, 45)),
+        (12, (4, 8, 3, 45, 45)),
+    ]
 
 
 def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):
@@ -107,8 +125,9 @@ def test_jpeg_frames_are_close_and_smaller(ingested, tmp_path):
     raw = next(SnippetReader(Store(str(raw_root)), "full").videos())
     error = (jpeg.frames.float() - raw.frames.float()).abs().mean()
     assert 0 < error < 4
-    assert (root / "shards/full/part-00000.parquet").stat().st_size < \
-        (raw_root / "shards/full/part-00000.parquet").stat().st_size / 3
+    assert (root / "shards/full/part-00000.parquet").stat().st_size < (
+        raw_root / "shards/full/part-00000.parquet"
+    ).stat().st_size / 3
 
 
 def test_rerun_skips_committed_and_redoes_the_rest(ingested, tmp_path):
@@ -138,22 +157,22 @@ def test_failed_video_is_recorded_and_neighbours_are_intact(ingested, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(ingested / "data", data)
     root = tmp_path / "root"
-    run("ingest", root, "--videos", data / "videos", "--annotations",
-         data / "annotations.json")
+    run("ingest", root, "--videos", data / "videos", "--annotations", data / "annotations.json")
     broken = data / "videos/synth_0002.mp4"
     good_bytes = broken.read_bytes()
     broken.write_bytes(b"\x00" * 1000)  # damaged after ingest probed it
     output = run("materialize", root, "--schedule", "demo", *SHARDS)
-    assert "full: 3 shards (3 written, 0 already done), 4 videos ok, 1 failed (decode_error 1)" \
+    assert (
+        "full: 3 shards (3 written, 0 already done), 4 videos ok, 1 failed (decode_error 1)"
         in output
+    )
     stats = json.loads((root / "shards/full/part-00001.stats.json").read_text())
     assert stats["videos"] == ["synth_0003"]
     assert list(stats["failed"]) == ["synth_0002"]
     assert stats["failed"]["synth_0002"].startswith("decode_error: ")
     for fidelity in DEMO.fidelities:
         mine = {v.video_id: v for v in SnippetReader(Store(str(root)), fidelity.name).videos()}
-        theirs = {v.video_id: v for v in SnippetReader(Store(str(clean)),
-                                                       fidelity.name).videos()}
+        theirs = {v.video_id: v for v in SnippetReader(Store(str(clean)), fidelity.name).videos()}
         assert sorted(mine) == ["synth_0000", "synth_0001", "synth_0003", "synth_0004"]
         for video_id, video in mine.items():
             assert np.array_equal(video.frames, theirs[video_id].frames)
@@ -185,8 +204,9 @@ def test_a_killed_writer_leaves_no_visible_shard(ingested, tmp_path):
         "print('started', flush=True)\n"
         "stage.process(shards.ShardJob(0, videos, ('full', 't-lofi')))\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", script, str(root)],
-                               stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(root)], stdout=subprocess.PIPE, text=True
+    )
     assert process.stdout.readline().strip() == "started"
     deadline = time.monotonic() + 60
     while not list((root / "shards/full").glob(".part-*")) and time.monotonic() < deadline:
@@ -231,26 +251,39 @@ def test_stride_schedule_and_too_short_video(ingested, tmp_path):
         "# lofipipe materialize ROOT --schedule stride.yaml\n"
         "sampling: stride\nfps: 10\nstride: 5\n"
         "full: {name: full, snippets: 4, frames: 4, size: 32}\n"
-        "train:\n  - {name: half, snippets: 2, frames: 4, size: 32}\n")
+        "train:\n  - {name: half, snippets: 2, frames: 4, size: 32}\n"
+    )
     output = run("materialize", root, "--schedule", schedule, *SHARDS)
-    assert "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 100 snippets" \
-        in output  # 100 frames at 10 fps: (100 - 4) // 5 + 1 snippets per video
+    assert (
+        "full: 3 shards (3 written, 0 already done), 5 videos ok, 0 failed, 100 snippets" in output
+    )  # 100 frames at 10 fps: (100 - 4) // 5 + 1 snippets per video
     assert "half: 3 shards" in output and "50 snippets" in output
     saved = json.loads((root / "shards/schedule.json").read_text())
     assert saved["name"] == "stride" and saved["stride"] == 5
 
 
-@pytest.mark.parametrize("text, message", [
-    ("sampling: stride\nfull: {name: full, snippets: 4}\ntrain: [{name: a, snippets: 2}]\n",
-     "fps: stride sampling needs a target frame rate"),
-    ("full: {name: full, snippets: 0}\ntrain: [{name: a, snippets: 2}]\n",
-     "full.snippets: must be at least 1"),
-    ("full: {name: full, snippets: 4}\ntrain: []\n", "train: needs at least one fidelity"),
-    ("full: {name: full, snippets: 4}\ntrain: [{name: full, snippets: 2}]\n",
-     "fidelity names repeat"),
-    ("full: {name: full, snippets: 4, sise: 3}\ntrain: [{name: a, snippets: 2}]\n",
-     "full.sise: unknown key"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "sampling: stride\nfull: {name: full, snippets: 4}\ntrain: [{name: a, snippets: 2}]\n",
+            "fps: stride sampling needs a target frame rate",
+        ),
+        (
+            "full: {name: full, snippets: 0}\ntrain: [{name: a, snippets: 2}]\n",
+            "full.snippets: must be at least 1",
+        ),
+        ("full: {name: full, snippets: 4}\ntrain: []\n", "train: needs at least one fidelity"),
+        (
+            "full: {name: full, snippets: 4}\ntrain: [{name: full, snippets: 2}]\n",
+            "fidelity names repeat",
+        ),
+        (
+            "full: {name: full, snippets: 4, sise: 3}\ntrain: [{name: a, snippets: 2}]\n",
+            "full.sise: unknown key",
+        ),
+    ],
+)
 def test_impossible_schedules_are_clear_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -262,15 +295,36 @@ def test_impossible_schedules_are_clear_errors(tmp_path, text, message):
 def test_inspect_writes_a_contact_sheet(ingested, tmp_path):
     root = _fresh_root(ingested, tmp_path)
     run("materialize", root, "--schedule", "demo", *SHARDS)
-    output = run("inspect", root, "--fidelity", "t-lofi", "--video", "synth_0001",
-                  "--out", tmp_path / "sheet.png", "--rows", "4")
+    output = run(
+        "inspect",
+        root,
+        "--fidelity",
+        "t-lofi",
+        "--video",
+        "synth_0001",
+        "--out",
+        tmp_path / "sheet.png",
+        "--rows",
+        "4",
+    )
     assert "video synth_0001, 8 snippets of 8 frames at 64 px" in output
     from PIL import Image
 
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size == (8 * 64, 4 * (64 + 14))
-    missing = CliRunner().invoke(main, ["inspect", str(root), "--fidelity", "t-lofi",
-                                        "--video", "nope", "--out", str(tmp_path / "x.png")])
+    missing = CliRunner().invoke(
+        main,
+        [
+            "inspect",
+            str(root),
+            "--fidelity",
+            "t-lofi",
+            "--video",
+            "nope",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+    )
     assert missing.exit_code == 1 and "no snippets of video 'nope'" in missing.output
 
 
@@ -283,13 +337,21 @@ def test_materialize_on_s3(ingested, tmp_path, s3_bucket):
     raw.write_bytes("annotations.json", (ingested / "data/annotations.json").read_bytes())
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
     root_url = f"s3://{bucket}/root"
-    run("ingest", root_url, "--videos", f"s3://{bucket}/raw/videos", "--annotations",
-         f"s3://{bucket}/raw/annotations.json", *pairs)
+    run(
+        "ingest",
+        root_url,
+        "--videos",
+        f"s3://{bucket}/raw/videos",
+        "--annotations",
+        f"s3://{bucket}/raw/annotations.json",
+        *pairs,
+    )
     output = run("materialize", root_url, "--schedule", "demo", *SHARDS, *pairs)
     assert "full: 3 shards (3 written, 0 already done), 5 videos ok" in output
     root = Store(root_url, options)
-    assert root.list("shards/full") == [f"shards/full/part-0000{i}.{kind}" for i in range(3)
-                                        for kind in ("parquet", "stats.json")]
+    assert root.list("shards/full") == [
+        f"shards/full/part-0000{i}.{kind}" for i in range(3) for kind in ("parquet", "stats.json")
+    ]
     local = _fresh_root(ingested, tmp_path)
     run("materialize", local, "--schedule", "demo", *SHARDS)
     remote_videos = list(SnippetReader(root, "s-lofi").videos())
@@ -311,7 +373,8 @@ def test_spilled_videos_write_the_same_rows(ingested, tmp_path, monkeypatch):
         monkeypatch.setattr(shards, "_SPILL_BYTES", spill)
         root = Store(str(_fresh_root(ingested, tmp_path / name)))
         shards.ShardWriter(DEMO, root).process(
-            shards.ShardJob(0, tuple(ok_videos(root)), ("full", "t-lofi")))
+            shards.ShardJob(0, tuple(ok_videos(root)), ("full", "t-lofi"))
+        )
         roots[name] = root
     for fidelity in ("full", "t-lofi"):
         tables = [r.read_table(f"shards/{fidelity}/part-00000.parquet") for r in roots.values()]

@@ -22,8 +22,15 @@ BROKEN = "broken <img src=x onerror=alert(1)> clip.mp4"  # a legal file name, an
 
 def _write_run(root: Store, run: str, epochs: int = 3, steps_per_epoch: int = 4) -> dict:
     """A LoFi run's files as training leaves them: config, metrics, evaluation."""
-    config = load_config(None, ["materialize.schedule=demo", "train.mode=lofi",
-                                f"train.run={run}", f"train.epochs={epochs}"])
+    config = load_config(
+        None,
+        [
+            "materialize.schedule=demo",
+            "train.mode=lofi",
+            f"train.run={run}",
+            f"train.epochs={epochs}",
+        ],
+    )
     root.write_text(f"runs/{run}/config.yaml", config_to_yaml(config, "lofipipe test"))
     annotations = AnnotationIndex(root)
     truth = ground_truth(annotations, annotations.videos("validation"))
@@ -34,14 +41,32 @@ def _write_run(root: Store, run: str, epochs: int = 3, steps_per_epoch: int = 4)
     for epoch in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
             step += 1
-            rows.append({"kind": "step", "epoch": epoch, "step": step, "loss": 2.0 / step,
-                         "cls_loss": 1.2 / step, "reg_loss": 0.8 / step, "lr": 1e-4 * epoch,
-                         "seconds": 0.1})
-        rows.append({"kind": "epoch", "epoch": epoch, "step": step, "loss": 2.0 / step,
-                     "cls_loss": 1.2 / step, "reg_loss": 0.8 / step, "lr": 1e-4 * epoch,
-                     "val_average_map": result.average_mAP * epoch / epochs,
-                     "val_map": [float(v) * epoch / epochs for v in result.mAP],
-                     "seconds": 0.4})
+            rows.append(
+                {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": 2.0 / step,
+                    "cls_loss": 1.2 / step,
+                    "reg_loss": 0.8 / step,
+                    "lr": 1e-4 * epoch,
+                    "seconds": 0.1,
+                }
+            )
+        rows.append(
+            {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": step,
+                "loss": 2.0 / step,
+                "cls_loss": 1.2 / step,
+                "reg_loss": 0.8 / step,
+                "lr": 1e-4 * epoch,
+                "val_average_map": result.average_mAP * epoch / epochs,
+                "val_map": [float(v) * epoch / epochs for v in result.mAP],
+                "seconds": 0.4,
+            }
+        )
     root.write_table(f"runs/{run}/metrics.parquet", METRICS.from_rows(rows))
     return result.to_dict()
 
@@ -53,8 +78,14 @@ def root_with_a_failure(demo_shards, tmp_path):
     shutil.copytree(demo_shards / "data", tmp_path / "data")
     (tmp_path / "data/videos" / BROKEN).write_bytes(b"\x00not a video" * 64)
     shutil.copytree(demo_shards / "root", tmp_path / "root")
-    run("ingest", tmp_path / "root", "--videos", tmp_path / "data/videos",
-        "--annotations", tmp_path / "data/annotations.json")
+    run(
+        "ingest",
+        tmp_path / "root",
+        "--videos",
+        tmp_path / "data/videos",
+        "--annotations",
+        tmp_path / "data/annotations.json",
+    )
     run("materialize", tmp_path / "root", "--schedule", "demo", *SHARDS)
     return tmp_path / "root"
 
@@ -67,10 +98,13 @@ def test_report_page_renders_every_figure_and_table(root_with_a_failure, tmp_pat
     seen = render(root_with_a_failure / "runs/page/report.html", tmp_path / "page.png")
 
     assert seen["title"] == "lofipipe run page"
-    assert seen["sections"] == ["training", "scores", "throughput", "errors", "snippets",
-                                "config"]
-    for name in ("figure-training", "figure-map-per-tiou", "figure-ap-per-class",
-                 "figure-contact-sheet"):
+    assert seen["sections"] == ["training", "scores", "throughput", "errors", "snippets", "config"]
+    for name in (
+        "figure-training",
+        "figure-map-per-tiou",
+        "figure-ap-per-class",
+        "figure-contact-sheet",
+    ):
         figure = seen["figures"][name]
         assert figure["complete"] and figure["width"] > 100 and figure["height"] > 50, name
         assert figure["shown"] > 100, name  # laid out on the page, not hidden
@@ -104,8 +138,7 @@ def test_stage_records_add_up_over_invocations(tmp_path):
     record_stage(root, "extract", 1.0, videos=1, snippets=30, failed=1)
     record_stage(root, "extract", 5.0, videos=0)  # a rerun with nothing to do: no record
     [extract] = stage_totals(root)
-    assert (extract.invocations, extract.videos, extract.snippets, extract.failed) == (
-        2, 4, 120, 1)
+    assert (extract.invocations, extract.videos, extract.snippets, extract.failed) == (2, 4, 120, 1)
     assert extract.seconds == 3.0 and extract.rate(extract.snippets) == 40.0
 
 

@@ -30,20 +30,23 @@ def test_config_is_frozen():
         load_config().synth.videos = 3
 
 
-@pytest.mark.parametrize("override, message", [
-    ("synth.vidoes=3", r"synth\.vidoes: unknown key"),
-    ("nope.x=1", r"nope: unknown key"),
-    ("synth.videos=many", r"synth\.videos: expected an integer, got 'many'"),
-    ("synth.videos=0", r"synth\.videos: must be at least 1"),
-    ("synth.classes=99", r"synth\.classes: must be between 1 and 8"),
-    ("ingest.probe_timeout_s=-1", r"ingest\.probe_timeout_s: must be > 0"),
-    ("ingest.extensions=mp4", r"ingest\.extensions: expected a list"),
-    ("synth.actions_per_video=[1, 2, 3]", r"synth\.actions_per_video: expected 2 items"),
-    ("synth.seconds=5", r"synth\.seconds: must be at least"),
-    ("ray.num_cpus=true", r"ray\.num_cpus: expected"),
-    ("synth=3", r"synth: expected a mapping"),
-    ("novalue", r"must look like key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("synth.vidoes=3", r"synth\.vidoes: unknown key"),
+        ("nope.x=1", r"nope: unknown key"),
+        ("synth.videos=many", r"synth\.videos: expected an integer, got 'many'"),
+        ("synth.videos=0", r"synth\.videos: must be at least 1"),
+        ("synth.classes=99", r"synth\.classes: must be between 1 and 8"),
+        ("ingest.probe_timeout_s=-1", r"ingest\.probe_timeout_s: must be > 0"),
+        ("ingest.extensions=mp4", r"ingest\.extensions: expected a list"),
+        ("synth.actions_per_video=[1, 2, 3]", r"synth\.actions_per_video: expected 2 items"),
+        ("synth.seconds=5", r"synth\.seconds: must be at least"),
+        ("ray.num_cpus=true", r"ray\.num_cpus: expected"),
+        ("synth=3", r"synth: expected a mapping"),
+        ("novalue", r"must look like key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
@@ -69,8 +72,12 @@ def test_yaml_is_loaded_safely(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as caught:
         load_config(str(path))
     assert not (tmp_path / "pwned").exists()
-    record("input", "YAML config with a python/object tag (code execution)",
-           f"safe loader refuses it: `{str(caught.value)[:80]}...`", "test_config")
+    record(
+        "input",
+        "YAML config with a python/object tag (code execution)",
+        f"safe loader refuses it: `{str(caught.value)[:80]}...`",
+        "test_config",
+    )
 
 
 def test_resolved_config_round_trips(tmp_path):

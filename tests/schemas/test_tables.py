@@ -9,40 +9,111 @@ from lofipipe.storage import Store
 
 SAMPLE_ROWS = {
     "manifest": [
-        {"video_id": "v1", "uri": "/d/v1.mp4", "size": 10, "source_signature": "10:1",
-         "fingerprint": "ab" * 16, "duration": 12.5, "start_time": 0.0, "avg_fps": 29.97,
-         "num_frames": 375, "width": 320, "height": 240, "rotation": 90, "codec": "h264",
-         "has_audio": True, "subset": "training", "status": "ok", "error": None,
-         "probe_seconds": 0.01, "lofipipe_version": "0.1.0"},
-        {"video_id": "v2", "uri": "/d/v2.mp4", "size": 0, "status": "failed",
-         "error": "empty_file: empty file (0 bytes)"},
+        {
+            "video_id": "v1",
+            "uri": "/d/v1.mp4",
+            "size": 10,
+            "source_signature": "10:1",
+            "fingerprint": "ab" * 16,
+            "duration": 12.5,
+            "start_time": 0.0,
+            "avg_fps": 29.97,
+            "num_frames": 375,
+            "width": 320,
+            "height": 240,
+            "rotation": 90,
+            "codec": "h264",
+            "has_audio": True,
+            "subset": "training",
+            "status": "ok",
+            "error": None,
+            "probe_seconds": 0.01,
+            "lofipipe_version": "0.1.0",
+        },
+        {
+            "video_id": "v2",
+            "uri": "/d/v2.mp4",
+            "size": 0,
+            "status": "failed",
+            "error": "empty_file: empty file (0 bytes)",
+        },
     ],
     "annotations": [
-        {"video_id": "v1", "subset": "training", "label": "swing", "label_id": 0,
-         "start": 1.5, "end": 3.25, "video_duration": 12.5, "source_format": "activitynet"},
+        {
+            "video_id": "v1",
+            "subset": "training",
+            "label": "swing",
+            "label_id": 0,
+            "start": 1.5,
+            "end": 3.25,
+            "video_duration": 12.5,
+            "source_format": "activitynet",
+        },
     ],
     "snippets": [
-        {"video_id": "v1", "fidelity": "full", "index": 0, "start": 0.0, "end": 0.8,
-         "center": 0.4, "frame_times": [0.0, 0.1, 0.2], "num_frames": 3, "height": 8,
-         "width": 8, "encoding": "raw", "frames": [bytes(range(192))] * 3,
-         "source_fingerprint": "cd" * 16},
+        {
+            "video_id": "v1",
+            "fidelity": "full",
+            "index": 0,
+            "start": 0.0,
+            "end": 0.8,
+            "center": 0.4,
+            "frame_times": [0.0, 0.1, 0.2],
+            "num_frames": 3,
+            "height": 8,
+            "width": 8,
+            "encoding": "raw",
+            "frames": [bytes(range(192))] * 3,
+            "source_fingerprint": "cd" * 16,
+        },
     ],
     "features": [
-        {"video_id": "v1", "encoder_fingerprint": "e1", "num_snippets": 2, "dim": 3,
-         "values": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "snippet_start": [0.0, 1.0],
-         "snippet_end": [1.0, 2.0], "source_fingerprint": "cd" * 16},
+        {
+            "video_id": "v1",
+            "encoder_fingerprint": "e1",
+            "num_snippets": 2,
+            "dim": 3,
+            "values": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+            "snippet_start": [0.0, 1.0],
+            "snippet_end": [1.0, 2.0],
+            "source_fingerprint": "cd" * 16,
+        },
     ],
     "metrics": [
-        {"kind": "step", "epoch": 1, "step": 1, "loss": 1.5, "cls_loss": 1.0,
-         "reg_loss": 0.5, "lr": 1e-4, "val_average_map": None, "val_map": None,
-         "seconds": 0.1},
-        {"kind": "epoch", "epoch": 1, "step": 1, "loss": 1.5, "cls_loss": 1.0,
-         "reg_loss": 0.5, "lr": 1e-4, "val_average_map": 0.25, "val_map": [0.5, 0.0],
-         "seconds": 0.3},
+        {
+            "kind": "step",
+            "epoch": 1,
+            "step": 1,
+            "loss": 1.5,
+            "cls_loss": 1.0,
+            "reg_loss": 0.5,
+            "lr": 1e-4,
+            "val_average_map": None,
+            "val_map": None,
+            "seconds": 0.1,
+        },
+        {
+            "kind": "epoch",
+            "epoch": 1,
+            "step": 1,
+            "loss": 1.5,
+            "cls_loss": 1.0,
+            "reg_loss": 0.5,
+            "lr": 1e-4,
+            "val_average_map": 0.25,
+            "val_map": [0.5, 0.0],
+            "seconds": 0.3,
+        },
     ],
     "errors": [
-        {"stage": "ingest", "video_id": "v2", "uri": "/d/v2.mp4", "reason": "empty_file",
-         "error": "empty_file: empty file (0 bytes)", "attempts": 1},
+        {
+            "stage": "ingest",
+            "video_id": "v2",
+            "uri": "/d/v2.mp4",
+            "reason": "empty_file",
+            "error": "empty_file: empty file (0 bytes)",
+            "attempts": 1,
+        },
     ],
 }
 
@@ -97,7 +168,8 @@ def test_check_refuses_other_tables_and_newer_versions(tmp_path):
     table = store.read_table("m.parquet")
     with pytest.raises(InputError, match="not a lofipipe annotations table"):
         tables.ANNOTATIONS.check(table, "m.parquet")
-    newer = table.replace_schema_metadata({**table.schema.metadata,
-                                           b"lofipipe.schema_version": b"99"})
+    newer = table.replace_schema_metadata(
+        {**table.schema.metadata, b"lofipipe.schema_version": b"99"}
+    )
     with pytest.raises(InputError, match="version 99 is newer"):
         tables.MANIFEST.check(newer, "m.parquet")

@@ -21,16 +21,35 @@ def run(*args) -> str:
 
 def small_synth(videos: int) -> list[str]:
     """Overrides for a dataset of `videos` 10-second 64x48 videos at 10 fps."""
-    return ["--set", f"synth.videos={videos}", "--set", "synth.seconds=10",
-            "--set", "synth.width=64", "--set", "synth.height=48", "--set", "synth.fps=10",
-            "--set", "synth.actions_per_video=[1, 2]", "--set", "synth.action_seconds=[1.5, 3]"]
+    return [
+        "--set",
+        f"synth.videos={videos}",
+        "--set",
+        "synth.seconds=10",
+        "--set",
+        "synth.width=64",
+        "--set",
+        "synth.height=48",
+        "--set",
+        "synth.fps=10",
+        "--set",
+        "synth.actions_per_video=[1, 2]",
+        "--set",
+        "synth.action_seconds=[1.5, 3]",
+    ]
 
 
 def synth_and_ingest(base: Path, videos: int) -> None:
     """`base/data`: a small synthetic dataset; `base/root`: it ingested."""
     run("synth", base / "data", *small_synth(videos))
-    run("ingest", base / "root", "--videos", base / "data/videos",
-        "--annotations", base / "data/annotations.json")
+    run(
+        "ingest",
+        base / "root",
+        "--videos",
+        base / "data/videos",
+        "--annotations",
+        base / "data/annotations.json",
+    )
 
 
 def fresh_root(base: Path, tmp_path: Path) -> Path:

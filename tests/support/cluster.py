@@ -23,8 +23,11 @@ def ray_cluster(cpus_per_node: list[int], env: Mapping[str, str]) -> Iterator:
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
-        cluster = Cluster(initialize_head=True, connect=False,
-                          head_node_args={**_NODE, "num_cpus": cpus_per_node[0]})
+        cluster = Cluster(
+            initialize_head=True,
+            connect=False,
+            head_node_args={**_NODE, "num_cpus": cpus_per_node[0]},
+        )
         for cpus in cpus_per_node[1:]:
             cluster.add_node(**_NODE, num_cpus=cpus)
         cluster.wait_for_nodes()
@@ -48,5 +51,10 @@ def driver(args: list[str], env: Mapping[str, str]) -> subprocess.Popen:
     """`lofipipe ARGS` as its own process (stdout and stderr to pipes)."""
     environment = {**os.environ, **env, "RAY_AUTH_MODE": "disabled"}
     environment.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([LOFIPIPE, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment)
+    return subprocess.Popen(
+        [LOFIPIPE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )

@@ -28,8 +28,7 @@ def train_worker_pids() -> set[int]:
     return worker_pids(b"RayTrainWorker")
 
 
-def kill_a_train_worker_when(path: Path, alive, earlier: set[int],
-                             timeout: float = 120) -> int:
+def kill_a_train_worker_when(path: Path, alive, earlier: set[int], timeout: float = 120) -> int:
     """Waits for `path` (e.g. a checkpoint) to appear while `alive()` holds, then kills one
     of the run's training workers (those not among the `earlier` ones, which may belong
     to runs still shutting down) with SIGKILL; returns how many the run had."""

@@ -25,8 +25,11 @@ def _clean(value: Any, root: str) -> Any:
         return {k: _clean(v, root) for k, v in value.items() if k not in VOLATILE_KEYS}
     if isinstance(value, list):
         # A resumed training run records where it resumed; an uninterrupted one does not.
-        return [_clean(v, root) for v in value
-                if not (isinstance(v, dict) and v.get("kind") == "resume")]
+        return [
+            _clean(v, root)
+            for v in value
+            if not (isinstance(v, dict) and v.get("kind") == "resume")
+        ]
     if isinstance(value, str):
         return value.replace(root, "<root>")
     if isinstance(value, torch.Tensor):
@@ -53,14 +56,18 @@ def _content(store: Store, path: str) -> Any:
 
 def job_outputs(store: Store) -> dict[str, Any]:
     """{relative path: comparable content} of everything under the store's root."""
-    return {path: _content(store, path) for path in store.list("", recursive=True)
-            if not any(part in path for part in VOLATILE_FILES)}
+    return {
+        path: _content(store, path)
+        for path in store.list("", recursive=True)
+        if not any(part in path for part in VOLATILE_FILES)
+    }
 
 
 def differences(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
     """The paths that only one side has or whose contents differ."""
-    return sorted(path for path in first.keys() | second.keys()
-                  if first.get(path) != second.get(path))
+    return sorted(
+        path for path in first.keys() | second.keys() if first.get(path) != second.get(path)
+    )
 
 
 def row_changes(clean: dict[str, Any], other: dict[str, Any]) -> tuple[int, int]:

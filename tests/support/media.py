@@ -9,9 +9,16 @@ import av
 import numpy as np
 
 
-def write_video(path: Path, seconds: float = 2.0, size: tuple[int, int] = (64, 48),
-                fps: int = 10, rotation: int | None = None, audio: bool = False,
-                container_format: str | None = None, pix_fmt: str = "yuv420p") -> Path:
+def write_video(
+    path: Path,
+    seconds: float = 2.0,
+    size: tuple[int, int] = (64, 48),
+    fps: int = 10,
+    rotation: int | None = None,
+    audio: bool = False,
+    container_format: str | None = None,
+    pix_fmt: str = "yuv420p",
+) -> Path:
     """An H.264 video of a bright square moving across a gradient (odd sizes need
     pix_fmt yuv444p)."""
     width, height = size
@@ -23,10 +30,11 @@ def write_video(path: Path, seconds: float = 2.0, size: tuple[int, int] = (64, 4
             stream.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=16000) if audio else None
         for index in range(round(seconds * fps)):
-            image = np.tile(np.linspace(0, 200, width, dtype=np.uint8)[None, :, None],
-                            (height, 1, 3))
+            image = np.tile(
+                np.linspace(0, 200, width, dtype=np.uint8)[None, :, None], (height, 1, 3)
+            )
             x = index * 3 % max(width - 8, 1)
-            image[height // 2 - 4: height // 2 + 4, x: x + 8] = 255
+            image[height // 2 - 4 : height // 2 + 4, x : x + 8] = 255
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode(None))
         if sound is not None:
@@ -61,8 +69,12 @@ def write_truncated(path: Path, source: Path, keep: float = 0.5) -> Path:
     return path
 
 
-def write_timed_video(path: Path, times: list[float], size: tuple[int, int] = (64, 48),
-                      container_format: str | None = None) -> Path:
+def write_timed_video(
+    path: Path,
+    times: list[float],
+    size: tuple[int, int] = (64, 48),
+    container_format: str | None = None,
+) -> Path:
     """A video whose frame i is shown from `times[i]` seconds (variable rate, any start),
     and whose pixels encode i: the frame is filled with gray level 8*i (mod 256)."""
     width, height = size

@@ -31,8 +31,9 @@ class Outcome:
 RECORDED: list[Outcome] = []
 
 
-def record(kind: str, case: str, result: str, test: str, rows_lost: int = 0,
-           duplicates: int = 0) -> None:
+def record(
+    kind: str, case: str, result: str, test: str, rows_lost: int = 0, duplicates: int = 0
+) -> None:
     RECORDED.append(Outcome(kind, case, result, test, rows_lost, duplicates))
 
 
@@ -46,15 +47,22 @@ def write_table(path: Path) -> None:
     lines = [HEADER]
     for kind, title in (("input", "Bad inputs"), ("fault", "Injected faults")):
         rows = [o for o in RECORDED if o.kind == kind]
-        lines += [f"## {title} ({len(rows)})", "",
-                  "| case | result | rows lost | duplicates | test |",
-                  "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {_cell(o.case)} | {_cell(o.result)} | {o.rows_lost} | {o.duplicates} | "
-                  f"`{o.test}` |" for o in rows]
+        lines += [
+            f"## {title} ({len(rows)})",
+            "",
+            "| case | result | rows lost | duplicates | test |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {_cell(o.case)} | {_cell(o.result)} | {o.rows_lost} | {o.duplicates} | `{o.test}` |"
+            for o in rows
+        ]
         lines.append("")
     inputs = sum(o.kind == "input" for o in RECORDED)
     faults = sum(o.kind == "fault" for o in RECORDED)
-    lines.append(f"Totals: {inputs} inputs tried, {faults} faults injected, "
-                 f"{sum(o.rows_lost for o in RECORDED)} rows lost, "
-                 f"{sum(o.duplicates for o in RECORDED)} duplicates.\n")
+    lines.append(
+        f"Totals: {inputs} inputs tried, {faults} faults injected, "
+        f"{sum(o.rows_lost for o in RECORDED)} rows lost, "
+        f"{sum(o.duplicates for o in RECORDED)} duplicates.\n"
+    )
     path.write_text("\n".join(lines))

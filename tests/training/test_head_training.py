@@ -22,18 +22,35 @@ from lofipipe.training.feature_set import FeatureSet, inference_windows
 from lofipipe.training.head_trainer import HeadTrainer
 from lofipipe.training.trainer import TrainJob, lr_factor
 
-SMALL = ["--set", "train.head.dim=32", "--set", "train.head.levels=3",
-         "--set", "train.batch_size=4", "--set", "train.warmup_epochs=1"]
+SMALL = [
+    "--set",
+    "train.head.dim=32",
+    "--set",
+    "train.head.levels=3",
+    "--set",
+    "train.batch_size=4",
+    "--set",
+    "train.warmup_epochs=1",
+]
 
 
 def _job(root, videos, epochs=60, **changes):
-    settings = load_config(None, [f"train.epochs={epochs}", "train.head.dim=32",
-                                  "train.head.levels=3", "train.batch_size=4",
-                                  "train.warmup_epochs=2", "train.run=unit",
-                                  f"train.features={FINGERPRINT}",
-                                  *(f"train.{k}={v}" for k, v in changes.items())]).train
-    return TrainJob(root, "unit", settings, videos, videos, parse_thresholds(settings.tiou),
-                    threads=2)
+    settings = load_config(
+        None,
+        [
+            f"train.epochs={epochs}",
+            "train.head.dim=32",
+            "train.head.levels=3",
+            "train.batch_size=4",
+            "train.warmup_epochs=2",
+            "train.run=unit",
+            f"train.features={FINGERPRINT}",
+            *(f"train.{k}={v}" for k, v in changes.items()),
+        ],
+    ).train
+    return TrainJob(
+        root, "unit", settings, videos, videos, parse_thresholds(settings.tiou), threads=2
+    )
 
 
 def test_feature_set_reads_one_video_and_its_truth(tmp_path):
@@ -44,8 +61,9 @@ def test_feature_set_reads_one_video_and_its_truth(tmp_path):
     assert data.videos("validation") == ["video_006", "video_007"]
     video = data.read("video_005")
     assert video.values.shape == (32, 8)
-    assert sorted(map(tuple, video.segments.tolist())) == sorted((a, b) for a, b, _ in
-                                                                 truth["video_005"])
+    assert sorted(map(tuple, video.segments.tolist())) == sorted(
+        (a, b) for a, b, _ in truth["video_005"]
+    )
     # Seconds and snippet positions convert both ways; windows keep the same grid.
     assert np.allclose(video.to_snippets(np.array([0.25, 5.25])), [0, 10])
     windows = inference_windows(video, 16)
@@ -76,12 +94,28 @@ def test_head_overfits_a_few_videos(tmp_path):
     assert set(best) == {"segment", "label", "score"} and best["label"] in ("jump", "run")
     assert (tmp_path / "runs/unit/report.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (tmp_path / "runs/unit/checkpoints").iterdir()) == [
-        "epoch-0059.pt", "epoch-0060.pt"]
+        "epoch-0059.pt",
+        "epoch-0060.pt",
+    ]
 
 
 def _train(root, name, workers=1, epochs=4, *extra):
-    return run("train", root, "--mode", "head", "--features", FINGERPRINT, "--run", name,
-               "--workers", workers, "--epochs", epochs, *SMALL, *extra)
+    return run(
+        "train",
+        root,
+        "--mode",
+        "head",
+        "--features",
+        FINGERPRINT,
+        "--run",
+        name,
+        "--workers",
+        workers,
+        "--epochs",
+        epochs,
+        *SMALL,
+        *extra,
+    )
 
 
 def _weights(root, name):
@@ -100,8 +134,9 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path, ray_l
     _train(tmp_path, "two", 2)
     for name, value in _weights(tmp_path, "one").items():
         assert torch.allclose(value, _weights(tmp_path, "two")[name], atol=1e-4), name
-    losses = [[r["loss"] for r in _rows(tmp_path, name) if r["kind"] == "step"]
-              for name in ("one", "two")]
+    losses = [
+        [r["loss"] for r in _rows(tmp_path, name) if r["kind"] == "step"] for name in ("one", "two")
+    ]
     assert len(losses[0]) == 4 * 3 and np.allclose(losses[0], losses[1], rtol=1e-3)
     predictions = json.loads((tmp_path / "runs/two/predictions.json").read_text())
     assert sorted(predictions["results"]) == [f"video_{i:03d}" for i in range(12, 16)]
@@ -128,9 +163,22 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(tmp_path, ray_local):
     # A finished run is not trained again; other settings are refused.
     again = _train(tmp_path, "r", 1)
     assert "(resumed after epoch 4)" in again
-    result = CliRunner().invoke(main, ["train", str(tmp_path), "--features", FINGERPRINT,
-                                       "--run", "r", "--epochs", "4", *SMALL,
-                                       "--set", "train.lr=0.01"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(tmp_path),
+            "--features",
+            FINGERPRINT,
+            "--run",
+            "r",
+            "--epochs",
+            "4",
+            *SMALL,
+            "--set",
+            "train.lr=0.01",
+        ],
+    )
     assert result.exit_code == 2
     assert "run 'r' exists with other settings (train.lr)" in result.output
 
@@ -141,12 +189,17 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(tmp_path, ray_local):
 def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
     write_feature_set(Store(str(tmp_path)), videos=48, validation=4)
     outputs = []
-    thread = threading.Thread(target=lambda: outputs.append(_train(
-        tmp_path, "k", 2, 16, "--set", "train.head.dim=256")))
+    thread = threading.Thread(
+        target=lambda: outputs.append(_train(tmp_path, "k", 2, 16, "--set", "train.head.dim=256"))
+    )
     earlier = train_worker_pids()
     thread.start()
-    assert kill_a_train_worker_when(tmp_path / "runs/k/checkpoints/epoch-0002.pt",
-                                    thread.is_alive, earlier) == 2
+    assert (
+        kill_a_train_worker_when(
+            tmp_path / "runs/k/checkpoints/epoch-0002.pt", thread.is_alive, earlier
+        )
+        == 2
+    )
     thread.join(timeout=300)
     assert outputs and "run k: 16 epochs on 2 workers" in outputs[0]
     assert "worker group restarted: resumed after epoch" in outputs[0]
@@ -155,9 +208,13 @@ def test_a_killed_worker_resumes_from_its_checkpoint(tmp_path, ray_local):
     assert len(resumed) == 1 and 2 <= resumed[0] < 16
     assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 16 * 11 + 1))
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == list(range(1, 17))
-    record("fault", "Ray Train worker killed (SIGKILL) during training",
-           f"the worker group restarted from the epoch-{resumed[0]} checkpoint; every step "
-           f"and epoch recorded once", "test_head_training")
+    record(
+        "fault",
+        "Ray Train worker killed (SIGKILL) during training",
+        f"the worker group restarted from the epoch-{resumed[0]} checkpoint; every step "
+        f"and epoch recorded once",
+        "test_head_training",
+    )
 
 
 @pytest.mark.ray
@@ -169,8 +226,10 @@ def test_training_on_s3(s3_bucket, ray_local):
     pairs = [f"--storage-option={k}={v}" for k, v in options.items()]
     output = _train(root.url, "s3run", 1, 2, *pairs)
     assert "run s3run: 2 epochs" in output
-    assert root.list("runs/s3run/checkpoints") == ["runs/s3run/checkpoints/epoch-0001.pt",
-                                                   "runs/s3run/checkpoints/epoch-0002.pt"]
+    assert root.list("runs/s3run/checkpoints") == [
+        "runs/s3run/checkpoints/epoch-0001.pt",
+        "runs/s3run/checkpoints/epoch-0002.pt",
+    ]
     for name in ("config.yaml", "metrics.parquet", "predictions.json", "report.png"):
         assert root.exists(f"runs/s3run/{name}"), name
     assert options["secret"] not in root.read_text("runs/s3run/config.yaml")

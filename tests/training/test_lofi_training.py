@@ -33,7 +33,11 @@ def test_plans_follow_each_cycle():
     assert [p.fidelity for p in short[32:34]] == ["st-lofi", "st-lofi"]
     multigrid = [schedule_plan(PRESETS["multigrid"], epoch, videos=300) for epoch in range(4)]
     assert [(p[0].fidelity, p[0].batch_size, len(p)) for p in multigrid] == [
-        ("mg-1", 129, 2), ("mg-2", 64, 4), ("mg-3", 32, 9), ("mg-4", 16, 18)]
+        ("mg-1", 129, 2),
+        ("mg-2", 64, 4),
+        ("mg-3", 32, 9),
+        ("mg-4", 16, 18),
+    ]
     assert multigrid[1][0].lr_scale == pytest.approx(4.0)
     for preset in ("lofi-anet", "lofi-anet-short", "lofi-thumos"):
         for epoch in range(3):
@@ -41,15 +45,34 @@ def test_plans_follow_each_cycle():
 
 
 def _trainer(root, epochs=6):
-    settings = load_config(None, ["train.mode=lofi", "train.encoder=tiny", "train.run=lofi",
-                                  f"train.epochs={epochs}", "train.head.dim=32",
-                                  "train.head.levels=3", "train.warmup_epochs=1",
-                                  "train.lr=0.003"]).train
+    settings = load_config(
+        None,
+        [
+            "train.mode=lofi",
+            "train.encoder=tiny",
+            "train.run=lofi",
+            f"train.epochs={epochs}",
+            "train.head.dim=32",
+            "train.head.levels=3",
+            "train.warmup_epochs=1",
+            "train.lr=0.003",
+        ],
+    ).train
     annotations = AnnotationIndex(Store(str(root)))
     videos = annotations.videos("training")
-    return LofiTrainer(TrainJob(Store(str(root)), "lofi", settings, videos, videos,
-                                parse_thresholds(settings.tiou), threads=2, schedule="demo"),
-                       log=lambda line: None)
+    return LofiTrainer(
+        TrainJob(
+            Store(str(root)),
+            "lofi",
+            settings,
+            videos,
+            videos,
+            parse_thresholds(settings.tiou),
+            threads=2,
+            schedule="demo",
+        ),
+        log=lambda line: None,
+    )
 
 
 def test_lofi_trains_the_encoder_end_to_end(demo_shards, tmp_path):
@@ -70,10 +93,19 @@ def test_lofi_trains_the_encoder_end_to_end(demo_shards, tmp_path):
 
     # The adapted encoder makes a new fingerprint and new features.
     first = run("extract", root, "--encoder", "tiny", "--schedule", "demo")
-    second = run("extract", root, "--encoder", "tiny", "--schedule", "demo",
-                 "--checkpoint", root / encoder_path("lofi"))
-    old_fp, new_fp = (re.search(r"^features (\w+): ", out, re.M).group(1)
-                      for out in (first, second))
+    second = run(
+        "extract",
+        root,
+        "--encoder",
+        "tiny",
+        "--schedule",
+        "demo",
+        "--checkpoint",
+        root / encoder_path("lofi"),
+    )
+    old_fp, new_fp = (
+        re.search(r"^features (\w+): ", out, re.M).group(1) for out in (first, second)
+    )
     assert old_fp != new_fp
     old, new = (read_features(Store(str(root)), fp) for fp in (old_fp, new_fp))
     assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])
@@ -82,35 +114,85 @@ def test_lofi_trains_the_encoder_end_to_end(demo_shards, tmp_path):
 @pytest.mark.ray
 def test_lofi_run_on_ray_train_and_resume(demo_shards, tmp_path):
     root = fresh_root(demo_shards, tmp_path)
-    args = ["train", root, "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny",
-            "--run", "L", "--epochs", "2", "--set", "train.head.dim=32",
-            "--set", "train.head.levels=3"]
+    args = [
+        "train",
+        root,
+        "--mode",
+        "lofi",
+        "--schedule",
+        "demo",
+        "--encoder",
+        "tiny",
+        "--run",
+        "L",
+        "--epochs",
+        "2",
+        "--set",
+        "train.head.dim=32",
+        "--set",
+        "train.head.levels=3",
+    ]
     output = run(*args)
     assert "run L: 2 epochs on 1 workers" in output
     predictions = json.loads((root / "runs/L/predictions.json").read_text())
     assert predictions["external_data"]["mode"] == "lofi"
     assert (root / "runs/L/encoder.pt").exists()
     assert "(resumed after epoch 2)" in run(*args)
-    result = CliRunner().invoke(main, ["train", str(root), "--mode", "lofi", "--schedule",
-                                       "lofi-anet", "--encoder", "tiny", "--run", "M"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(root),
+            "--mode",
+            "lofi",
+            "--schedule",
+            "lofi-anet",
+            "--encoder",
+            "tiny",
+            "--run",
+            "M",
+        ],
+    )
     assert result.exit_code == 2 and "pass --schedule demo" in result.output, result.output
 
 
 def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):
     synth_and_ingest(tmp_path, 4)
     schedule = tmp_path / "vit16.yaml"
-    schedule.write_text("full: {name: full, snippets: 8, frames: 16, size: 32}\n"
-                        "train: [{name: low, snippets: 4, frames: 16, size: 32}]\n")
+    schedule.write_text(
+        "full: {name: full, snippets: 8, frames: 16, size: 32}\n"
+        "train: [{name: low, snippets: 4, frames: 16, size: 32}]\n"
+    )
     root = tmp_path / "root"
     run("materialize", root, "--schedule", schedule, *SHARDS)
-    settings = load_config(None, ["train.mode=losa", "train.encoder=vit_s", "train.run=losa",
-                                  "train.epochs=3", "train.head.dim=32", "train.head.levels=3",
-                                  "train.batch_size=2", "train.warmup_epochs=1"]).train
+    settings = load_config(
+        None,
+        [
+            "train.mode=losa",
+            "train.encoder=vit_s",
+            "train.run=losa",
+            "train.epochs=3",
+            "train.head.dim=32",
+            "train.head.levels=3",
+            "train.batch_size=2",
+            "train.warmup_epochs=1",
+        ],
+    ).train
     annotations = AnnotationIndex(Store(str(root)))
     videos = annotations.videos("training")
-    trainer = LosaTrainer(TrainJob(Store(str(root)), "losa", settings, videos, videos,
-                                   parse_thresholds(settings.tiou), threads=2,
-                                   schedule=str(schedule)), log=lambda line: None)
+    trainer = LosaTrainer(
+        TrainJob(
+            Store(str(root)),
+            "losa",
+            settings,
+            videos,
+            videos,
+            parse_thresholds(settings.tiou),
+            threads=2,
+            schedule=str(schedule),
+        ),
+        log=lambda line: None,
+    )
     losa = trainer.model.encoder.net
     before = {k: v.clone() for k, v in losa.state_dict().items()}
     assert {p.fidelity for plan in trainer.plans for p in plan} == {"full"}
@@ -120,17 +202,43 @@ def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):
     adapters = [k for k in after if not k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
     assert any(not torch.equal(before[k], after[k]) for k in adapters)
-    output = run("extract", root, "--encoder", "vit_s", "--losa", "--schedule", schedule,
-                 "--checkpoint", root / encoder_path("losa"))
+    output = run(
+        "extract",
+        root,
+        "--encoder",
+        "vit_s",
+        "--losa",
+        "--schedule",
+        schedule,
+        "--checkpoint",
+        root / encoder_path("losa"),
+    )
     assert "RANDOM" not in output and re.search(r"^features \w+: 2 parts", output, re.M)
 
 
 @pytest.mark.ray
 def test_lofi_recipe_runs_each_stage_and_resumes(demo_shards, tmp_path):
     root = fresh_root(demo_shards, tmp_path)
-    args = ["train", root, "--recipe", "lofi", "--schedule", "demo", "--encoder", "tiny",
-            "--run", "R", "--epochs", "3", "--set", "train.encoder_epochs=2",
-            "--set", "train.head.dim=32", "--set", "train.head.levels=3"]
+    args = [
+        "train",
+        root,
+        "--recipe",
+        "lofi",
+        "--schedule",
+        "demo",
+        "--encoder",
+        "tiny",
+        "--run",
+        "R",
+        "--epochs",
+        "3",
+        "--set",
+        "train.encoder_epochs=2",
+        "--set",
+        "train.head.dim=32",
+        "--set",
+        "train.head.levels=3",
+    ]
     output = run(*args)
     assert "run R-lofi: 2 epochs" in output and "run R-head: 3 epochs" in output
     adapted = re.search(r"^features (\w+): ", output, re.M).group(1)
@@ -148,14 +256,31 @@ def test_lofi_recipe_runs_each_stage_and_resumes(demo_shards, tmp_path):
 def test_lofi_resumes_after_a_killed_worker(demo_shards, tmp_path):
     root = fresh_root(demo_shards, tmp_path)
     outputs = []
-    thread = threading.Thread(target=lambda: outputs.append(run(
-        "train", root, "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny",
-        "--run", "K", "--epochs", "12", "--set", "train.head.dim=32",
-        "--set", "train.head.levels=3")))
+    thread = threading.Thread(
+        target=lambda: outputs.append(
+            run(
+                "train",
+                root,
+                "--mode",
+                "lofi",
+                "--schedule",
+                "demo",
+                "--encoder",
+                "tiny",
+                "--run",
+                "K",
+                "--epochs",
+                "12",
+                "--set",
+                "train.head.dim=32",
+                "--set",
+                "train.head.levels=3",
+            )
+        )
+    )
     earlier = train_worker_pids()
     thread.start()
-    kill_a_train_worker_when(root / "runs/K/checkpoints/epoch-0002.pt", thread.is_alive,
-                             earlier)
+    kill_a_train_worker_when(root / "runs/K/checkpoints/epoch-0002.pt", thread.is_alive, earlier)
     thread.join(timeout=300)
     assert outputs and "run K: 12 epochs" in outputs[0]
     assert "worker group restarted: resumed after epoch" in outputs[0]

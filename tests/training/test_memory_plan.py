@@ -12,14 +12,28 @@ from lofipipe.training.memory_plan import step_peak_bytes
 
 def test_measured_memory_grows_with_the_batch():
     fidelity = PRESETS["demo"].fidelity("t-lofi")
-    small, large = (step_peak_bytes("lofi", "tiny", fidelity, batch, HeadConfig())
-                    for batch in (1, 8))
+    small, large = (
+        step_peak_bytes("lofi", "tiny", fidelity, batch, HeadConfig()) for batch in (1, 8)
+    )
     assert 0 < small < large
 
 
 def test_planned_batches_keep_a_measured_step_under_the_budget(tmp_path):
-    output = run("plan", "--schedule", "demo", "--encoder", "tiny", "--mode", "head",
-                 "--budget-gb", "0.16", "--max-batch", "64", "--write", tmp_path / "p.yaml")
+    output = run(
+        "plan",
+        "--schedule",
+        "demo",
+        "--encoder",
+        "tiny",
+        "--mode",
+        "head",
+        "--budget-gb",
+        "0.16",
+        "--max-batch",
+        "64",
+        "--write",
+        tmp_path / "p.yaml",
+    )
     batch = int(re.search(r"^full\s+32x8x64\s+(\d+)", output, re.M).group(1))
     assert batch >= 1
     budget = 0.16 * 2**30

@@ -60,8 +60,10 @@ def test_truncated_file_with_index_first_is_caught(tmp_path):
 
     full = tmp_path / "fast.mp4"
     write_video(full, seconds=10)
-    with av.open(str(full)) as source, av.open(str(tmp_path / "faststart.mp4"), "w",
-                                                options={"movflags": "+faststart"}) as out:
+    with (
+        av.open(str(full)) as source,
+        av.open(str(tmp_path / "faststart.mp4"), "w", options={"movflags": "+faststart"}) as out,
+    ):
         stream = out.add_stream_from_template(source.streams.video[0])
         for packet in source.demux(source.streams.video[0]):
             if packet.dts is not None:
@@ -94,8 +96,7 @@ def test_resource_limits_reject_before_decoding(tmp_path, small_video, monkeypat
     monkeypatch.setattr(av.container.InputContainer, "decode", counting)
     row = _probe(huge)
     assert row["status"] == "failed" and not decoded
-    assert row["error"] == ("too_many_pixels: 7680x4320 frames, over "
-                            "ingest.max_pixels=9437184")
+    assert row["error"] == ("too_many_pixels: 7680x4320 frames, over ingest.max_pixels=9437184")
     roomy = VideoProber(settings=IngestConfig(max_pixels=7680 * 4320))
     assert roomy.process(VideoItem("v", str(huge), huge.stat().st_size, "s"))["status"] == "ok"
     assert decoded  # the same probe decodes once the budget allows

@@ -14,9 +14,14 @@ import signal
 import sys
 import time
 
-_FAULTS = {kind: tuple(names.split(",")) for kind, _, names in
-           (part.partition("=") for part in
-            os.environ.get("LOFIPIPE_TEST_DECODER_FAULTS", "").split(";") if part)}
+_FAULTS = {
+    kind: tuple(names.split(","))
+    for kind, _, names in (
+        part.partition("=")
+        for part in os.environ.get("LOFIPIPE_TEST_DECODER_FAULTS", "").split(";")
+        if part
+    )
+}
 
 
 def _patch(module) -> None:
