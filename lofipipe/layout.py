@@ -39,6 +39,7 @@ PART_PATTERN = "part-*"
 STATS_SUFFIX = ".stats.json"
 STATS_PATTERN = "part-*.stats.json"
 JOURNAL_PATTERN = "part-*.json"
+CHECKPOINT_PATTERN = "epoch-*.pt"
 
 
 def part_number(path: str) -> int:
@@ -98,6 +99,11 @@ def checkpoints_dir(run: str) -> str:
 
 def checkpoint_path(run: str, epoch: int) -> str:
     return f"runs/{run}/checkpoints/epoch-{epoch:04d}.pt"
+
+
+def checkpoint_epoch(path: str) -> int:
+    """The epoch a checkpoint (`.../epoch-NNNN.pt`) was saved after."""
+    return int(path.rsplit("-", 1)[1][:4])
 
 
 def metrics_path(run: str) -> str:

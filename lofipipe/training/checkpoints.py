@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lofipipe.errors import InputError, one_line
-from lofipipe.layout import checkpoint_path, checkpoints_dir
+from lofipipe.layout import CHECKPOINT_PATTERN, checkpoint_epoch, checkpoint_path, checkpoints_dir
 from lofipipe.storage import Store
 
 
@@ -21,20 +21,20 @@ def save_checkpoint(root: Store, run: str, epoch: int, state: dict[str, Any], ke
     torch.save(state, buffer)
     path = checkpoint_path(run, epoch)
     root.write_bytes(path, buffer.getvalue())
-    for old in root.list(checkpoints_dir(run), pattern="epoch-*.pt")[:-keep]:
+    for old in root.list(checkpoints_dir(run), pattern=CHECKPOINT_PATTERN)[:-keep]:
         root.remove(old)
     return path
 
 
 def latest_epoch(root: Store, run: str) -> int:
     """Epochs done by the newest committed checkpoint (0 without one)."""
-    found = root.list(checkpoints_dir(run), pattern="epoch-*.pt")
-    return int(found[-1].rsplit("-", 1)[1][:4]) if found else 0
+    found = root.list(checkpoints_dir(run), pattern=CHECKPOINT_PATTERN)
+    return checkpoint_epoch(found[-1]) if found else 0
 
 
 def latest_checkpoint(root: Store, run: str) -> dict[str, Any] | None:
     """The newest committed checkpoint's state (weights-only load), or None."""
-    found = root.list(checkpoints_dir(run), pattern="epoch-*.pt")
+    found = root.list(checkpoints_dir(run), pattern=CHECKPOINT_PATTERN)
     if not found:
         return None
     try:
