@@ -51,7 +51,7 @@ class VideoFailure(Exception):
     by; `message` says what went wrong, in one line.
 
     Tables keep a failure as one `error` text, `"reason: message"` (`line`), and
-    `parse` takes such a text apart again.
+    `failure_reason` reads the reason back from such a text.
     """
 
     def __init__(self, reason: str, message: str):
@@ -62,12 +62,7 @@ class VideoFailure(Exception):
     def line(self) -> str:
         return f"{self.reason}: {self.message}"
 
-    @classmethod
-    def parse(cls, line: str) -> VideoFailure:
-        reason, _, message = line.partition(":")
-        return cls(reason, message.strip())
-
 
 def failure_reason(line: str) -> str:
     """The reason code of a stored failure line (`VideoFailure.line`)."""
-    return VideoFailure.parse(line).reason
+    return line.partition(":")[0]

@@ -57,16 +57,20 @@ def parquet_of(marker: str) -> str:
     return marker.replace(STATS_SUFFIX, ".parquet")
 
 
+def _part(number: int) -> str:
+    return f"part-{number:05d}.parquet"
+
+
 def shard_dir(fidelity: str) -> str:
     return f"{SHARDS_DIR}/{fidelity}"
 
 
 def shard_path(fidelity: str, shard: int) -> str:
-    return f"{SHARDS_DIR}/{fidelity}/part-{shard:05d}.parquet"
+    return f"{shard_dir(fidelity)}/{_part(shard)}"
 
 
 def shard_stats_path(fidelity: str, shard: int) -> str:
-    return f"{SHARDS_DIR}/{fidelity}/part-{shard:05d}.stats.json"
+    return stats_of(shard_path(fidelity, shard))
 
 
 def feature_dir(fingerprint: str) -> str:
@@ -74,31 +78,31 @@ def feature_dir(fingerprint: str) -> str:
 
 
 def lineage_path(fingerprint: str) -> str:
-    return f"{FEATURES_DIR}/{fingerprint}/{LINEAGE_NAME}"
+    return f"{feature_dir(fingerprint)}/{LINEAGE_NAME}"
 
 
 def feature_part_path(fingerprint: str, part: int) -> str:
-    return f"{FEATURES_DIR}/{fingerprint}/part-{part:05d}.parquet"
+    return f"{feature_dir(fingerprint)}/{_part(part)}"
 
 
 def feature_stats_path(fingerprint: str, part: int) -> str:
-    return f"{FEATURES_DIR}/{fingerprint}/part-{part:05d}.stats.json"
+    return stats_of(feature_part_path(fingerprint, part))
 
 
 def run_dir(run: str) -> str:
-    return f"runs/{run}"
+    return f"{RUNS_DIR}/{run}"
 
 
 def run_config_path(run: str) -> str:
-    return f"runs/{run}/config.yaml"
+    return f"{run_dir(run)}/config.yaml"
 
 
 def checkpoints_dir(run: str) -> str:
-    return f"runs/{run}/checkpoints"
+    return f"{run_dir(run)}/checkpoints"
 
 
 def checkpoint_path(run: str, epoch: int) -> str:
-    return f"runs/{run}/checkpoints/epoch-{epoch:04d}.pt"
+    return f"{checkpoints_dir(run)}/epoch-{epoch:04d}.pt"
 
 
 def checkpoint_epoch(path: str) -> int:
@@ -107,29 +111,29 @@ def checkpoint_epoch(path: str) -> int:
 
 
 def metrics_path(run: str) -> str:
-    return f"runs/{run}/metrics.parquet"
+    return f"{run_dir(run)}/metrics.parquet"
 
 
 def predictions_path(run: str) -> str:
-    return f"runs/{run}/predictions.json"
+    return f"{run_dir(run)}/predictions.json"
 
 
 def evaluation_path(run: str) -> str:
-    return f"runs/{run}/evaluation.json"
+    return f"{run_dir(run)}/evaluation.json"
 
 
 def report_path(run: str) -> str:
     """The run's page, `report.html`."""
-    return f"runs/{run}/report.html"
+    return f"{run_dir(run)}/report.html"
 
 
 def report_plot_path(run: str) -> str:
-    return f"runs/{run}/report.png"
+    return f"{run_dir(run)}/report.png"
 
 
 def encoder_path(run: str) -> str:
     """The adapted encoder a LoFi or LoSA run leaves for `extract --checkpoint`."""
-    return f"runs/{run}/encoder.pt"
+    return f"{run_dir(run)}/encoder.pt"
 
 
 def journal_path(shard: int) -> str:

@@ -118,9 +118,7 @@ class SnippetReader:
         """One video's snippets, reading only the row groups that hold them."""
         if self._shard_of is None:
             self._shard_of = {
-                video: shard
-                for shard, stats in zip(self.shards(), self.stats(), strict=True)
-                for video in stats["videos"]
+                video: shard for shard, stats in self.committed() for video in stats["videos"]
             }
         if video_id not in self._shard_of:
             raise InputError(f"no snippets of video {video_id!r} at fidelity {self.fidelity!r}")
@@ -215,22 +213,27 @@ class SnippetReader:
             labels=label_ids,
         )
 
+    def committed(self) -> list[tuple[str, dict]]:
+        """(path, stats marker) of each committed shard, in order."""
+        return [
+            (shard, json.loads(self.root.read_text(stats_of(shard)))) for shard in self.shards()
+        ]
+
     def stats(self) -> list[dict]:
         """The stats markers of the committed shards."""
-        return [json.loads(self.root.read_text(stats_of(shard))) for shard in self.shards()]
+        return [stats for _, stats in self.committed()]
 
-    def check_schedule(self, schedule: Schedule) -> list[dict]:
-        """The stats markers, once every shard is known to hold this fidelity of
-        `schedule` (in any frame encoding).
+    def check_schedule(self, schedule: Schedule) -> list[tuple[str, dict]]:
+        """`committed()`, once every shard is known to hold this fidelity of `schedule`
+        (in any frame encoding).
 
         Raises:
             ConfigError: a shard was materialized for another schedule.
         """
         # Through JSON, as the markers were: tuples become lists, keys strings.
         expected = json.loads(json.dumps(schedule.lineage(self.fidelity, "")))
-        shards = self.shards()
-        records = [json.loads(self.root.read_text(stats_of(shard))) for shard in shards]
-        for shard, record in zip(shards, records, strict=True):
+        records = self.committed()
+        for shard, record in records:
             lineage = {**record["lineage"], "encoding": ""}
             if lineage != expected:
                 raise ConfigError(

@@ -96,7 +96,7 @@ def _plan_parts(
         )
     jobs, sources, encodings = [], {}, set()
     reader = SnippetReader(root, schedule.full.name)
-    for shard, stats in zip(reader.shards(), reader.check_schedule(schedule), strict=True):
+    for shard, stats in reader.check_schedule(schedule):
         jobs.append(PartJob(stats["shard"], shard=shard))
         sources[stats["shard"]] = stats["source_fingerprints"]
         encodings.add(stats["lineage"]["encoding"])

@@ -128,8 +128,8 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
         )
     videos = None
     for fidelity in schedule.training_fidelities(config.train.mode):
-        stats = SnippetReader(root, fidelity.name).check_schedule(schedule)
-        found = {video for record in stats for video in record["videos"]}
+        committed = SnippetReader(root, fidelity.name).check_schedule(schedule)
+        found = {video for _, record in committed for video in record["videos"]}
         videos = found if videos is None else videos & found
     validation = schedule.validation_fidelity(config.train.mode)
     window = validation.snippets if schedule.sampling == "stride" else 0
