@@ -1,8 +1,10 @@
 """Video ViTs in the VideoMAE-v2 style, and LoSA adapters that run beside them.
 
-The ViT embeds 2x16x16 tubelets of a 16-frame clip, adds fixed sine-cosine positions and
-runs pre-norm transformer blocks; a clip's feature is the mean of its last tokens.
-Parameter names follow VideoMAE (patch_embed.proj, blocks.N.attn.qkv, ..., fc_norm).
+The ViT embeds 2xPxP tubelets of a 16-frame clip (P = 16, or 14 for ViT-g), adds fixed
+sine-cosine positions (one per token, so the table follows the token count) and runs
+pre-norm transformer blocks; a clip's feature is the mean of its last tokens, normalized.
+Parameter names are VideoMAE's (patch_embed.proj, blocks.N.attn.qkv with q_bias and
+v_bias, ..., fc_norm), so its checkpoints load by name.
 
 LoSA (Gupta et al., WACV 2025) keeps the backbone frozen and run without gradients, taps
 the outputs of chosen intermediate blocks, and trains small temporal adapters over the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-TUBELET, PATCH = 2, 16
+TUBELET = 2  # frames per token (VideoMAE's tubelet_size)
 
 
 def sincos_positions(count: int, dim: int) -> torch.Tensor:
@@ -31,15 +33,24 @@ def sincos_positions(count: int, dim: int) -> torch.Tensor:
 
 
 class _Attention(nn.Module):
+    """VideoMAE's attention: an unbiased `qkv` projection plus learned query and value
+    biases. A key bias would add the same amount to all of a query's scores, which the
+    softmax cancels, so VideoMAE has none (and an older lofipipe checkpoint's key bias
+    can be dropped without changing the output)."""
+
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        q, k, v = self.qkv(x).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        qkv = nn.functional.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         out = nn.functional.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
@@ -65,15 +76,30 @@ class _Block(nn.Module):
 
 
 class VideoViT(nn.Module):
-    """A video ViT: float clips (B, F, 3, H, W) -> features (B, dim)."""
+    """A video ViT: float clips (B, F, 3, H, W) -> features (B, dim).
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_hidden: int, frames: int = 16):
+    The final norm is VideoMAE fine-tuning's `fc_norm`, on the mean token. After
+    `norm_tokens(True)` it is `norm` on each token before the mean instead, as VideoMAE's
+    pre-training encoder (and fine-tuning with `use_mean_pooling` off) names and applies it;
+    the weights loader switches when a checkpoint has `norm` and no `fc_norm`.
+    """
+
+    def __init__(
+        self, dim: int, depth: int, heads: int, mlp_hidden: int, patch: int = 16, frames: int = 16
+    ):
         super().__init__()
-        self.frames, self.dim = frames, dim
+        self.frames, self.dim, self.patch = frames, dim, patch
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv3d(3, dim, (TUBELET, PATCH, PATCH), (TUBELET, PATCH, PATCH))
+        self.patch_embed.proj = nn.Conv3d(3, dim, (TUBELET, patch, patch), (TUBELET, patch, patch))
         self.blocks = nn.ModuleList(_Block(dim, heads, mlp_hidden) for _ in range(depth))
-        self.fc_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm: nn.LayerNorm | None = None
+        self.fc_norm: nn.LayerNorm | None = nn.LayerNorm(dim, eps=1e-6)
+
+    def norm_tokens(self, on_tokens: bool) -> None:
+        """Puts the final norm on each token before the mean (`norm`) or on the mean
+        (`fc_norm`), keeping its weights."""
+        final = self.norm if self.norm is not None else self.fc_norm
+        self.norm, self.fc_norm = (final, None) if on_tokens else (None, final)
 
     def tokens(self, clips: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
@@ -88,18 +114,22 @@ class VideoViT(nn.Module):
             x = block(x)
             if index in taps:
                 tapped.append(x.mean(dim=1))
+        if self.norm is not None:
+            return self.norm(x).mean(dim=1), tapped
+        assert self.fc_norm is not None
         return self.fc_norm(x.mean(dim=1)), tapped
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.features(clips)[0]
 
 
-# VideoMAE-v2 sizes: (dim, depth, heads, MLP hidden).
+# VideoMAE-v2 sizes: (dim, depth, heads, MLP hidden, patch). ViT-g has 14-pixel patches
+# (VideoMAE-v2's vit_giant_patch14_224: 8 x 16 x 16 = 2048 tokens at 224), the others 16.
 VIT_SIZES = {
-    "s": (384, 12, 6, 1536),
-    "b": (768, 12, 12, 3072),
-    "l": (1024, 24, 16, 4096),
-    "g": (1408, 40, 16, 6144),
+    "s": (384, 12, 6, 1536, 16),
+    "b": (768, 12, 12, 3072, 16),
+    "l": (1024, 24, 16, 4096, 16),
+    "g": (1408, 40, 16, 6144, 14),
 }
 
 

@@ -57,12 +57,16 @@ def test_unknown_encoder():
 def test_vit_sizes_match_videomae_v2():
     from lofipipe.models.vit import VIT_SIZES, VideoViT
 
-    counts = {}
+    counts, patches = {}, {}
     for size, shape in VIT_SIZES.items():
         with torch.device("meta"):  # no memory for the billion parameters of vit_g
-            counts[size] = sum(p.numel() for p in VideoViT(*shape).parameters())
-    # ~22M, 86M, 304M and 1.01B, as published for VideoMAE-v2 ViT-S/B/L/g.
-    assert counts == {"s": 21_884_544, "b": 86_236_416, "l": 303_885_312, "g": 1_012_173_952}
+            model = VideoViT(*shape)
+        counts[size] = sum(p.numel() for p in model.parameters())
+        patches[size] = model.patch_embed.proj.weight.shape[-1]
+    # VideoMAE-v2's vit_small/base/large_patch16_224 and vit_giant_patch14_224 without
+    # their classifier (~22M, 86M, 304M and 1.01B; q and v biases, no key bias).
+    assert counts == {"s": 21_879_936, "b": 86_227_200, "l": 303_860_736, "g": 1_011_610_752}
+    assert patches == {"s": 16, "b": 16, "l": 16, "g": 14}
 
 
 def test_losa_trains_adapters_only_and_starts_as_the_backbone():
