@@ -1,4 +1,22 @@
-"""Annotations: read ActivityNet-1.3 JSON or THUMOS-14 per-class text files, normalize them.
+"""Annotations: read the files TAL datasets and codebases publish, and normalize them.
+
+Read as published:
+    ActivityNet-1.3 JSON   `database` -> video -> {subset, duration, annotations: [{segment,
+                           label}]}, with `version`, `taxonomy`, `url`, `resolution`; files
+                           in this layout for other datasets (THUMOS-14) are
+                           "ActivityNet-style JSON"
+    ActionFormer JSON      the same layout with `fps` per video and `label_id` and
+                           `segment(frames)` per annotation (thumos14.json, anet1.3_*.json,
+                           epic_kitchens_*.json of happyharrycn/actionformer_release)
+    OpenTAD JSON           the same layout with `frame` (frame count) per video or
+                           `label_name` per annotation (sming256/OpenTAD's
+                           thumos_14_anno.json, epic_kitchens_*.json, ego4d_*.json)
+    THUMOS-14 text files   `<Class>_<val|test>.txt`, one `<video> <start> <end>` a line
+
+Numbers may be JSON numbers or text ("18.6"), as the official ActivityNet code reads both.
+Subset names are made consistent (`canonical_subset`): case aside, train and training,
+val and validation, test and testing each name one subset. THUMOS-14's `Ambiguous` spans
+are not actions in any format: evaluation ignores them, so they are left out.
 
 Malformed files are an `InputError` naming the file and the place in it. Well-formed
 entries that do not fit the videos (unknown video, label outside the file's taxonomy,
@@ -12,7 +30,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lofipipe.data.video_ids import annotation_key_to_video_id
@@ -20,9 +38,12 @@ from lofipipe.errors import InputError, NotFoundError
 from lofipipe.storage import Store, list_files
 
 _THUMOS_NAME = re.compile(r"^(?P<label>.+)_(?P<subset>val|test)\.txt$")
-_THUMOS_SUBSETS = {"val": "validation", "test": "test"}
-# THUMOS-14 marks unclear spans in Ambiguous_<subset>.txt; evaluation ignores them.
+# THUMOS-14 marks unclear spans in Ambiguous_<subset>.txt (OpenTAD's JSON keeps them as
+# the label "Ambiguous"); evaluation ignores them.
 _THUMOS_IGNORED_LABELS = {"Ambiguous"}
+# The names lofipipe keeps: the official ActivityNet ones for training and validation, and
+# "test" as THUMOS-14 (and the `thumos-head` recipe) has always had it.
+_SUBSET_ALIASES = {"train": "training", "val": "validation", "testing": "test"}
 
 
 @dataclass(frozen=True)
@@ -36,40 +57,77 @@ class RawSegment:
 
 @dataclass(frozen=True)
 class RawVideo:
-    subset: str | None
+    subset: str | None  # canonical_subset of the file's subset
     duration: float | None
 
 
 @dataclass(frozen=True)
 class RawAnnotations:
-    source_format: str  # activitynet | thumos14
+    source_format: str  # activitynet | actionformer | opentad | thumos14 (the table's column)
+    format: str  # what was read, for people: "ActionFormer JSON (thumos14.json)"
     videos: dict[str, RawVideo]
     segments: tuple[RawSegment, ...]
     labels: frozenset[str] | None = None  # the file's own label list (ANet taxonomy), if any
+    # label id -> label as the file numbers them (ActionFormer's `label_id`), so that
+    # predictions that give ids can be named
+    label_ids: dict[int, str] = field(default_factory=dict)
+
+
+def canonical_subset(subset: str) -> str:
+    """The subset name lofipipe keeps for a name as a file writes it: lower case, with
+    train/val/testing spelled training/validation/test."""
+    name = subset.strip().lower()
+    return _SUBSET_ALIASES.get(name, name)
 
 
 def finite_number(value: Any, where: str, what: str) -> float:
-    """`value` as a float, or an `InputError` at `where` if it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """`value` as a float, or an `InputError` at `where` if it is not a finite number.
+
+    Text that spells a number counts: published files write `"segment": ["18.6", "24.8"]`.
+    """
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if (
+        isinstance(number, bool)
+        or not isinstance(number, (int, float))
+        or not math.isfinite(number)
+    ):
         raise InputError(f"{where}: {what} must be a finite number, got {value!r}")
-    return float(value)
+    return float(number)
 
 
-def json_mapping(text: str, name: str, key: str) -> Mapping[str, Any]:
-    """The mapping under `key` of a JSON document (ActivityNet's `database` of videos, or
-    `results` of a prediction file), or an `InputError` naming the file."""
+def label_id(value: Any, where: str) -> int:
+    """An integer label id (a JSON integer, or text that spells one), or an `InputError`."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdecimal():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where}: expected an integer label id, got {value!r}")
+    return value
+
+
+def load_json(text: str, name: str) -> Any:
+    """The JSON document in `text`, or an `InputError` naming the file."""
     try:
-        document = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{name}: not valid JSON (line {error.lineno}: {error.msg})") from None
+
+
+def json_mapping(document: Any, name: str, key: str) -> Mapping[str, Any]:
+    """The mapping under `key` of a JSON document (ActivityNet's `database` of videos, or
+    `results` of a prediction file), or an `InputError` naming the file."""
     if not isinstance(document, Mapping) or not isinstance(document.get(key), Mapping):
         raise InputError(f"{name}: expected an object with a '{key}' mapping of videos")
     return document[key]
 
 
-def _taxonomy(text: str, name: str) -> frozenset[str] | None:
+def _taxonomy(document: Mapping[str, Any], name: str) -> frozenset[str] | None:
     """ActivityNet's `taxonomy` node names, when the file has one."""
-    nodes = json.loads(text).get("taxonomy")
+    nodes = document.get("taxonomy")
     if nodes is None:
         return None
     if not isinstance(nodes, list) or not all(
@@ -79,11 +137,39 @@ def _taxonomy(text: str, name: str) -> frozenset[str] | None:
     return frozenset(node["nodeName"] for node in nodes)
 
 
+def _json_kind(document: Mapping[str, Any], database: Mapping[str, Any]) -> tuple[str, str]:
+    """(source_format, name) of an ActivityNet-style file, told apart by the keys that only
+    one codebase writes."""
+    videos = [video for video in database.values() if isinstance(video, Mapping)]
+    annotations = [
+        annotation
+        for video in videos
+        if isinstance(video.get("annotations"), list)
+        for annotation in video["annotations"]
+        if isinstance(annotation, Mapping)
+    ]
+    if any("fps" in video for video in videos) or any(
+        "label_id" in a or "segment(frames)" in a for a in annotations
+    ):
+        return "actionformer", "ActionFormer JSON"
+    if any("frame" in video for video in videos) or any("label_name" in a for a in annotations):
+        return "opentad", "OpenTAD JSON"
+    if "taxonomy" in document or str(document.get("version", "")).startswith("VERSION 1.3"):
+        return "activitynet", "ActivityNet-1.3 JSON"
+    return "activitynet", "ActivityNet-style JSON"
+
+
 def parse_activitynet(text: str, name: str) -> RawAnnotations:
-    """Parses an ActivityNet-1.3 style document (`database` -> video -> annotations, and
-    the optional `taxonomy` that lists the labels)."""
+    """Parses an ActivityNet-style document (`database` -> video -> annotations): the
+    ActivityNet-1.3 file with its optional `taxonomy`, and ActionFormer's and OpenTAD's
+    files, whose `label_id`s it keeps."""
+    document = load_json(text, name)
+    database = json_mapping(document, name, "database")
+    source_format, kind = _json_kind(document, database)
     videos, segments = {}, []
-    for key, entry in json_mapping(text, name, "database").items():
+    label_ids: dict[int, str] = {}
+    label_id_at: dict[int, str] = {}
+    for key, entry in database.items():
         where = f"{name}: database[{key!r}]"
         if not isinstance(entry, Mapping):
             raise InputError(f"{where}: expected an object, got {type(entry).__name__}")
@@ -93,7 +179,7 @@ def parse_activitynet(text: str, name: str) -> RawAnnotations:
         duration = entry.get("duration")
         if duration is not None:
             duration = finite_number(duration, f"{where}.duration", "duration")
-        videos[key] = RawVideo(subset, duration)
+        videos[key] = RawVideo(canonical_subset(subset) if subset else None, duration)
         annotations = entry.get("annotations", [])
         if not isinstance(annotations, list):
             raise InputError(f"{where}.annotations: expected a list")
@@ -106,23 +192,43 @@ def parse_activitynet(text: str, name: str) -> RawAnnotations:
                 raise InputError(f"{at}.segment: expected [start, end] in seconds, got {segment!r}")
             if not isinstance(label, str) or not label.strip():
                 raise InputError(f"{at}.label: expected a non-empty string, got {label!r}")
+            label = label.strip()
             start = finite_number(segment[0], f"{at}.segment", "start")
             end = finite_number(segment[1], f"{at}.segment", "end")
-            segments.append(RawSegment(key, label.strip(), start, end, at))
-    return RawAnnotations("activitynet", videos, tuple(segments), _taxonomy(text, name))
+            if label in _THUMOS_IGNORED_LABELS:
+                continue
+            if annotation.get("label_id") is not None:
+                number = label_id(annotation["label_id"], f"{at}.label_id")
+                if label_ids.setdefault(number, label) != label:
+                    raise InputError(
+                        f"{at}.label_id: {number} names {label!r} here and "
+                        f"{label_ids[number]!r} at {label_id_at[number]}"
+                    )
+                label_id_at.setdefault(number, at)
+            segments.append(RawSegment(key, label, start, end, at))
+    return RawAnnotations(
+        source_format,
+        f"{kind} ({name})",
+        videos,
+        tuple(segments),
+        _taxonomy(document, name),
+        label_ids,
+    )
 
 
 def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
     """Parses THUMOS-14 `<Class>_<val|test>.txt` files given as (name, text) pairs."""
     videos: dict[str, RawVideo] = {}
     segments = []
+    count = 0
     for name, text in files:
+        count += 1
         match = _THUMOS_NAME.match(name.rsplit("/", 1)[-1])
         if not match:
             raise InputError(
                 f"{name}: expected a THUMOS-14 file named <Class>_val.txt or <Class>_test.txt"
             )
-        label, subset = match["label"], _THUMOS_SUBSETS[match["subset"]]
+        label, subset = match["label"], canonical_subset(match["subset"])
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -139,12 +245,15 @@ def parse_thumos(files: Iterable[tuple[str, str]]) -> RawAnnotations:
             videos.setdefault(key, RawVideo(subset, None))
             if label not in _THUMOS_IGNORED_LABELS:
                 segments.append(RawSegment(key, label, start, end, at))
-    return RawAnnotations("thumos14", videos, tuple(segments))
+    files_read = f"{count} file" + ("s" if count != 1 else "")
+    return RawAnnotations(
+        "thumos14", f"THUMOS-14 per-class text files ({files_read})", videos, tuple(segments)
+    )
 
 
 def read_annotations(url: str, options: Mapping[str, Any]) -> RawAnnotations:
-    """Reads annotations from an ActivityNet JSON file, or THUMOS-14 text files (a folder,
-    a glob or one file).
+    """Reads annotations from a JSON file (ActivityNet-1.3, ActionFormer, OpenTAD), or
+    THUMOS-14 text files (a folder, a glob or one file).
 
     Raises:
         InputError: nothing there, or a malformed file.
@@ -166,8 +275,8 @@ def read_annotations(url: str, options: Mapping[str, Any]) -> RawAnnotations:
         found = []
     if not found:
         raise InputError(
-            f"no annotations at {url}: expected an ActivityNet .json file or "
-            f"THUMOS-14 <Class>_<subset>.txt files"
+            f"no annotations at {url}: expected a .json file (ActivityNet-1.3, ActionFormer, "
+            f"OpenTAD) or THUMOS-14 <Class>_<subset>.txt files"
         )
     texts = []
     for file_url, _ in found:
@@ -220,7 +329,7 @@ def normalize(raw: RawAnnotations, durations: Mapping[str, float | None]) -> Nor
     subsets = {
         ids[key]: video.subset for key, video in raw.videos.items() if key in ids and video.subset
     }
-    rows = []
+    rows: list[dict[str, Any]] = []
     for segment in raw.segments:
         video_id = ids.get(segment.key)
         if video_id is None:
