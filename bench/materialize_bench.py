@@ -13,6 +13,10 @@
 4. Peak memory (RSS) of materializing a 10-minute video against a 1-minute one of the same
    size, in fresh processes, for resize (lofi-anet) and stride (lofi-thumos) sampling.
    Target: <= 1.3x.
+5. The cost of each preprocessing preset: decoding every lofi-anet fidelity with `squash`
+   (bilinear, exact), `tsm-test` (short side and centre crop) and `squash-fast` (FFmpeg's
+   FAST_BILINEAR) against decode-only of the same files, in one process. Tells whether the
+   inexact `squash-fast` is worth keeping.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lofipipe.media.decode import SnippetDecoder  # noqa: E402
 from lofipipe.pipeline.ingest import run_ingest  # noqa: E402
 from lofipipe.pipeline.materialize import run_materialize  # noqa: E402
 from lofipipe.schemas.config import load_config  # noqa: E402
+from lofipipe.schemas.preprocess import PREPROCESS_PRESETS  # noqa: E402
 from lofipipe.schemas.schedule import PRESETS  # noqa: E402
 from lofipipe.storage import Store  # noqa: E402
 from lofipipe.workers.shard_writer import ShardJob, ShardWriter  # noqa: E402
@@ -197,6 +202,27 @@ def peak_memory(short: Path, long: Path, work: Path) -> None:
         )
 
 
+def preprocessing_cost(paths: list[Path], work: Path, label: str) -> None:
+    schedule = PRESETS["lofi-anet"]
+    videos = ok_videos(ingest(paths, work / f"preprocess-{label}" / "root"))
+    limit = best_of(REPEATS, lambda: [decode_only(str(p)) for p in paths])
+    print(
+        f"\n5. preprocessing presets, every lofi-anet fidelity of {len(paths)} videos of "
+        f"{label}, one process (best of {REPEATS})"
+    )
+    print(f"   decode-only limit: {limit:6.2f} s")
+    for preset in ("squash-fast", "squash", "tsm-test"):
+        decoder = SnippetDecoder(schedule, preprocess=PREPROCESS_PRESETS[preset])
+
+        def decode_all(decoder=decoder):
+            for video in videos:
+                for _ in decoder.snippets(video.uri, video.start_time, video.duration):
+                    pass
+
+        took = best_of(REPEATS, decode_all)
+        print(f"   {preset:12s} {took:6.2f} s -> {limit / took:.2f} of the limit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs, a smoke run")
@@ -229,6 +255,8 @@ def main() -> None:
         for label, paths in sets.items():
             read_vs_decode(paths, work, label)
         peak_memory(short, long, work)
+        for label, paths in sets.items():
+            preprocessing_cost(paths, work, label)
     ray.shutdown()
 
 

@@ -18,7 +18,8 @@ from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.errors import ConfigError, InputError
 from lofipipe.layout import SHARDS_DIR, STATS_PATTERN, parquet_of, shard_dir, stats_of
 from lofipipe.media.frame_codec import decode_jpeg_frames
-from lofipipe.schemas.schedule import Schedule
+from lofipipe.schemas.preprocess import Preprocess, presets_with
+from lofipipe.schemas.schedule import Schedule, snippet_content
 from lofipipe.storage import Store
 
 
@@ -223,25 +224,58 @@ class SnippetReader:
         """The stats markers of the committed shards."""
         return [stats for _, stats in self.committed()]
 
-    def check_schedule(self, schedule: Schedule) -> list[tuple[str, dict]]:
+    def check_schedule(
+        self, schedule: Schedule, preprocess: Preprocess | None = None
+    ) -> list[tuple[str, dict]]:
         """`committed()`, once every shard is known to hold this fidelity of `schedule`
-        (in any frame encoding).
+        (in any frame encoding), resized and cropped as `preprocess` says (unchecked when
+        None).
 
         Raises:
-            ConfigError: a shard was materialized for another schedule.
+            ConfigError: a shard was materialized for another schedule, or with another
+                spatial preprocessing (the message names the setting that reads it).
         """
-        # Through JSON, as the markers were: tuples become lists, keys strings.
-        expected = json.loads(json.dumps(schedule.lineage(self.fidelity, "")))
+        spatial = preprocess.spatial_content if preprocess else None
+        expected = snippet_content(schedule.lineage(self.fidelity, "", spatial))
         records = self.committed()
         for shard, record in records:
-            lineage = {**record["lineage"], "encoding": ""}
-            if lineage != expected:
+            lineage = {**snippet_content(record["lineage"]), "encoding": ""}
+            if preprocess is None:
+                expected["preprocess"] = lineage.get("preprocess")
+            if lineage == expected:
+                continue
+            where = self.root.url_of(shard)
+            if {**lineage, "preprocess": None} != {**expected, "preprocess": None}:
                 raise ConfigError(
-                    f"{self.root.url_of(shard)} holds snippets of schedule "
+                    f"{where} holds snippets of schedule "
                     f"{lineage['schedule']!r}, not of {schedule.name!r}: pass --schedule "
                     f"{lineage['schedule']}, or materialize {schedule.name} first"
                 )
+            assert preprocess is not None
+            raise ConfigError(_preprocess_mismatch(where, lineage.get("preprocess"), preprocess))
         return records
+
+
+def _preprocess_mismatch(where: str, stored: dict | None, wanted: Preprocess) -> str:
+    redo = f"lofipipe materialize with --set materialize.preprocess={wanted.name}"
+    if stored is None:
+        return (
+            f"{where} holds snippets made before preprocessing presets (squashed with "
+            f"FFmpeg's FAST_BILINEAR), not preprocessed as {wanted.name}: run {redo}"
+        )
+    names = presets_with(stored)
+    described = ", ".join(f"{k} {v}" for k, v in stored.items())
+    wanted_described = ", ".join(f"{k} {v}" for k, v in wanted.spatial_content.items())
+    use = (
+        f"pass --set materialize.preprocess={names[0]} to use them"
+        if names
+        else "no preset makes them"
+    )
+    return (
+        f"{where} holds snippets preprocessed as {' or '.join(names) or 'unknown'} "
+        f"({described}), not as {wanted.name} ({wanted_described}): "
+        f"{use}, or run {redo}"
+    )
 
 
 def _shard_rows(reader: SnippetReader, video_ids, window: int | None, item: dict) -> list[dict]:

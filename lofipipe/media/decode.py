@@ -1,9 +1,11 @@
 """Decode stage: one streaming pass over a video yields the snippets of every fidelity.
 
 Each snippet frame is chosen by presentation time: the frame on screen at the snippet's
-target time (correct for variable frame rates and non-zero start times). Frames are resized
-to the fidelity's size while converted to RGB, then turned upright by their rotation. Only
-the snippets still being filled are held in memory, so a long video never sits there whole.
+target time (correct for variable frame rates and non-zero start times). Each chosen frame
+is converted to RGB at its own size once, turned upright by its rotation, and then resized
+(and cropped) to every fidelity's size as the `Preprocess` says, so a crop is taken in
+upright coordinates. Only the snippets still being filled are held in memory, so a long
+video never sits there whole.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from typing import Any
 import av
 import fsspec
 import numpy as np
+import torch
 from av.video.reformatter import VideoReformatter
+from torch.nn import functional
 
 from lofipipe.errors import VideoFailure, one_line
+from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Fidelity, Schedule
 
 _SAME_TIME = 1e-6
@@ -28,6 +33,82 @@ _SAME_TIME = 1e-6
 def normal_rotation(degrees: float) -> int:
     """A frame's rotation metadata as 0, 90, 180 or 270 degrees."""
     return int(round(degrees / 90.0)) % 4 * 90
+
+
+def resize_image(image: np.ndarray, preprocess: Preprocess, size: int) -> np.ndarray:
+    """An upright uint8 RGB image (H, W, 3) as the S x S input `preprocess` makes of it.
+
+    Bilinear with half-pixel centres and no anti-aliasing, as OpenCV's INTER_LINEAR
+    (MMAction2) and `torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)` (VideoMAE-v2) compute it; torch's uint8 kernel rounds to whole
+    levels (at most one level from the float result), and costs about as much as FFmpeg's
+    scaler (bench/materialize_bench.py).
+    """
+    height, width = image.shape[:2]
+    resized_width, resized_height, left, top = preprocess.geometry(width, height, size)
+    if (resized_width, resized_height) != (width, height):
+        tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # channels-last
+        tensor = functional.interpolate(
+            tensor,
+            size=(resized_height, resized_width),
+            mode="bilinear",
+            align_corners=False,
+            antialias=False,
+        )
+        image = tensor[0].permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+@dataclass
+class FrameConverter:
+    """One decoded frame at a time -> upright S x S RGB for each size, as `preprocess`
+    says. Keeps its FFmpeg scalers for the whole video: building one per frame would cost
+    more than the scaling itself."""
+
+    preprocess: Preprocess
+    _scalers: dict[int, VideoReformatter] = field(default_factory=dict)
+    _frame: Any = None
+    _upright: np.ndarray | None = None
+    _done: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def convert(self, frame, size: int) -> np.ndarray:
+        """`frame` (an av.VideoFrame) as (S, S, 3) uint8; repeated calls for the same
+        frame reuse its RGB conversion."""
+        if frame is not self._frame:
+            self._frame, self._upright, self._done = frame, None, {}
+        if size not in self._done:
+            if self.preprocess.interpolation == "fast-bilinear":
+                self._done[size] = self._fast(frame, size)
+            else:
+                self._done[size] = resize_image(self._rgb(frame), self.preprocess, size)
+        return self._done[size]
+
+    def _rgb(self, frame) -> np.ndarray:
+        """The frame in RGB at its own size, upright."""
+        if self._upright is None:
+            scaler = self._scalers.setdefault(0, VideoReformatter())
+            image = scaler.reformat(frame, format="rgb24").to_ndarray()
+            turns = normal_rotation(frame.rotation or 0) // 90
+            self._upright = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+        return self._upright
+
+    def _fast(self, frame, size: int) -> np.ndarray:
+        """FFmpeg's two-tap FAST_BILINEAR inside the RGB conversion, in stored coordinates,
+        then turned upright and cropped there."""
+        turns = normal_rotation(frame.rotation or 0) // 90
+        upright = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+        width, height, left, top = self.preprocess.geometry(*upright, size)
+        if turns % 2:
+            width, height = height, width
+        image = (
+            self._scalers.setdefault(size, VideoReformatter())
+            .reformat(
+                frame, width=width, height=height, format="rgb24", interpolation="FAST_BILINEAR"
+            )
+            .to_ndarray()
+        )
+        image = np.rot90(image, turns) if turns else image
+        return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
 @dataclass(frozen=True)
@@ -125,11 +206,13 @@ class SnippetDecoder:
         schedule: sampling mode and rates.
         storage_options: fsspec options to read video URLs.
         threads: decoder threads (0: FFmpeg's choice).
+        preprocess: how frames are resized and cropped (its spatial part).
     """
 
     schedule: Schedule
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     threads: int = 0
+    preprocess: Preprocess = PREPROCESS_PRESETS["squash"]
 
     def snippets(
         self,
@@ -175,11 +258,8 @@ class SnippetDecoder:
         keys = heapq.merge(*(_tagged(p, plan) for p, plan in enumerate(plans)))
         key = next(keys, None)
         pending = [_Pending(plan) for plan in plans]
-        # One scaler per size, kept for the whole video: building one per frame would cost
-        # more than the scaling itself.
-        scalers = {plan.fidelity.size: VideoReformatter() for plan in plans}
+        converter = FrameConverter(self.preprocess)
         shown, shown_time = None, 0.0
-        converted: dict[int, np.ndarray] = {}
         for frame in frames:
             if frame.time is None:
                 continue
@@ -190,46 +270,27 @@ class SnippetDecoder:
                 # A target within a microsecond of this frame's time belongs to this frame:
                 # grid times and presentation times are computed differently.
                 while key is not None and key[0] < time - _SAME_TIME:
-                    yield from self._fill(pending, key, shown, shown_time, converted, scalers)
+                    yield from self._fill(pending, key, shown, shown_time, converter)
                     key = next(keys, None)
-            shown, shown_time, converted = frame, time, {}
+            shown, shown_time = frame, time
             if key is None:
                 break
         if shown is None:
             raise VideoFailure("undecodable", "no video frame could be decoded")
         while key is not None:  # targets past the last frame see the last frame
-            yield from self._fill(pending, key, shown, shown_time, converted, scalers)
+            yield from self._fill(pending, key, shown, shown_time, converter)
             key = next(keys, None)
 
     def _fill(
-        self,
-        pending: list[_Pending],
-        key,
-        frame,
-        time: float,
-        converted: dict[int, np.ndarray],
-        scalers: dict[int, VideoReformatter],
+        self, pending: list[_Pending], key, frame, time: float, converter: FrameConverter
     ) -> Iterator[Snippet]:
         _, p, index, slot = key
         state = pending[p]
         size = state.plan.fidelity.size
-        if size not in converted:
-            # Two-tap bilinear, as OpenCV's INTER_LINEAR that action-recognition pipelines
-            # resize with: FFmpeg's wider (anti-aliasing) filters cost 2-3x as much on 720p
-            # input, more than the rest of the stage together (bench/materialize_bench.py).
-            image = (
-                scalers[size]
-                .reformat(
-                    frame, width=size, height=size, format="rgb24", interpolation="FAST_BILINEAR"
-                )
-                .to_ndarray()
-            )
-            turns = normal_rotation(frame.rotation or 0) // 90
-            converted[size] = np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         frames = state.frames.setdefault(
             index, np.empty((state.plan.fidelity.frames, size, size, 3), np.uint8)
         )
-        frames[slot] = converted[size]
+        frames[slot] = converter.convert(frame, size)
         state.times.setdefault(index, []).append(time)
         if len(state.times[index]) == state.plan.fidelity.frames:
             plan = state.plan

@@ -1,5 +1,5 @@
-"""Encoders by name, each with the input it expects: frames per snippet, size, and the
-normalization of its pixels."""
+"""Encoders by name, each with the input it expects: frames per snippet, size, the
+normalization of its pixels and its default preprocessing preset (schemas/preprocess.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from lofipipe.errors import ConfigError
 from lofipipe.models.tiny import TinyVideoNet
 from lofipipe.models.tsm import TSMResNet
 from lofipipe.models.vit import VIT_SIZES, LoSA, VideoViT
+from lofipipe.schemas.preprocess import Preprocess, preprocess_preset
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -33,19 +34,38 @@ class EncoderSpec:
     # Raised whenever what the encoder computes changes, so its features get a new
     # fingerprint (parameter shapes are hashed too, but not the forward pass).
     revision: int = 1
+    # The preprocessing preset that reproduces the encoder's published feature recipe
+    # (schemas/preprocess.py); `auto` in the config means this one.
+    preprocess: str = "squash"
+
+    def preprocessing(self, choice: str = "auto") -> Preprocess:
+        """The preprocessing `choice` names (`auto`: this encoder's preset)."""
+        return preprocess_preset(self.preprocess if choice == "auto" else choice)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
     "tiny": EncoderSpec(
         "tiny", TinyVideoNet, 8, 64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), revision=2
     ),  # 2: spatial maximum, 128-d
-    # TSM-ResNet with 8-frame snippets at 224, ImageNet normalization (LoFi, Sec. 4.1).
-    "tsm_r18": EncoderSpec("tsm_r18", lambda: TSMResNet(18, 8), 8, 224, *_IMAGENET),
-    "tsm_r50": EncoderSpec("tsm_r50", lambda: TSMResNet(50, 8), 8, 224, *_IMAGENET),
-    # VideoMAE-v2 ViTs: 16-frame clips at 224, ImageNet normalization.
+    # TSM-ResNet with 8-frame snippets at 224, ImageNet normalization (LoFi, Sec. 4.1),
+    # fed as TSM's and MMAction2's test pipelines do: short side 256, centre crop 224.
+    "tsm_r18": EncoderSpec(
+        "tsm_r18", lambda: TSMResNet(18, 8), 8, 224, *_IMAGENET, preprocess="tsm-test"
+    ),
+    "tsm_r50": EncoderSpec(
+        "tsm_r50", lambda: TSMResNet(50, 8), 8, 224, *_IMAGENET, preprocess="tsm-test"
+    ),
+    # VideoMAE-v2 ViTs: 16-frame clips at 224. Their TAD features (extract_tad_feature.py)
+    # are computed on pixels / 255 without mean/std, which `videomaev2-tad` reproduces; the
+    # ImageNet mean/std stay for the `squash` and `tsm-test` presets.
     **{
         f"vit_{size}": EncoderSpec(
-            f"vit_{size}", lambda shape=shape: VideoViT(*shape), 16, 224, *_IMAGENET
+            f"vit_{size}",
+            lambda shape=shape: VideoViT(*shape),
+            16,
+            224,
+            *_IMAGENET,
+            preprocess="videomaev2-tad",
         )
         for size, shape in VIT_SIZES.items()
     },
@@ -55,29 +75,54 @@ ENCODERS: dict[str, EncoderSpec] = {
 class Encoder(nn.Module):
     """An encoder with its normalization: uint8 snippets (B, F, 3, S, S) -> (B, dim).
 
-    With LoSA adapters the B snippets are one video's, in time order.
+    The normalization is the preprocessing's (`preprocess`, default the spec's preset): the
+    encoder's mean/std, or pixels / 255 only. With LoSA adapters the B snippets are one
+    video's, in time order.
     """
 
-    def __init__(self, spec: EncoderSpec, losa: bool = False):
+    def __init__(self, spec: EncoderSpec, losa: bool = False, preprocess: Preprocess | None = None):
         super().__init__()
         self.spec, self.losa = spec, losa
         self.net = LoSA(spec.build()) if losa else spec.build()
         self.dim = self.net.dim
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 1, 3, 1, 1) * 255)
+        self.register_buffer("mean", torch.zeros(1, 1, 3, 1, 1))
+        self.register_buffer("std", torch.ones(1, 1, 3, 1, 1))
+        self.normalize_as(preprocess or spec.preprocessing())
+
+    def normalize_as(self, preprocess: Preprocess) -> Encoder:
+        """Takes the normalization of `preprocess` (the spatial part happened at decoding)."""
+        mean, std = preprocess.normalization_for(self.spec.mean, self.spec.std)
+        self.preprocess = preprocess
+        with torch.no_grad():
+            self.mean.copy_(torch.tensor(mean).view(1, 1, 3, 1, 1) * 255)
+            self.std.copy_(torch.tensor(std).view(1, 1, 3, 1, 1) * 255)
+        return self
 
     def forward(self, snippets: torch.Tensor) -> torch.Tensor:
         return self.net((snippets.float() - self.mean) / self.std)
 
 
-def build_encoder(name: str, losa: bool = False) -> Encoder:
+def build_encoder(name: str, losa: bool = False, preprocess: Preprocess | None = None) -> Encoder:
     """A freshly initialised encoder by registry name, optionally carrying LoSA adapters
-    (ViTs only)."""
+    (ViTs only), normalizing as `preprocess` says (default: its own preset)."""
     if name not in ENCODERS:
         raise ConfigError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
     if losa and not name.startswith("vit_"):
         raise ConfigError(f"{name}: LoSA adapters run beside a ViT backbone (vit_s ... vit_g)")
-    return Encoder(ENCODERS[name], losa)
+    return Encoder(ENCODERS[name], losa, preprocess)
+
+
+def encoder_preprocess(name: str, choice: str = "auto") -> Preprocess:
+    """The preprocessing `choice` (a preset, or `auto`: encoder `name`'s preset).
+
+    Raises:
+        ConfigError: an unknown encoder or preset.
+    """
+    if choice != "auto":
+        return preprocess_preset(choice, "materialize.preprocess")
+    if name not in ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
+    return ENCODERS[name].preprocessing()
 
 
 def architecture_digest(model: nn.Module) -> str:
@@ -88,11 +133,16 @@ def architecture_digest(model: nn.Module) -> str:
 
 
 def encoder_fingerprint(
-    spec: EncoderSpec, weights: str, fidelity: Mapping[str, Any], architecture: str = ""
+    spec: EncoderSpec,
+    weights: str,
+    fidelity: Mapping[str, Any],
+    architecture: str = "",
+    preprocess: Mapping[str, Any] | None = None,
 ) -> str:
     """A short hash of what features depend on: architecture (name, revision and
     `architecture_digest`), weights (the checkpoint's SHA-256, or a note that they are
-    random with their seed) and preprocessing (input fidelity and normalization)."""
+    random with their seed) and preprocessing (input fidelity, and `preprocess`: the
+    spatial preprocessing and the normalization, `Preprocess.content`)."""
     record = {
         "encoder": spec.name,
         "revision": spec.revision,
@@ -102,6 +152,7 @@ def encoder_fingerprint(
         "std": spec.std,
         "weights": weights,
         "fidelity": dict(fidelity),
+        "preprocess": dict(preprocess) if preprocess is not None else None,
     }
     text = json.dumps(record, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

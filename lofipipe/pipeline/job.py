@@ -26,7 +26,7 @@ from lofipipe.layout import (
 )
 from lofipipe.pipeline.extract import plan_extract, run_extract
 from lofipipe.pipeline.ingest import is_unchanged, list_videos, run_ingest
-from lofipipe.pipeline.materialize import plan_jobs, run_materialize
+from lofipipe.pipeline.materialize import materialize_preprocess, plan_jobs, run_materialize
 from lofipipe.pipeline.recipe import run_lofi_recipe
 from lofipipe.pipeline.train import run_train
 from lofipipe.schemas.config import Config, config_with
@@ -72,7 +72,7 @@ def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
     check_job(config)
     job, root = config.job, Store(config.job.root, storage_options)
     steps = []
-    listed = list_videos(job.videos, storage_options, config.ingest.extensions)
+    listed = list_videos(job.videos, storage_options, config.ingest.extensions).videos
     previous = manifest_rows(root)
     unchanged = [item for item in listed if is_unchanged(previous.get(item.video_id), item)]
     todo = len(listed) - len(unchanged)
@@ -97,7 +97,14 @@ def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
         return steps
     videos = ok_videos(root)
     settings = config.materialize
-    jobs, _ = plan_jobs(root, schedule, videos, settings.videos_per_shard, settings.encoding)
+    jobs, _ = plan_jobs(
+        root,
+        schedule,
+        videos,
+        settings.videos_per_shard,
+        settings.encoding,
+        materialize_preprocess(config),
+    )
     pending = [video for job_ in jobs for video in job_.videos]
     hours = sum(video.duration for video in pending) / 3600
     snippets = sum(_snippets(schedule, f, v.duration) for v in pending for f in schedule.fidelities)

@@ -3,8 +3,8 @@
 Videos that probed fine are assigned to shard indexes in video_id order,
 `videos_per_shard` each; one task per shard index decodes its videos once and writes that
 index for every fidelity. A shard is skipped on rerun when its stats (the commit marker)
-show the same videos, fingerprints and fidelity settings; `retry_failed` also redoes
-shards that recorded failed videos, `force` redoes everything.
+show the same videos, fingerprints, fidelity settings and spatial preprocessing;
+`retry_failed` also redoes shards that recorded failed videos, `force` redoes everything.
 
 A shard task that crashes or runs past its time limit runs again, and the video it died on
 is quarantined after `materialize.max_attempts` such deaths (see quarantine.py): one bad
@@ -33,9 +33,11 @@ from lofipipe.layout import (
     shard_path,
     shard_stats_path,
 )
+from lofipipe.models.registry import encoder_preprocess
 from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config, MaterializeConfig, config_to_dict, config_to_yaml
-from lofipipe.schemas.schedule import Schedule, load_schedule
+from lofipipe.schemas.preprocess import Preprocess
+from lofipipe.schemas.schedule import Schedule, load_schedule, snippet_content
 from lofipipe.storage import Store
 from lofipipe.workers.quarantine import attempt_bound, forget_journals
 from lofipipe.workers.runtime import ensure_ray
@@ -99,26 +101,40 @@ def _read_stats(root: Store, fidelity: str, shard: int) -> dict[str, Any] | None
     return json.loads(root.read_text(shard_stats_path(fidelity, shard)))
 
 
+def materialize_preprocess(config: Config, encoder: str | None = None) -> Preprocess:
+    """The preprocessing of snippets: `materialize.preprocess`, where `auto` means the
+    preset of `encoder` (default `extract.encoder`; training passes `train.encoder`)."""
+    return encoder_preprocess(encoder or config.extract.encoder, config.materialize.preprocess)
+
+
 def plan_jobs(
     root: Store,
     schedule: Schedule,
     videos: list[SourceVideo],
     videos_per_shard: int,
     encoding: str,
+    preprocess: Preprocess,
     force: bool = False,
     retry_failed: bool = False,
 ) -> tuple[list[ShardJob], dict[str, list[dict]]]:
-    """The shard jobs still to run, and the stats of shards already done, per fidelity."""
+    """The shard jobs still to run, and the stats of shards already done, per fidelity.
+
+    A shard is done when its videos, fingerprints and `snippet_content` (the fidelity,
+    its sampling and the spatial preprocessing) match.
+    """
     jobs, done = [], {f.name: [] for f in schedule.fidelities}
     for shard, group in enumerate(shard_groups(videos, videos_per_shard)):
         fingerprints = {video.video_id: video.fingerprint for video in group}
         todo = []
         for fidelity in schedule.fidelities:
             stats = None if force else _read_stats(root, fidelity.name, shard)
+            expected = snippet_content(
+                schedule.lineage(fidelity.name, encoding, preprocess.spatial_content)
+            )
             if (
                 stats is not None
                 and stats["source_fingerprints"] == fingerprints
-                and stats["lineage"] == schedule.lineage(fidelity.name, encoding)
+                and snippet_content(stats["lineage"]) == expected
                 and not (retry_failed and stats["failed"])
             ):
                 done[fidelity.name].append(stats)
@@ -180,12 +196,21 @@ def run_materialize(
     force: bool = False,
     retry_failed: bool = False,
 ) -> MaterializeSummary:
-    """Materializes the shards of `config.materialize.schedule` for the manifest's videos."""
+    """Materializes the shards of `config.materialize.schedule` for the manifest's videos,
+    preprocessed as `materialize_preprocess(config)` says."""
     settings = config.materialize
     schedule = load_schedule(settings.schedule)
+    preprocess = materialize_preprocess(config)
     videos = ok_videos(root)
     jobs, done = plan_jobs(
-        root, schedule, videos, settings.videos_per_shard, settings.encoding, force, retry_failed
+        root,
+        schedule,
+        videos,
+        settings.videos_per_shard,
+        settings.encoding,
+        preprocess,
+        force,
+        retry_failed,
     )
     summary = MaterializeSummary(
         schedule.name, {f.name: FidelitySummary() for f in schedule.fidelities}
@@ -207,6 +232,7 @@ def run_materialize(
             settings.decode_threads,
             storage_options,
             settings.max_attempts,
+            preprocess,
         )
         snippets = 0
         with Progress("materialize", sum(len(job.videos) for job in jobs)) as progress:

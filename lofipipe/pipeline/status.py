@@ -21,10 +21,10 @@ from lofipipe.layout import (
     predictions_path,
     run_config_path,
 )
-from lofipipe.pipeline.materialize import plan_jobs
-from lofipipe.schemas.config import MaterializeConfig, build
+from lofipipe.pipeline.materialize import materialize_preprocess, plan_jobs
+from lofipipe.schemas.config import Config, build
 from lofipipe.schemas.schedule import load_schedule
-from lofipipe.schemas.tables import ERRORS
+from lofipipe.schemas.tables import ERRORS, SKIPPED_EXTENSION, UNLABELLED
 from lofipipe.storage import Store
 
 
@@ -52,9 +52,14 @@ def _ingest(root: Store, out: RootStatus) -> list[dict[str, Any]]:
         f"ingest: done, {len(ok)} videos ok ({hours:.2f} h), {sum(failed.values())} "
         f"failed" + (f" ({_reasons(failed)})" if failed else "")
     )
+    subsets = Counter(r["subset"] or UNLABELLED for r in ok)
+    out.add(f"  subsets of the ok videos: {_reasons(subsets)}")
     if root.exists(ERRORS_PATH):
-        issues = ERRORS.check(root.read_table(ERRORS_PATH), root.url_of(ERRORS_PATH))
-        annotation = Counter(r["reason"] for r in issues.to_pylist() if r["stage"] == "annotations")
+        issues = ERRORS.check(root.read_table(ERRORS_PATH), root.url_of(ERRORS_PATH)).to_pylist()
+        skipped = sum(r["reason"] == SKIPPED_EXTENSION for r in issues)
+        if skipped:
+            out.add(f"  other files skipped (not a video extension): {skipped}")
+        annotation = Counter(r["reason"] for r in issues if r["stage"] == "annotations")
         if annotation:
             out.add(f"  annotation issues: {_reasons(annotation)}")
     return ok
@@ -65,10 +70,16 @@ def _materialize(root: Store, out: RootStatus) -> None:
         out.add("materialize: pending (no shards)")
         return
     saved = yaml.safe_load(root.read_text(MATERIALIZE_CONFIG_PATH)) or {}
-    settings = build(MaterializeConfig, saved.get("materialize", {}), "materialize.")
+    config = build(Config, saved)
+    settings = config.materialize
     schedule = load_schedule(settings.schedule)
     jobs, done = plan_jobs(
-        root, schedule, ok_videos(root), settings.videos_per_shard, settings.encoding
+        root,
+        schedule,
+        ok_videos(root),
+        settings.videos_per_shard,
+        settings.encoding,
+        materialize_preprocess(config),
     )
     out.add(f"materialize ({schedule.name}, {settings.encoding}):")
     for fidelity in schedule.fidelities:

@@ -35,7 +35,7 @@ from lofipipe.evaluation.detection import (
 from lofipipe.evaluation.files import parse_predictions
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import evaluation_path, predictions_path, report_path, run_config_path, run_dir
-from lofipipe.models.registry import ENCODERS, build_encoder
+from lofipipe.models.registry import ENCODERS, build_encoder, encoder_preprocess
 from lofipipe.pipeline.progress import Progress
 from lofipipe.reports.run_page import write_run_page
 from lofipipe.schemas.config import Config, config_to_dict, config_to_yaml
@@ -108,18 +108,20 @@ def _head_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[str]
             f"lofipipe features {root.url} lists them)"
         )
     data = FeatureSet(root, settings.features)
-    schedule = load_schedule(data.lineage["schedule"])
+    schedule = data.schedule
     window = settings.head.window or schedule.full.snippets
     return data.annotations, set(data.index), window if schedule.sampling == "stride" else 0
 
 
 def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[str], int]:
     """LoFi and LoSA modes: the videos with shards at every fidelity the mode trains on
-    (LoFi: the schedule's reduced ones; LoSA: the full one)."""
+    (LoFi: the schedule's reduced ones; LoSA: the full one), made with the spatial
+    preprocessing of `materialize.preprocess` (`auto`: the preset of `train.encoder`)."""
     schedule = load_schedule(config.materialize.schedule)
     losa = config.train.mode == "losa"
     with torch.device("meta"):  # unknown names and LoSA on a non-ViT are config errors
         build_encoder(config.train.encoder, losa)
+    preprocess = encoder_preprocess(config.train.encoder, config.materialize.preprocess)
     if ENCODERS[config.train.encoder].frames != schedule.full.frames:
         raise ConfigError(
             f"{config.train.encoder} takes {ENCODERS[config.train.encoder].frames}"
@@ -128,7 +130,7 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
         )
     videos = None
     for fidelity in schedule.training_fidelities(config.train.mode):
-        committed = SnippetReader(root, fidelity.name).check_schedule(schedule)
+        committed = SnippetReader(root, fidelity.name).check_schedule(schedule, preprocess)
         found = {video for _, record in committed for video in record["videos"]}
         videos = found if videos is None else videos & found
     validation = schedule.validation_fidelity(config.train.mode)
@@ -217,6 +219,10 @@ def _train_on_ray(
     ensure_ray(config.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     threads = max(1, cluster_cpus() // settings.workers)
+    schedule = preprocess = None
+    if settings.mode != "head":
+        schedule = load_schedule(config.materialize.schedule)
+        preprocess = encoder_preprocess(settings.encoder, config.materialize.preprocess)
     job = TrainJob(
         root,
         settings.run,
@@ -226,7 +232,8 @@ def _train_on_ray(
         thresholds,
         window,
         1 if gpus else threads,
-        config.materialize.schedule,
+        schedule,
+        preprocess,
     )
     _fit(job, gpus > 0, threads)
 

@@ -7,6 +7,8 @@ order. Unknown keys and bad values raise `ConfigError` naming the dotted key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import yaml
 
 from lofipipe.errors import ConfigError
+from lofipipe.schemas.preprocess import PREPROCESS_PRESETS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -99,7 +102,12 @@ class SynthConfig:
 class IngestConfig:
     """Listing and probing videos."""
 
-    extensions: tuple[str, ...] = ("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg")
+    # What cameras, broadcasters and the web write; any other file under --videos is
+    # counted and listed in errors.parquet as skipped_extension.
+    extensions: tuple[str, ...] = (
+        *("mp4", "mkv", "webm", "avi", "mov", "m4v", "mpg", "mpeg"),
+        *("ts", "m2ts", "mts", "3gp", "flv", "wmv", "ogv", "vob", "mxf"),
+    )
     probe_timeout_s: float = 60.0  # per video, plus the per-GB allowance for hashing
     probe_timeout_s_per_gb: float = 60.0
     fingerprint_block_mb: int = 8
@@ -131,8 +139,18 @@ class MaterializeConfig:
     video_timeout_s: float = 300.0
     video_timeout_s_per_hour: float = 1800.0
     max_attempts: int = 2  # attempts that may crash or hang on a video before quarantine
+    # How frames are resized, cropped and normalized (schemas/preprocess.py): a preset
+    # (squash, squash-fast, tsm-test, videomaev2-tad), or auto: the preset of the encoder
+    # the command uses (extract.encoder for materialize and extract, train.encoder for
+    # train --mode lofi|losa)
+    preprocess: str = "auto"
 
     def __post_init__(self) -> None:
+        _check(
+            self.preprocess == "auto" or self.preprocess in PREPROCESS_PRESETS,
+            "preprocess",
+            f"must be auto or a preset ({', '.join(PREPROCESS_PRESETS)}), got {self.preprocess!r}",
+        )
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be between 1 and 100")
         _check(self.videos_per_shard >= 1, "videos_per_shard", "must be at least 1")
         _check(self.decode_threads >= 0, "decode_threads", "must be >= 0")
@@ -268,8 +286,23 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 
+# A decimal number as people write them: 1e-4, 1E-4, 3e5, .5, -2e-3, +1.5. YAML 1.1 (and so
+# PyYAML) reads those without a dot or an exponent sign as strings.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _number(value: Any) -> Any:
+    """`value` as a float where it is a string that reads as a finite decimal number,
+    else `value` itself."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return number if math.isfinite(number) else value
+    return value
+
+
 def _coerce(kind: Any, value: Any, key: str) -> Any:
-    """Checks `value` against the annotation `kind`, converting lists to tuples."""
+    """Checks `value` against the annotation `kind`, converting lists to tuples, and
+    strings that read as numbers (`1e-4`) to numbers where a number is expected."""
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(kind)
@@ -304,19 +337,23 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
         return value
     if kind is int:
+        number = _number(value)
+        if isinstance(number, float) and number.is_integer():  # 3e5, 2.0
+            number = int(number)
         _check(
-            isinstance(value, int) and not isinstance(value, bool),
+            isinstance(number, int) and not isinstance(number, bool),
             key,
             f"expected an integer, got {value!r}",
         )
-        return value
+        return number
     if kind is float:
+        number = _number(value)
         _check(
-            isinstance(value, (int, float)) and not isinstance(value, bool),
+            isinstance(number, (int, float)) and not isinstance(number, bool),
             key,
             f"expected a number, got {value!r}",
         )
-        return float(value)
+        return float(number)
     if kind is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value

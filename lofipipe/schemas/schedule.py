@@ -11,13 +11,14 @@ proportionally larger stride.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from lofipipe.errors import ConfigError
-from lofipipe.schemas.config import build, read_yaml_mapping
+from lofipipe.schemas.config import build, config_to_dict, read_yaml_mapping
 
 Sampling = Literal["resize", "stride"]
 Cycle = Literal["long", "short", "multigrid"]
@@ -125,9 +126,14 @@ class Schedule:
             f"(has: {', '.join(f.name for f in self.fidelities)})"
         )
 
-    def lineage(self, fidelity: str, encoding: str) -> dict[str, object]:
-        """What the snippets of `fidelity`, stored in `encoding`, depend on besides the
-        source videos (kept in each shard's stats)."""
+    def lineage(
+        self, fidelity: str, encoding: str, preprocess: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """What the snippets of `fidelity`, stored in `encoding` and resized as the spatial
+        part of the preprocessing says (`Preprocess.spatial_content`), depend on besides the
+        source videos, plus the whole schedule (`schedule_spec`) it was made for; kept in
+        each shard's stats. `snippet_content` is the part that must match for a shard to
+        be reused."""
         return {
             "schedule": self.name,
             "sampling": self.sampling,
@@ -135,7 +141,14 @@ class Schedule:
             "stride": self.stride,
             "encoding": encoding,
             **self.fidelity(fidelity).content,
+            "preprocess": dict(preprocess) if preprocess is not None else None,
+            "schedule_spec": self.record(),
         }
+
+    def record(self) -> dict[str, Any]:
+        """Every field, fidelities included, as plain JSON values (`schedule_from_record`
+        rebuilds the schedule from it)."""
+        return json.loads(json.dumps(config_to_dict(self)))
 
     def training_fidelities(self, mode: str) -> tuple[Fidelity, ...]:
         """What a training mode takes: LoFi the reduced fidelities, LoSA and the head the
@@ -227,6 +240,37 @@ PRESETS: dict[str, Schedule] = {
     # batch that gives its 18 training videos a few steps per epoch.
     "demo": Schedule("demo", _DEMO_FULL, _lofi_reductions(_DEMO_FULL), batch_size=4),
 }
+
+
+def snippet_content(lineage: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a shard's lineage its snippets depend on: all but the whole schedule it
+    was made for (other fidelities and batch sizes change no pixel), through JSON as the
+    markers are kept."""
+    return json.loads(json.dumps({k: v for k, v in lineage.items() if k != "schedule_spec"}))
+
+
+def schedule_from_record(record: Mapping[str, Any], where: str = "schedule") -> Schedule:
+    """A schedule from `Schedule.record()` (as lineages and training jobs carry it)."""
+    return build(Schedule, record, prefix=f"{where}: ")
+
+
+def schedule_from_lineage(lineage: Mapping[str, Any], where: str = "lineage") -> Schedule:
+    """The schedule a shard's or feature set's lineage was made with: its `schedule_spec`
+    (every field), or, in lineages written before it was kept, its preset's name.
+
+    Raises:
+        ConfigError: an old lineage names a schedule that is no preset (a .yaml file).
+    """
+    spec = lineage.get("schedule_spec")
+    if isinstance(spec, Mapping):
+        return schedule_from_record(spec, f"{where}: schedule_spec")
+    name = str(lineage.get("schedule"))
+    if name not in PRESETS:
+        raise ConfigError(
+            f"{where}: records only the schedule's name {name!r}, which is no preset: "
+            f"extract these features again with this lofipipe to keep the whole schedule"
+        )
+    return PRESETS[name]
 
 
 def load_schedule(name_or_path: str, read_text: Callable[[str], str] | None = None) -> Schedule:

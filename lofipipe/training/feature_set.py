@@ -23,6 +23,7 @@ from lofipipe.layout import (
     lineage_path,
 )
 from lofipipe.models.tal_head import assign_targets
+from lofipipe.schemas.schedule import Schedule, schedule_from_lineage
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
 
@@ -109,6 +110,16 @@ class FeatureSet:
         self._files: dict[int, pq.ParquetFile] = {}
         self._cache: OrderedDict[str, VideoFeatures] = OrderedDict()
         self._cached = 0
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule the features were extracted with, rebuilt from the lineage (whole,
+        so a schedule .yaml file is not needed again; a preset's name in older lineages).
+
+        Raises:
+            ConfigError: an older lineage names a schedule file instead of a preset.
+        """
+        return schedule_from_lineage(self.lineage, self.root.url_of(lineage_path(self.fingerprint)))
 
     def __getstate__(self):
         return {**self.__dict__, "_files": {}, "_cache": OrderedDict(), "_cached": 0}

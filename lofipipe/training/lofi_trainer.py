@@ -23,7 +23,7 @@ from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import encoder_path
 from lofipipe.models.tal_head import HeadOutput, TALHead
 from lofipipe.models.weights import build_weighted_encoder
-from lofipipe.schemas.schedule import Schedule, load_schedule
+from lofipipe.schemas.schedule import Schedule
 from lofipipe.training.feature_set import Batch, VideoFeatures
 from lofipipe.training.snippet_detector import SnippetDetector, as_features
 from lofipipe.training.trainer import StepPlan, Trainer, parameter_groups
@@ -47,7 +47,9 @@ class LofiTrainer(Trainer):
 
     def build_model(self) -> nn.Module:
         job, settings = self.job, self.job.settings
-        self.schedule = load_schedule(job.schedule)
+        if job.schedule is None or job.preprocess is None:
+            raise ValueError(f"{settings.mode} training needs the job's schedule and preprocessing")
+        self.schedule, self.preprocess = job.schedule, job.preprocess
         self.annotations = AnnotationIndex(job.root)
         self.labels = self.annotations.label_names
         self.readers = {
@@ -61,7 +63,7 @@ class LofiTrainer(Trainer):
             settings.checkpoint,
             job.root.options,
             settings.seed,
-        )
+        ).normalize_as(self.preprocess)
         self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim, settings.head.levels)
         return SnippetDetector(
             encoder, self._head, settings.activation_checkpointing, settings.mixed_precision
@@ -127,6 +129,7 @@ class LofiTrainer(Trainer):
                 "lofipipe": {
                     "encoder": self.job.settings.encoder,
                     "schedule": self.schedule.name,
+                    "preprocess": self.preprocess.name,
                     "run": self.job.run,
                 },
             },
@@ -139,4 +142,5 @@ class LofiTrainer(Trainer):
             "mode": "lofi",
             "encoder": self.job.settings.encoder,
             "schedule": self.schedule.name,
+            "preprocess": self.preprocess.name,
         }

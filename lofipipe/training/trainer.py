@@ -31,6 +31,8 @@ from lofipipe.models.tal_head import HeadOutput, TALHead, diou_loss_1d, sigmoid_
 from lofipipe.models.tal_postprocess import PostProcessing, detect, soft_nms
 from lofipipe.reports.figures import write_report_plot
 from lofipipe.schemas.config import TrainConfig
+from lofipipe.schemas.preprocess import Preprocess
+from lofipipe.schemas.schedule import Schedule
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_checkpoint, save_checkpoint
 from lofipipe.training.feature_set import Batch, VideoFeatures, collate, inference_windows
@@ -50,7 +52,10 @@ class TrainJob:
     thresholds: tuple[float, ...]
     window: int = 0  # snippets per window (stride sampling); 0: whole videos
     threads: int = 1
-    schedule: str = ""  # lofi: the schedule preset or file
+    # lofi and losa: the schedule and preprocessing, read on the driver (a schedule .yaml
+    # on the driver's disk is not on the other nodes of a cluster).
+    schedule: Schedule | None = None
+    preprocess: Preprocess | None = None
 
 
 @dataclass(frozen=True)

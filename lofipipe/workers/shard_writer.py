@@ -30,6 +30,7 @@ from lofipipe.errors import VideoFailure, failure_reason
 from lofipipe.layout import shard_path, shard_stats_path
 from lofipipe.media.decode import Snippet, SnippetDecoder
 from lofipipe.media.frame_codec import frames_column
+from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
 from lofipipe.storage import Store
@@ -132,6 +133,8 @@ class ShardWriter:
         schedule: the fidelities and sampling.
         root: where `shards/` lives.
         encoding: frame storage, `jpeg` or `raw`.
+        preprocess: how frames are resized and cropped (its spatial part; the lineage
+            keeps it).
     """
 
     schedule: Schedule
@@ -141,12 +144,15 @@ class ShardWriter:
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     max_attempts: int = 2  # attempts that may die on one video before it is quarantined
+    preprocess: Preprocess = PREPROCESS_PRESETS["squash"]
     name = "materialize"
     resources: ClassVar[Mapping[str, float]] = {"num_cpus": 1}
 
     def process(self, job: ShardJob) -> list[dict[str, Any]]:
         """Writes part-<shard> of each fidelity in `job`; returns their stats."""
-        decoder = SnippetDecoder(self.schedule, self.storage_options, self.decode_threads)
+        decoder = SnippetDecoder(
+            self.schedule, self.storage_options, self.decode_threads, self.preprocess
+        )
         fidelities = tuple(self.schedule.fidelity(name) for name in job.fidelities)
         stats = {f.name: self._new_stats(job, f.name) for f in fidelities}
         journal = ShardJournal.resume(self.root, job.shard, job.last_failure)
@@ -214,7 +220,9 @@ class ShardWriter:
             "videos": [],
             "failed": {},
             "source_fingerprints": {v.video_id: v.fingerprint for v in job.videos},
-            "lineage": self.schedule.lineage(fidelity, self.encoding),
+            "lineage": self.schedule.lineage(
+                fidelity, self.encoding, self.preprocess.spatial_content
+            ),
             "lofipipe_version": __version__,
             "node": node_id(),
         }

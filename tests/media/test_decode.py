@@ -1,11 +1,15 @@
 """The decode stage in-process: snippet counts, times, frame choice, single pass."""
 
+import av
 import numpy as np
 import pytest
+import torch
 from support.media import frame_level, write_marked_video, write_timed_video, write_video
+from torch.nn import functional
 
 from lofipipe.errors import VideoFailure
-from lofipipe.media.decode import SnippetDecoder, plan_snippets
+from lofipipe.media.decode import SnippetDecoder, normal_rotation, plan_snippets
+from lofipipe.schemas.preprocess import PREPROCESS_PRESETS
 from lofipipe.schemas.schedule import PRESETS, Fidelity, Schedule
 from lofipipe.workers.video_prober import VideoItem, VideoProber
 
@@ -169,3 +173,139 @@ def test_unreferenced_frames_nobody_needs_are_not_decoded(tmp_path, monkeypatch)
             assert np.array_equal(a.frames, b.frames)
         if schedule is RESIZE:
             assert sum(skipped) > 30  # most of 180 frames are needed by no target
+
+
+# Preprocessing against an independent float reference --------------------------------------
+#
+# The reference is what the published pipelines compute: the frame decoded whole to RGB
+# (PyAV, rgb24, its own size), turned upright, as float; `torch.nn.functional.interpolate`
+# bilinear with align_corners=False and antialias=False (VideoMAE-v2's
+# extract_tad_feature.py calls exactly that; MMAction2's cv2 INTER_LINEAR is the same
+# two-tap, half-pixel-centre filter); for tsm-test the short side round(S * 256 / 224), the
+# long side int(long * scale + 0.5) (mmcv's rescale_size), then a centre crop at
+# ((W - S) // 2, (H - S) // 2) (MMAction2's CenterCrop). Measured on this pattern at S =
+# 112 (320x240) and 224 (640x360), both sizes and S/2 together: the bilinear presets differ
+# only by torch's uint8 rounding, mean 0.24-0.25, max 1.00 level; squash-fast (FFmpeg's
+# FAST_BILINEAR, kept for speed, not fidelity) mean 23, max 255 on these hard edges. The
+# bounds are (mean, max) with a margin.
+BOUND = {
+    "squash": (0.4, 1.5),
+    "tsm-test": (0.4, 1.5),
+    "videomaev2-tad": (0.4, 1.5),
+    "squash-fast": (35.0, 256.0),
+}
+
+
+def _write_textured(path, size, rotation=None, frames=2):
+    """An H.264 video of a scene-like pattern (a smooth colour ramp, soft stripes, a
+    checkerboard of 24 x 16 blocks, a bright bar, a dark right edge that a wrong crop
+    loses) that shows where a resize or a crop goes wrong."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "12"}
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        for index in range(frames):
+            red = 127 + 100 * np.sin(x / 9.0 + index)
+            green = np.where(((x // 24) + (y // 16)) % 2 == 0, 200, 40)
+            blue = 255 * x / width * (y / height)
+            image = np.stack([red, green, blue], axis=-1)
+            image[height // 4 : height // 4 + 9, width // 3 :] = (250, 250, 10)
+            image[:, width - 6 :] = 0
+            frame = av.VideoFrame.from_ndarray(image.clip(0, 255).astype(np.uint8), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory):
+    """Videos by (width, height, rotation), made once for the tests of this module."""
+    folder, made = tmp_path_factory.mktemp("textured"), {}
+
+    def video(width, height, rotation=None):
+        if (width, height, rotation) not in made:
+            path = folder / f"{width}x{height}r{rotation}.mp4"
+            made[width, height, rotation] = (_write_textured(path, (width, height), rotation),)
+            made[width, height, rotation] += (_reference_frames(path),)
+        return made[width, height, rotation]
+
+    return video
+
+
+def _reference_frames(path):
+    """time -> the upright float RGB frame, decoded whole."""
+    out = {}
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            image = frame.to_ndarray(format="rgb24")
+            turns = normal_rotation(frame.rotation or 0) // 90
+            out[round(float(frame.time), 6)] = torch.from_numpy(
+                np.ascontiguousarray(np.rot90(image, turns))
+            ).float()
+    return out
+
+
+def _reference(image, preset, size):
+    """(S, S, 3) float: the published recipe of `preset` on one upright float frame."""
+    height, width = image.shape[:2]
+    if PREPROCESS_PRESETS[preset].spatial == "squash":
+        resized, top, left = (size, size), 0, 0
+    else:
+        short = round(size * 256 / 224)
+        scale = short / min(height, width)
+        resized = (
+            (short, int(width * scale + 0.5))
+            if height <= width
+            else (int(height * scale + 0.5), short)
+        )
+        top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
+    out = functional.interpolate(
+        image.permute(2, 0, 1)[None],
+        size=resized,
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
+    )[0].permute(1, 2, 0)
+    return out[top : top + size, left : left + size]
+
+
+def _compare(video, preset, size):
+    """|decoded - reference| of every pixel of every snippet frame at sizes S and S/2."""
+    path, reference = video
+    schedule = Schedule("p", Fidelity("full", 2, 1, size), (Fidelity("half", 1, 1, size // 2),))
+    row = _probe(path)
+    decoder = SnippetDecoder(schedule, preprocess=PREPROCESS_PRESETS[preset])
+    differences = []
+    for snippet in decoder.snippets(str(path), row["start_time"], row["duration"]):
+        fidelity = schedule.fidelity(snippet.fidelity)
+        for frame, time in zip(snippet.frames, snippet.frame_times, strict=True):
+            source = reference[round(time + row["start_time"], 6)]
+            assert frame.shape == (fidelity.size, fidelity.size, 3)
+            difference = torch.from_numpy(frame).float() - _reference(source, preset, fidelity.size)
+            differences.append(difference.abs().flatten())
+    return torch.cat(differences)
+
+
+@pytest.mark.parametrize("size", [(320, 240), (640, 360)])
+@pytest.mark.parametrize("preset", ["squash", "tsm-test", "videomaev2-tad", "squash-fast"])
+def test_preprocessing_matches_the_float_reference(textured, preset, size):
+    difference = _compare(textured(*size), preset, 224 if size[0] > 320 else 112)
+    mean, worst = float(difference.mean()), float(difference.max())
+    print(f"{preset} {size[0]}x{size[1]}: mean {mean:.3f}, max {worst:.2f} levels")
+    assert mean < BOUND[preset][0] and worst < BOUND[preset][1], (preset, size, mean, worst)
+
+
+@pytest.mark.parametrize(
+    "preset, rotation",
+    [("tsm-test", 90), ("tsm-test", -90), ("tsm-test", 180), ("squash", 90), ("squash-fast", 90)],
+)
+def test_rotated_frames_are_resized_and_cropped_upright(textured, preset, rotation):
+    """The crop is taken in upright coordinates: a 320x240 video shown 240x320 keeps its
+    full upright width and loses rows at top and bottom."""
+    difference = _compare(textured(320, 240, rotation), preset, 112)
+    mean, worst = float(difference.mean()), float(difference.max())
+    assert mean < BOUND[preset][0] and worst < BOUND[preset][1], (preset, rotation, mean, worst)

@@ -241,3 +241,45 @@ def test_extract_on_s3(demo_shards, tmp_path, s3_bucket):
     for video_id, (values, _) in remote.items():
         assert np.allclose(values, local[video_id][0], atol=1e-5)
     assert Store(f"s3://{bucket}/npy", options).exists("synth_0000.npy")
+
+
+def test_preprocessing_is_part_of_the_fingerprint_and_checked_on_shards(demo_shards, tmp_path):
+    """Shards made for tiny (squash) serve any preset that resizes alike (videomaev2-tad
+    only normalizes differently: a new fingerprint); another crop is refused with the
+    setting that reads them."""
+    from lofipipe.errors import ConfigError
+    from lofipipe.pipeline.extract import plan_extract
+    from lofipipe.schemas.config import load_config
+    from lofipipe.schemas.schedule import PRESETS, schedule_from_lineage
+
+    root = Store(str(fresh_root(demo_shards, tmp_path)))
+
+    def plan(*sets):
+        return plan_extract(load_config(None, ["materialize.schedule=demo", *sets]), root, {})
+
+    squash = plan()
+    assert squash.lineage["preprocess"]["preset"] == "squash"
+    assert squash.lineage["mean"] == (0.5, 0.5, 0.5)
+    assert schedule_from_lineage(json.loads(json.dumps(squash.lineage))) == PRESETS["demo"]
+    unit = plan("materialize.preprocess=videomaev2-tad")
+    assert unit.lineage["mean"] == (0.0, 0.0, 0.0) and unit.lineage["std"] == (1.0, 1.0, 1.0)
+    assert unit.fingerprint != squash.fingerprint
+    with pytest.raises(ConfigError) as refused:
+        plan("materialize.preprocess=tsm-test")
+    message = str(refused.value)
+    assert "holds snippets preprocessed as squash or videomaev2-tad" in message
+    assert "pass --set materialize.preprocess=squash to use them" in message
+    assert "--set materialize.preprocess=tsm-test" in message
+
+
+def test_the_encoder_normalizes_as_its_preset():
+    from lofipipe.schemas.preprocess import PREPROCESS_PRESETS
+
+    vit = build_encoder("vit_s")  # videomaev2-tad: pixels / 255, no mean/std
+    assert vit.preprocess.name == "videomaev2-tad"
+    assert torch.allclose(vit.mean, torch.zeros(3).view(1, 1, 3, 1, 1))
+    assert torch.allclose(vit.std, torch.full((1, 1, 3, 1, 1), 255.0))
+    imagenet = build_encoder("vit_s", preprocess=PREPROCESS_PRESETS["squash"])
+    assert torch.allclose(imagenet.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
+    assert build_encoder("tsm_r18").preprocess.name == "tsm-test"
+    assert build_encoder("tiny").preprocess.name == "squash"

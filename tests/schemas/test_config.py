@@ -87,3 +87,60 @@ def test_resolved_config_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(text)
     assert load_config(str(path)) == config
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("1e-4", 1e-4), ("1E-4", 1e-4), ("3e5", 3e5), (".5", 0.5), ("+2e-3", 2e-3)]
+)
+def test_numbers_in_overrides_are_numbers(text, expected):
+    """YAML 1.1 (PyYAML) reads 1e-4 as a string; a float field takes it as a number."""
+    assert load_config(None, [f"train.weight_decay={text}"]).train.weight_decay == pytest.approx(
+        expected
+    )
+
+
+def test_numbers_in_yaml_files_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-4\n  epochs: 3e1\n  warmup_epochs: .5\n")
+    train = load_config(str(path)).train
+    assert train.lr == pytest.approx(1e-4) and train.warmup_epochs == 0.5
+    assert train.epochs == 30 and isinstance(train.epochs, int)
+
+
+def test_negative_exponents_and_signs_parse():
+    with pytest.raises(ConfigError, match="train.lr: must be positive"):  # -2e-3 read as -0.002
+        load_config(None, ["train.lr=-2e-3"])
+    assert load_config(None, ["train.lr=1e-4"]).train.lr == pytest.approx(1e-4)
+
+
+def test_integers_only_when_integral_and_strings_stay_strings():
+    assert load_config(None, ["train.epochs=1e1"]).train.epochs == 10
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer, got '1.5e0'"):
+        load_config(None, ["train.epochs=1.5e0"])
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got 'fast'"):
+        load_config(None, ["train.lr=fast"])
+    assert load_config(None, ["train.run=1e4"]).train.run == "1e4"  # a str field
+    with pytest.raises(ConfigError, match="expected a number, got 'nan'"):
+        load_config(None, ["train.lr=nan"])
+
+
+def test_a_schedule_file_takes_numbers_too(tmp_path):
+    from lofipipe.schemas.schedule import load_schedule
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "full: {name: full, snippets: 8, frames: 2, size: 32}\n"
+        "train: [{name: half, snippets: 4, frames: 2, size: 32}]\n"
+        "sampling: stride\nfps: 3e1\nstride: 4e0\n"
+    )
+    schedule = load_schedule(str(path))
+    assert schedule.fps == 30.0 and schedule.stride == 4
+
+
+def test_preprocess_is_auto_or_a_preset():
+    assert load_config().materialize.preprocess == "auto"
+    assert load_config(None, ["materialize.preprocess=tsm-test"]).materialize.preprocess == (
+        "tsm-test"
+    )
+    with pytest.raises(ConfigError, match="materialize.preprocess: must be auto or a preset"):
+        load_config(None, ["materialize.preprocess=bicubic"])

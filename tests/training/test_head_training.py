@@ -251,3 +251,31 @@ def test_windows_for_long_videos(tmp_path):
     found = trainer.predict(trainer.data.read("video_000"))
     assert len(found) <= 100
     assert all(0.0 <= p["segment"][0] < p["segment"][1] <= 16.0 for p in found)
+
+
+def test_head_inputs_rebuild_a_schedule_file_from_the_lineage(tmp_path):
+    """Features extracted with a schedule .yaml train with `--mode head` even where the
+    file is gone: the lineage keeps the whole schedule, as extract writes it."""
+    from lofipipe.layout import lineage_path
+    from lofipipe.pipeline.train import _head_inputs
+    from lofipipe.schemas.schedule import load_schedule
+
+    root = Store(str(tmp_path / "root"))
+    write_feature_set(root, videos=4)
+    path = tmp_path / "thumos-like.yaml"
+    path.write_text(
+        "full: {name: full, snippets: 16, frames: 8, size: 64}\n"
+        "train: [{name: low, snippets: 8, frames: 8, size: 32}]\n"
+        "sampling: stride\nfps: 3e1\nstride: 4\n"
+    )
+    schedule = load_schedule(str(path))
+    lineage = json.loads(root.read_text(lineage_path(FINGERPRINT)))
+    lineage.update(schedule=schedule.name, schedule_spec=schedule.record())
+    root.write_text(lineage_path(FINGERPRINT), json.dumps(lineage, indent=1))
+    path.unlink()
+    config = load_config(None, [f"train.features={FINGERPRINT}"])
+    annotations, videos, window = _head_inputs(config, root)
+    assert FeatureSet(root, FINGERPRINT).schedule == schedule
+    assert window == 16 and len(videos) == 4 and annotations.label_names == ["jump", "run"]
+    config = load_config(None, ["train.head.window=4", f"train.features={FINGERPRINT}"])
+    assert _head_inputs(config, root)[2] == 4

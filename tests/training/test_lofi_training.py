@@ -17,8 +17,9 @@ from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.data.features import read_features
 from lofipipe.evaluation.detection import parse_thresholds
 from lofipipe.layout import encoder_path
+from lofipipe.models.registry import encoder_preprocess
 from lofipipe.schemas.config import load_config
-from lofipipe.schemas.schedule import PRESETS
+from lofipipe.schemas.schedule import PRESETS, load_schedule
 from lofipipe.storage import Store
 from lofipipe.training.lofi_trainer import LofiTrainer, schedule_plan
 from lofipipe.training.losa_trainer import LosaTrainer
@@ -69,7 +70,8 @@ def _trainer(root, epochs=6):
             videos,
             parse_thresholds(settings.tiou),
             threads=2,
-            schedule="demo",
+            schedule=PRESETS["demo"],
+            preprocess=encoder_preprocess(settings.encoder),
         ),
         log=lambda line: None,
     )
@@ -189,7 +191,8 @@ def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):
             videos,
             parse_thresholds(settings.tiou),
             threads=2,
-            schedule=str(schedule),
+            schedule=load_schedule(str(schedule)),
+            preprocess=encoder_preprocess(settings.encoder),
         ),
         log=lambda line: None,
     )
