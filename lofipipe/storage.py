@@ -426,14 +426,13 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 def list_files(
-    url: str, options: Mapping[str, Any], extensions: Iterable[str]
+    url: str, options: Mapping[str, Any], extensions: Iterable[str] | None
 ) -> list[tuple[str, dict[str, Any]]]:
     """Files under a folder URL (recursively), matching a glob URL, or one file, with info.
 
-    Only names ending in one of `extensions` (case-insensitive) are kept; the result is
-    sorted by URL so that work is split deterministically.
+    Only names ending in one of `extensions` (case-insensitive) are kept, every file with
+    None; the result is sorted by URL so that work is split deterministically.
     """
-    suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
     pattern = url if "://" in url else os.path.abspath(url)
     # abspath drops glob characters in a segment that a `..` removes: a plain path then.
     first_glob = (
@@ -463,4 +462,7 @@ def list_files(
             for path, info in found.items()
             if info.get("type") != "directory"
         ]
+    if extensions is None:
+        return sorted(items)
+    suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
     return sorted((u, info) for u, info in items if u.lower().endswith(suffixes))

@@ -15,15 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lofipipe import __version__
-from lofipipe.data.annotation_files import normalize, read_annotations
+from lofipipe.data.annotation_files import NormalizedAnnotations, normalize, read_annotations
 from lofipipe.data.manifest import manifest_rows
 from lofipipe.data.stage_log import record_stage
 from lofipipe.data.video_ids import video_id_for_file
-from lofipipe.errors import InputError, failure_reason
+from lofipipe.errors import InputError, VideoFailure, failure_reason
 from lofipipe.layout import ANNOTATIONS_PATH, ERRORS_PATH, INGEST_CONFIG_PATH, MANIFEST_PATH
 from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config, config_to_yaml
-from lofipipe.schemas.tables import ANNOTATIONS, ERRORS, MANIFEST
+from lofipipe.schemas.tables import (
+    ANNOTATIONS,
+    ERRORS,
+    MANIFEST,
+    SKIPPED_EXTENSION,
+    UNLABELLED,
+)
 from lofipipe.storage import Store, list_files
 from lofipipe.workers.runtime import ensure_ray
 from lofipipe.workers.task_pool import TaskFailure, map_with_time_limit
@@ -43,6 +49,10 @@ class IngestSummary:
     hours: float = 0.0
     segments: int = 0
     labels: int = 0
+    annotation_format: str = ""  # what the annotations were read as; "" when none given
+    annotated_videos: int = 0  # videos the annotation file lists
+    unlabelled: int = 0  # listed videos without annotations (subset "unlabelled")
+    skipped: Counter = field(default_factory=Counter)  # other files, by extension
     annotation_issues: Counter = field(default_factory=Counter)
     issue_examples: list[str] = field(default_factory=list)
     progress_line: str = ""
@@ -55,23 +65,57 @@ class IngestSummary:
         failed = sum(self.failed.values())
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.failed.items()))
         issues = ", ".join(f"{r} {n}" for r, n in sorted(self.annotation_issues.items()))
+        skipped = ", ".join(f"{ext} {n}" for ext, n in sorted(self.skipped.items()))
+        if self.annotation_format:
+            annotations = (
+                f"annotations: {self.annotation_format}, {self.annotated_videos} videos; "
+                f"{self.segments} segments, {self.labels} labels"
+            )
+        else:
+            annotations = "annotations: none given"
+        if self.unlabelled:
+            annotations += f"; {self.unlabelled} videos without any (subset {UNLABELLED!r})"
         return [
             f"videos: {self.listed} listed, {self.probed} probed, {self.unchanged} unchanged "
             f"since the last run, {self.removed} gone from the listing",
+            *(
+                [
+                    f"other files: {sum(self.skipped.values())} skipped, not a video extension "
+                    f"({skipped}; each in {ERRORS_PATH} as {SKIPPED_EXTENSION})"
+                ]
+                if self.skipped
+                else []
+            ),
             f"status: {self.ok} ok, {failed} failed" + (f" ({reasons})" if reasons else ""),
             f"video: {self.hours:.2f} hours in the ok videos",
-            f"annotations: {self.segments} segments, {self.labels} labels"
-            + (f"; issues: {issues} (all in {ERRORS_PATH})" if issues else ""),
+            annotations + (f"; issues: {issues} (all in {ERRORS_PATH})" if issues else ""),
             *(f"  {example}" for example in self.issue_examples),
             f"wrote {root.url_of(MANIFEST_PATH)} and {root.url_of(ANNOTATIONS_PATH)}",
         ]
 
 
-def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoItem]:
-    """The video files at `url` (folder or glob), sorted, with unique ids."""
-    listed = list_files(url, options, extensions)
+@dataclass(frozen=True)
+class Listing:
+    """What `--videos` holds: the videos, and every other file (left out, and counted)."""
+
+    videos: list[VideoItem]
+    skipped: list[str]  # URLs of files whose extension is not a video extension
+
+
+def list_videos(url: str, options: Mapping[str, Any], extensions) -> Listing:
+    """The video files at `url` (folder or glob), sorted, with unique ids, and the other
+    files there.
+
+    Raises:
+        InputError: no video file there, or two files that would share a video id.
+    """
+    suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
+    listed, skipped = [], []
+    for uri, info in list_files(url, options, None):
+        (listed if uri.lower().endswith(suffixes) else skipped).append((uri, info))
     if not listed:
-        raise InputError(f"no videos at {url} (looked for: {', '.join(extensions)})")
+        others = f"; {len(skipped)} other files there" if skipped else ""
+        raise InputError(f"no videos at {url} (looked for: {', '.join(extensions)}{others})")
     items, seen = [], {}
     for uri, info in listed:
         video_id = video_id_for_file(uri)
@@ -81,7 +125,28 @@ def list_videos(url: str, options: Mapping[str, Any], extensions) -> list[VideoI
             )
         seen[video_id] = uri
         items.append(VideoItem(video_id, uri, int(info.get("size") or 0), source_signature(info)))
-    return items
+    return Listing(items, [uri for uri, _ in skipped])
+
+
+def _extension(uri: str) -> str:
+    name = uri.rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[-1].lower() if "." in name.lstrip(".") else "(none)"
+
+
+def _skipped_row(uri: str) -> dict[str, Any]:
+    name = uri.rsplit("/", 1)[-1]
+    failure = VideoFailure(
+        SKIPPED_EXTENSION,
+        f"{name}: extension {_extension(uri)} is not in ingest.extensions; not probed",
+    )
+    return {
+        "stage": "ingest",
+        "video_id": None,
+        "uri": uri,
+        "reason": failure.reason,
+        "error": failure.line,
+        "attempts": 0,
+    }
 
 
 def is_unchanged(old: Mapping[str, Any] | None, item: VideoItem) -> bool:
@@ -111,17 +176,22 @@ def run_ingest(
     config: Config,
     root: Store,
     videos_url: str,
-    annotations_url: str,
+    annotations_url: str | None,
     storage_options: Mapping[str, Any],
     command: str,
 ) -> IngestSummary:
-    """Ingests the videos at `videos_url` and their annotations into `root`.
+    """Ingests the videos at `videos_url` and their annotations (if any) into `root`.
 
-    Unchanged videos that probed fine last time are kept as they were; new, changed and
-    previously failed ones are probed again.
+    Videos without annotations get subset `unlabelled`: they are materialized and their
+    features extracted like the others. Other files under `videos_url` are counted and
+    written to errors.parquet as `skipped_extension`. Unchanged videos that probed fine
+    last time are kept as they were; new, changed and previously failed ones are probed
+    again.
     """
-    items = list_videos(videos_url, storage_options, config.ingest.extensions)
-    raw = read_annotations(annotations_url, storage_options)  # malformed: fail before work
+    listing = list_videos(videos_url, storage_options, config.ingest.extensions)
+    items = listing.videos
+    # Malformed annotations fail before any work.
+    raw = read_annotations(annotations_url, storage_options) if annotations_url else None
     previous = manifest_rows(root)
     rows: dict[str, dict[str, Any]] = {}
     to_probe = []
@@ -136,6 +206,9 @@ def run_ingest(
         probed=len(to_probe),
         unchanged=len(rows),
         removed=len(set(previous) - {item.video_id for item in items}),
+        annotation_format=raw.format if raw else "",
+        annotated_videos=len(raw.videos) if raw else 0,
+        skipped=Counter(_extension(uri) for uri in listing.skipped),
     )
     if to_probe:
         ensure_ray(config.ray)
@@ -156,10 +229,10 @@ def run_ingest(
     durations = {
         vid: row.get("duration") if row["status"] == "ok" else None for vid, row in rows.items()
     }
-    annotations = normalize(raw, durations)
+    annotations = normalize(raw, durations) if raw else NormalizedAnnotations([], {}, [])
     new_rows = []
     for video_id in sorted(rows):
-        row = dict(rows[video_id], subset=annotations.subsets.get(video_id))
+        row = dict(rows[video_id], subset=annotations.subsets.get(video_id, UNLABELLED))
         new_rows.append(row)
     errors = [
         {
@@ -172,7 +245,8 @@ def run_ingest(
         }
         for row in new_rows
         if row["status"] == "failed"
-    ] + annotations.issues
+    ]
+    errors += [_skipped_row(uri) for uri in listing.skipped] + annotations.issues
 
     root.write_table(MANIFEST_PATH, MANIFEST.from_rows(new_rows))
     root.write_table(ANNOTATIONS_PATH, ANNOTATIONS.from_rows(annotations.rows))
@@ -184,6 +258,7 @@ def run_ingest(
         failure_reason(row["error"]) for row in new_rows if row["status"] == "failed"
     )
     summary.hours = sum(row["duration"] or 0.0 for row in new_rows if row["status"] == "ok") / 3600
+    summary.unlabelled = sum(row["subset"] == UNLABELLED for row in new_rows)
     summary.segments = len(annotations.rows)
     summary.labels = len({row["label"] for row in annotations.rows})
     summary.annotation_issues = Counter(issue["reason"] for issue in annotations.issues)

@@ -90,6 +90,12 @@ def _f(name: str, kind: pa.DataType, nullable: bool = True) -> pa.Field:
     return pa.field(name, kind, nullable=nullable)
 
 
+# The subset of a video that no annotation lists (an unlabelled collection, or a video
+# the annotation file leaves out).
+UNLABELLED = "unlabelled"
+# The errors.parquet reason of a file under --videos whose extension is not a video's.
+SKIPPED_EXTENSION = "skipped_extension"
+
 MANIFEST = TableSchema(
     "manifest",
     1,
@@ -108,7 +114,7 @@ MANIFEST = TableSchema(
         _f("rotation", pa.int16()),  # degrees counter-clockwise to display upright: 0/90/180/270
         _f("codec", pa.string()),
         _f("has_audio", pa.bool_()),
-        _f("subset", pa.string()),
+        _f("subset", pa.string()),  # the annotations' subset, or UNLABELLED
         _f("status", pa.string(), False),  # ok | failed
         _f("error", pa.string()),  # "<reason>: <one line>", when failed
         _f("probe_seconds", pa.float64()),
@@ -127,7 +133,7 @@ ANNOTATIONS = TableSchema(
         _f("start", pa.float64(), False),  # seconds
         _f("end", pa.float64(), False),
         _f("video_duration", pa.float64()),
-        _f("source_format", pa.string(), False),  # activitynet | thumos14
+        _f("source_format", pa.string(), False),  # activitynet | actionformer | opentad | thumos14
     ),
 )
 

@@ -68,6 +68,11 @@ def _claimed_end(
     return None
 
 
+# How far before the claimed end `_measure_end` seeks, in turn, for a keyframe; the last
+# step is the start of the file.
+_SEEK_BACK_S = (0.0, 10.0, 120.0, float("inf"))
+
+
 def _measure_end(
     container: InputContainer, stream: VideoStream, time_base: Fraction, claimed: float, rate: float
 ) -> float | None:
@@ -77,17 +82,27 @@ def _measure_end(
 
     The last frame is taken to show as long as the gap before it (muxers often give it a
     nominal duration of one tick), or one frame at `rate` if it is the only one decoded.
+
+    Formats without an index (MPEG transport streams) seek by byte position and may land
+    after the last keyframe, where nothing decodes: the seek then goes further back, up to
+    the start of the file.
     """
-    last = gap = None
-    try:
-        container.seek(int(claimed / time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            if frame.time is not None:
-                gap = frame.time - last if last is not None else gap
-                last = frame.time
-    except av.error.FFmpegError:
-        pass
-    return None if last is None else last + (gap or 1.0 / rate)
+    for back in _SEEK_BACK_S:
+        target = max(0.0, claimed - back)
+        last = gap = None
+        try:
+            container.seek(int(target / time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.time is not None:
+                    gap = frame.time - last if last is not None else gap
+                    last = frame.time
+        except av.error.FFmpegError:
+            pass
+        if last is not None:
+            return last + (gap or 1.0 / rate)
+        if target == 0.0:
+            break
+    return None
 
 
 @dataclass

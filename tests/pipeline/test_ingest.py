@@ -6,6 +6,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support.cli import run
 from support.media import write_audio_only, write_truncated, write_video
 from support.reliability import record
 
@@ -103,6 +104,7 @@ def test_good_and_bad_inputs(ray_local, tmp_path):
         "status: 4 ok, 4 failed (empty_file 1, no_video_stream 1, not_a_video 2)" in result.output
     )
     assert "hours in the ok videos" in result.output
+    assert "other files: 1 skipped, not a video extension (.txt 1;" in result.output
     assert "issues: clipped_segment 1, unknown_video 1" in result.output
     assert (
         "annotations for video 'not_downloaded', which is not among the listed videos"
@@ -128,6 +130,7 @@ def test_good_and_bad_inputs(ray_local, tmp_path):
         ("ingest", "no_video_stream"),
         ("ingest", "not_a_video"),
         ("ingest", "not_a_video"),
+        ("ingest", "skipped_extension"),
     ]
     assert (root / "manifest/ingest.yaml").read_text().startswith("# Resolved by: lofipipe")
     MANIFEST.check(pq.read_table(root / "manifest/videos.parquet"), "manifest")
@@ -279,3 +282,44 @@ def test_ingest_to_and_from_s3(ray_local, tmp_path, s3_bucket):
         *pairs,
     )
     assert "4 probed, 4 unchanged" in again.output
+
+
+def test_unlabelled_camera_and_broadcast_files(ray_local, tmp_path):
+    """A folder as cameras and broadcasters leave it, with no annotations: every file is in
+    the manifest or in errors.parquet, and the videos go through materialize and extract."""
+    folder = tmp_path / "camera"
+    write_video(folder / "broadcast.ts", seconds=2, container_format="mpegts")
+    write_video(folder / "avchd.MTS", seconds=2, container_format="mpegts")
+    write_video(folder / "phone.3gp", seconds=2, container_format="3gp")
+    write_audio_only(folder / "voice.m4a")
+    (folder / "notes.txt").write_text("shot list\n")
+    root = tmp_path / "root"
+    output = run("ingest", root, "--videos", folder)
+    rows = _manifest(root)
+    assert {vid: (row["status"], row["subset"]) for vid, row in rows.items()} == {
+        "broadcast": ("ok", "unlabelled"),
+        "avchd": ("ok", "unlabelled"),
+        "phone": ("ok", "unlabelled"),
+    }
+    errors = pq.read_table(root / "manifest/errors.parquet").to_pylist()
+    assert sorted((r["uri"].rsplit("/", 1)[-1], r["reason"]) for r in errors) == [
+        ("notes.txt", "skipped_extension"),
+        ("voice.m4a", "skipped_extension"),
+    ]
+    assert "videos: 3 listed, 3 probed" in output
+    assert "other files: 2 skipped, not a video extension (.m4a 1, .txt 1;" in output
+    assert "annotations: none given; 3 videos without any (subset 'unlabelled')" in output
+    assert pq.read_table(root / "annotations.parquet").num_rows == 0
+
+    run("materialize", root, "--schedule", "demo")
+    export = tmp_path / "npy"
+    output = run("extract", root, "--encoder", "tiny", "--schedule", "demo", "--export", export)
+    assert "3 videos, 0 failed" in output
+    assert sorted(p.name for p in export.glob("*.npy")) == [
+        "avchd.npy",
+        "broadcast.npy",
+        "phone.npy",
+    ]
+    status = run("status", root)
+    assert "subsets of the ok videos: unlabelled 3" in status
+    assert "other files skipped (not a video extension): 2" in status
