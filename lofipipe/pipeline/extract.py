@@ -1,11 +1,14 @@
 """The extract graph: committed snippet shards (or the manifest's videos, decoded) -> a Ray
-Data pool of encoder actors -> features/<fingerprint>/, incrementally."""
+Data pool of encoder actors -> features/<fingerprint>/, incrementally.
+
+The preprocessing (`materialize.preprocess`, `auto`: the encoder's preset) is part of the
+fingerprint: its spatial part must be the one the shards were made with (or is applied
+while decoding videos), its normalization is the encoder's."""
 
 from __future__ import annotations
 
 import functools
 import json
-import logging
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +16,7 @@ from typing import Any
 
 import ray
 import torch
+from ray.util import ActorPool
 
 from lofipipe import __version__
 from lofipipe.data.manifest import ok_videos, shard_groups
@@ -32,17 +36,20 @@ from lofipipe.models.registry import (
     architecture_digest,
     build_encoder,
     encoder_fingerprint,
+    encoder_preprocess,
 )
-from lofipipe.models.weights import (
-    build_weighted_encoder,
-    load_encoder_weights,
-    read_checkpoint,
-)
+from lofipipe.models.weights import load_encoder_weights, read_checkpoint
 from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config
+from lofipipe.schemas.preprocess import Preprocess
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.storage import Store, redact
-from lofipipe.workers.feature_extractor import ExtractActor, FeatureExtractor, PartJob
+from lofipipe.workers.feature_extractor import (
+    ExtractActor,
+    FeatureExtractor,
+    PartJob,
+    weighted_encoder,
+)
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
 
 
@@ -83,7 +90,7 @@ class ExtractSummary:
 
 
 def _plan_parts(
-    config: Config, root: Store, schedule: Schedule
+    config: Config, root: Store, schedule: Schedule, preprocess: Preprocess
 ) -> tuple[list[PartJob], dict[int, dict[str, str]], str]:
     """Every part's job and source fingerprints, and how its pixels were stored."""
     if config.extract.source == "videos":
@@ -96,7 +103,7 @@ def _plan_parts(
         )
     jobs, sources, encodings = [], {}, set()
     reader = SnippetReader(root, schedule.full.name)
-    for shard, stats in reader.check_schedule(schedule):
+    for shard, stats in reader.check_schedule(schedule, preprocess):
         jobs.append(PartJob(stats["shard"], shard=shard))
         sources[stats["shard"]] = stats["source_fingerprints"]
         encodings.add(stats["lineage"]["encoding"])
@@ -117,6 +124,7 @@ class ExtractPlan:
     """What `run_extract` will do: the fingerprint, its lineage, the parts still to write."""
 
     schedule: Schedule
+    preprocess: Preprocess
     fingerprint: str
     lineage: dict[str, Any]
     jobs: list[PartJob]
@@ -136,6 +144,7 @@ def plan_extract(
             f"extract.encoder: unknown encoder {settings.encoder!r} (known: {', '.join(ENCODERS)})"
         )
     spec = ENCODERS[settings.encoder]
+    preprocess = encoder_preprocess(spec.name, config.materialize.preprocess)
     schedule = load_schedule(config.materialize.schedule)
     fidelity = schedule.full
     if fidelity.frames != spec.frames:
@@ -144,14 +153,14 @@ def plan_extract(
             f"schedule's full fidelity has {fidelity.frames}"
         )
     with torch.device("meta"):  # names and shapes without the memory
-        skeleton = build_encoder(spec.name, settings.losa)
+        skeleton = build_encoder(spec.name, settings.losa, preprocess)
     if settings.checkpoint:
         state, digest = read_checkpoint(settings.checkpoint, storage_options)
         load_encoder_weights(skeleton, state, settings.checkpoint, settings.losa)
         weights = f"sha256:{digest}"
     else:
         weights = f"random:seed={settings.seed}"
-    jobs, sources, pixels = _plan_parts(config, root, schedule)
+    jobs, sources, pixels = _plan_parts(config, root, schedule, preprocess)
     name = spec.name + ("+losa" if settings.losa else "")
     # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
     preprocessing = {
@@ -162,7 +171,10 @@ def plan_extract(
         "losa": settings.losa,
         "pixels": pixels,
     }
-    fingerprint = encoder_fingerprint(spec, weights, preprocessing, architecture_digest(skeleton))
+    pixel_preprocess = preprocess.content(spec.mean, spec.std)
+    fingerprint = encoder_fingerprint(
+        spec, weights, preprocessing, architecture_digest(skeleton), pixel_preprocess
+    )
     summary = ExtractSummary(
         fingerprint, settings.source, parts=len(jobs), random_weights=not settings.checkpoint
     )
@@ -181,13 +193,15 @@ def plan_extract(
         "weights": weights,
         "checkpoint": redact(settings.checkpoint or "", storage_options) or None,
         "schedule": schedule.name,
+        "schedule_spec": schedule.record(),  # every field: head training rebuilds it
         "fidelity": preprocessing,
-        "mean": spec.mean,
-        "std": spec.std,
+        "preprocess": pixel_preprocess,
+        "mean": pixel_preprocess["mean"],
+        "std": pixel_preprocess["std"],
         "lofipipe_version": __version__,
         "command": command,
     }
-    return ExtractPlan(schedule, fingerprint, lineage, jobs, todo, sources, summary)
+    return ExtractPlan(schedule, preprocess, fingerprint, lineage, jobs, todo, sources, summary)
 
 
 def run_extract(
@@ -205,6 +219,7 @@ def run_extract(
             root,
             storage_options,
             plan.schedule,
+            plan.preprocess,
             fingerprint,
             plan.todo,
             plan.sources,
@@ -218,6 +233,7 @@ def _run_jobs(
     root: Store,
     storage_options: Mapping[str, Any],
     schedule: Schedule,
+    preprocess: Preprocess,
     fingerprint: str,
     todo: list[PartJob],
     sources: Mapping[int, Mapping[str, str]],
@@ -226,7 +242,8 @@ def _run_jobs(
     settings = config.extract
     ensure_ray(config.ray)
     factory = functools.partial(
-        build_weighted_encoder,
+        weighted_encoder,
+        preprocess,
         settings.encoder,
         settings.losa,
         settings.checkpoint,
@@ -242,24 +259,24 @@ def _run_jobs(
         settings.export,
         config.materialize.decode_threads,
         storage_options,
+        preprocess,
     )
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = min(settings.workers or gpus or cluster_cpus(), len(todo))
     cpus = 1 if gpus else max(1, cluster_cpus() // actors)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    items = [job.as_row() for job in todo]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
-        ExtractActor,
-        fn_constructor_args=(extractor, cpus),
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if gpus else 0,
-        num_cpus=cpus,
+    # A killed actor is started again and its part runs again (a part commits by its
+    # marker, so a rerun writes the same files). Constructor arguments stay small (no
+    # weights: each actor reads its checkpoint), so Ray passes them inline.
+    actor = ray.remote(ExtractActor).options(
+        num_cpus=cpus, num_gpus=1 if gpus else 0, max_restarts=-1, max_task_retries=-1
+    )
+    pool = ActorPool([actor.remote(extractor, cpus) for _ in range(actors)])
+    parts = pool.map_unordered(
+        lambda extract, job: extract.process.options(name="lofipipe.extract").remote(job), todo
     )
     snippets = 0
     with Progress("extract", sum(len(sources[job.part]) for job in todo)) as progress:
-        for row in dataset.iter_rows():
-            stats = json.loads(row["stats"])
+        for stats in parts:
             snippets += stats["snippets"]
             summary.written += 1
             summary.add(stats)

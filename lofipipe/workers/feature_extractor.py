@@ -14,7 +14,6 @@ features without touching them.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +29,9 @@ from lofipipe.data.snippets import SnippetReader
 from lofipipe.errors import VideoFailure
 from lofipipe.layout import feature_part_path, feature_stats_path, stats_of
 from lofipipe.media.decode import SnippetDecoder
+from lofipipe.models.registry import Encoder
+from lofipipe.models.weights import build_weighted_encoder
+from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
@@ -45,19 +47,17 @@ class PartJob:
     videos: tuple[SourceVideo, ...] = ()
     shard: str = ""
 
-    def as_row(self) -> dict[str, Any]:
-        """A Ray Data row (plain values only)."""
-        return {
-            "part": self.part,
-            "shard": self.shard,
-            "videos": json.dumps([dataclasses.asdict(v) for v in self.videos]),
-        }
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> PartJob:
-        return cls(
-            row["part"], tuple(SourceVideo(**v) for v in json.loads(row["videos"])), row["shard"]
-        )
+def weighted_encoder(
+    preprocess: Preprocess,
+    name: str,
+    losa: bool,
+    checkpoint: str | None,
+    options: Mapping[str, Any],
+    seed: int,
+) -> Encoder:
+    """`build_weighted_encoder`, normalizing as `preprocess` says (run in the worker)."""
+    return build_weighted_encoder(name, losa, checkpoint, options, seed).normalize_as(preprocess)
 
 
 @dataclass
@@ -85,6 +85,8 @@ class FeatureExtractor:
         batch_size: snippets per forward pass (a LoSA encoder takes a video at once).
         export: folder URL for per-video .npy files, or None.
         decode_threads: per video, when decoding source videos (0: FFmpeg's choice).
+        preprocess: when decoding source videos, how frames are resized and cropped (as
+            materialize does for shards).
     """
 
     root: Store
@@ -95,6 +97,7 @@ class FeatureExtractor:
     export: str | None = None
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    preprocess: Preprocess = PREPROCESS_PRESETS["squash"]
 
     def __post_init__(self) -> None:
         self._model: torch.nn.Module | None = None
@@ -180,7 +183,9 @@ class FeatureExtractor:
             )
 
     def _decode(self, videos: Iterable[SourceVideo], failed: dict[str, str]) -> Iterator[_Encoded]:
-        decoder = SnippetDecoder(self.schedule, self.storage_options, self.decode_threads)
+        decoder = SnippetDecoder(
+            self.schedule, self.storage_options, self.decode_threads, self.preprocess
+        )
         fidelity = self.schedule.full
         for video in videos:
             spans: list[tuple[float, float]] = []
@@ -234,13 +239,13 @@ class FeatureExtractor:
 
 
 class ExtractActor:
-    """Hosts one extractor (and so one loaded model) in a Ray Data actor: a part's row in,
-    its stats out."""
+    """Hosts one extractor (and so one loaded model) in a Ray actor: a part in, its stats
+    out."""
 
     def __init__(self, extractor: FeatureExtractor, threads: int):
         # Ray pins a worker to one thread unless told; an actor gets the CPUs it holds.
         torch.set_num_threads(threads)
         self.extractor = extractor
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return {"stats": json.dumps(self.extractor.process(PartJob.from_row(row)))}
+    def process(self, job: PartJob) -> dict[str, Any]:
+        return self.extractor.process(job)

@@ -9,27 +9,45 @@ import ray
 
 from lofipipe.schemas.config import RayConfig
 
+# Ray Train's preemption watcher follows node draining on clusters; one machine is never
+# preempted, and the watcher's start prints a Ray error line (its constructor arguments
+# lie in the object store while it may restart).
+_LOCAL_ENVIRONMENT = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 
 def ensure_ray(config: RayConfig) -> None:
-    """Joins the cluster at `config.address` or RAY_ADDRESS, else starts a local Ray.
+    """Joins the cluster at `config.address` or RAY_ADDRESS, else starts a new local Ray.
 
-    An already initialised Ray (a test session, a notebook) is used as it is. A local Ray's
-    workers inherit this process's environment (storage credentials included); a cluster's
-    workers use the cluster's own, since credentials are never sent through Ray's runtime
-    environment, which Ray logs.
+    With no address the command gets a Ray of its own: it never joins the Ray of another
+    command running on the machine, nor the latest `ray start` cluster there (Ray's own
+    default when no address is given). An already initialised Ray (a test session, a
+    notebook) is used as it is.
+
+    A local Ray's workers inherit this process's environment (storage credentials
+    included); a cluster's workers use the cluster's own, since credentials are never sent
+    through Ray's runtime environment, which Ray logs.
+
+    What workers write to stdout and stderr stays in Ray's session logs
+    (`/tmp/ray/session_latest/logs` on each node) instead of this terminal: Ray's helper
+    actors print tracebacks and error lines there that say nothing about the job (e.g.
+    Ray Train's placement-group cleaner, which needs Ray's dashboard, not installed).
+    Failures still reach this process as exceptions and are reported as lofipipe's own
+    one-line errors.
     """
     if ray.is_initialized():
         return
     address = config.address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        for key, value in _LOCAL_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
     ray.init(
-        address=address,
+        address=address or "local",
         num_cpus=None if address else config.num_cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
-        log_to_driver=True,
+        log_to_driver=False,
         # Worker processes log at ERROR: Ray Train's helper actors otherwise warn every
         # few seconds that the state API is off (it needs the dashboard, not installed).
-        # Failures still reach the driver as exceptions and as lofipipe's own output.
         logging_config=ray.LoggingConfig(encoding="TEXT", log_level="ERROR"),
     )
 

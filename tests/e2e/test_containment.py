@@ -196,7 +196,7 @@ def test_a_killed_worker_during_materialize_or_extract_loses_nothing(demo_shards
     record(
         "fault",
         "Ray worker (encoder actor) killed (SIGKILL) during extract",
-        "Ray Data restarted the actor; features equal a clean run's",
+        "Ray restarted the actor and ran its part again; features equal a clean run's",
         "test_containment",
     )
 
