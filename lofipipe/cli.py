@@ -186,7 +186,12 @@ def _with_options(config: Config, section: str, **given) -> Config:
 
 
 def _run_ingest(
-    config: Config, root: Store, videos: str, annotations: str, storage_options: dict, command: str
+    config: Config,
+    root: Store,
+    videos: str,
+    annotations: str | None,
+    storage_options: dict,
+    command: str,
 ) -> None:
     from lofipipe.pipeline.ingest import run_ingest
 
@@ -204,20 +209,24 @@ def _run_ingest(
 @click.option(
     "--annotations",
     "annotations_url",
-    required=True,
-    help="ActivityNet-style .json, or THUMOS-14 <Class>_<subset>.txt files (folder or glob).",
+    help="Annotations: a .json (ActivityNet-1.3, ActionFormer, OpenTAD), or THUMOS-14 "
+    "<Class>_<subset>.txt files (folder or glob). Without it (an unlabelled collection) "
+    "every video gets subset 'unlabelled'.",
 )
 @common_options
 def ingest(root, videos_url, annotations_url, config, storage_options):
     """Probe the videos and write ROOT/manifest/videos.parquet and ROOT/annotations.parquet.
 
     Each video is probed as a Ray task under a time limit; one that cannot be read gets
-    status=failed with a one-line reason and the job goes on. A rerun keeps unchanged
-    videos and probes new, changed and failed ones.
+    status=failed with a one-line reason and the job goes on. Files whose extension is not
+    in ingest.extensions are counted and listed in errors.parquet (skipped_extension).
+    Without --annotations, or for a video they leave out, the subset is 'unlabelled'. A
+    rerun keeps unchanged videos and probes new, changed and failed ones.
 
     \b
     Examples:
       lofipipe ingest out/ --videos data/videos --annotations data/annotations.json
+      lofipipe ingest out/ --videos /mnt/camera-archive
       lofipipe ingest s3://bucket/thumos --videos 's3://bucket/raw/*.mp4' \\
           --annotations s3://bucket/raw/annotations/ --set ingest.probe_timeout_s=30
     """
@@ -333,6 +342,35 @@ def extract(
     _run_extract(config, Store(root, storage_options), storage_options, _command_line())
 
 
+@main.group()
+def weights():
+    """Encoder checkpoints: what a file holds and which encoder it fits."""
+
+
+@weights.command(name="inspect")
+@click.argument("url")
+@common_options
+def inspect_weights(url, config, storage_options):
+    """Print the layout a checkpoint is in (VideoMAE, MMAction2, TSM release, torchvision,
+    lofipipe), the encoders it loads into and its parameter count.
+
+    \b
+    Examples:
+      lofipipe weights inspect checkpoints/vit_g_hybrid_pt_1200e_k710_ft.pth
+      lofipipe weights inspect s3://bucket/models/tsm_r50_kinetics.pth
+    """
+    from lofipipe.models.weights import inspect_checkpoint
+
+    for line in inspect_checkpoint(url, storage_options).lines():
+        click.echo(line)
+
+
+def _preset(lineage: dict) -> str:
+    """The preprocessing preset a feature set's lineage names ("-" before it was kept)."""
+    preprocess = lineage.get("preprocess")
+    return preprocess.get("preset", "-") if isinstance(preprocess, dict) else "-"
+
+
 @main.command()
 @click.argument("root")
 @common_options
@@ -350,7 +388,8 @@ def features(root, config, storage_options):
         click.echo(
             f"{item['fingerprint']}  {item['encoder']:14s} {item['videos']:6d} videos "
             f"{item['bytes'] / 2**20:9.1f} MiB  weights {item['weights']}  schedule "
-            f"{item['schedule']}  checkpoint {item['checkpoint'] or '-'}"
+            f"{item['schedule']}  preprocess {_preset(item)}  "
+            f"checkpoint {item['checkpoint'] or '-'}"
         )
     click.echo(f"{len(found)} feature sets")
 
@@ -605,14 +644,16 @@ def run_recipe(dry_run, config, storage_options):
     "--gt",
     "gt_url",
     required=True,
-    help="Ground truth: ActivityNet-1.3 .json, THUMOS-14 <Class>_<subset>.txt files "
-    "(folder or glob), or a lofipipe annotations.parquet.",
+    help="Ground truth: a .json in ActivityNet-1.3, ActionFormer or OpenTAD layout, THUMOS-14 "
+    "<Class>_<subset>.txt files (folder or glob), or a lofipipe annotations.parquet.",
 )
 @click.option(
     "--pred",
     "pred_url",
     required=True,
-    help="Predictions .json in ActivityNet format: results -> video -> [{segment, label, score}].",
+    help="Predictions: a .json in ActivityNet result format (results -> video -> [{segment, "
+    "label, score}]; OpenTAD's result_detection.json), or ActionFormer's eval_results.pkl. "
+    "Integer labels are named by the ground truth's label ids.",
 )
 @click.option("--subset", help="Evaluate only this subset's videos, e.g. validation.")
 @click.option(
@@ -647,18 +688,21 @@ def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config, s
 
     from lofipipe.evaluation.detection import evaluate as detection_map
     from lofipipe.evaluation.detection import parse_thresholds
-    from lofipipe.evaluation.files import match_video_ids, read_ground_truth, read_predictions
+    from lofipipe.evaluation.files import match_predictions, read_ground_truth, read_predictions
 
     thresholds = parse_thresholds(tiou)
-    truth, videos = read_ground_truth(gt_url, storage_options, subset)
-    predictions = match_video_ids(read_predictions(pred_url, storage_options), videos)
-    result = detection_map(truth, predictions, thresholds)
+    truth = read_ground_truth(gt_url, storage_options, subset)
+    found = read_predictions(pred_url, storage_options)
+    predictions = match_predictions(found, truth)
+    result = detection_map(truth.segments, predictions, thresholds)
     if output_format == "json":
-        click.echo(json.dumps(result.to_dict(), indent=1))
+        formats = {"ground_truth_format": truth.format, "predictions_format": found.format}
+        click.echo(json.dumps({**formats, **result.to_dict()}, indent=1))
         return
-    outside = sum(p.video_id not in videos for p in predictions)
+    outside = sum(p.video_id not in truth.videos for p in predictions)
+    click.echo(f"ground truth: {truth.format}; predictions: {found.format}")
     click.echo(
-        f"{len(videos)} videos, {result.instances} ground-truth segments of "
+        f"{len(truth.videos)} videos, {result.instances} ground-truth segments of "
         f"{len(result.per_class)} classes, {result.predictions} predictions"
         + (f" ({outside} for videos outside the ground truth: false positives)" if outside else "")
         + (
