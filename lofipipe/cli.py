@@ -365,12 +365,6 @@ def inspect_weights(url, config, storage_options):
         click.echo(line)
 
 
-def _preset(lineage: dict) -> str:
-    """The preprocessing preset a feature set's lineage names ("-" before it was kept)."""
-    preprocess = lineage.get("preprocess")
-    return preprocess.get("preset", "-") if isinstance(preprocess, dict) else "-"
-
-
 @main.command()
 @click.argument("root")
 @common_options
@@ -381,14 +375,14 @@ def features(root, config, storage_options):
     Examples:
       lofipipe features out/
     """
-    from lofipipe.data.features import list_features
+    from lofipipe.data.features import list_features, preprocess_preset_of
 
     found = list_features(Store(root, storage_options))
     for item in found:
         click.echo(
             f"{item['fingerprint']}  {item['encoder']:14s} {item['videos']:6d} videos "
             f"{item['bytes'] / 2**20:9.1f} MiB  weights {item['weights']}  schedule "
-            f"{item['schedule']}  preprocess {_preset(item)}  "
+            f"{item['schedule']}  preprocess {preprocess_preset_of(item)}  "
             f"checkpoint {item['checkpoint'] or '-'}"
         )
     click.echo(f"{len(found)} feature sets")

@@ -4,6 +4,7 @@ features read back whole."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,13 @@ def list_features(root: Store) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def preprocess_preset_of(lineage: Mapping[str, Any]) -> str:
+    """The preprocessing preset a feature set's lineage names ("-" in lineages written
+    before lofipipe kept it)."""
+    preprocess = lineage.get("preprocess")
+    return str(preprocess.get("preset", "-")) if isinstance(preprocess, Mapping) else "-"
 
 
 def read_features(root: Store, fingerprint: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
