@@ -20,8 +20,10 @@ import numpy as np
 
 from lofipipe.errors import ConfigError
 
-ANET_TIOU = tuple(np.round(np.linspace(0.5, 0.95, 10), 10))  # ActivityNet-1.3
-THUMOS_TIOU = (0.3, 0.4, 0.5, 0.6, 0.7)  # THUMOS-14
+# Thresholds exactly as the official code computes them (numpy's linspace, unrounded: its
+# 0.8999999999999999 is not 0.9, which decides a tIoU of 14.4 / 16), shown to 2 decimals.
+ANET_TIOU = tuple(float(t) for t in np.linspace(0.5, 0.95, 10))  # ActivityNet-1.3
+THUMOS_TIOU = tuple(float(t) for t in np.linspace(0.3, 0.7, 5))  # THUMOS-14 (ActionFormer)
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,15 @@ def threshold_key(threshold: float) -> str:
 
 
 def parse_thresholds(text: str) -> tuple[float, ...]:
-    """`start:stop:step` (stop included) or a comma-separated list of tIoU thresholds."""
+    """`start:stop:step` (stop included, spaced as numpy's linspace, like the official
+    evaluation code) or a comma-separated list of tIoU thresholds."""
     try:
         if ":" in text:
             start, stop, step = (float(part) for part in text.split(":"))
             if step <= 0 or stop < start:
                 raise ValueError
             count = int(round((stop - start) / step)) + 1
-            values = tuple(np.round(start + step * np.arange(count), 10))
+            values = tuple(np.linspace(start, stop, count))
         else:
             values = tuple(float(part) for part in text.split(","))
     except ValueError:

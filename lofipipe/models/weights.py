@@ -170,17 +170,30 @@ def build_weighted_encoder(
     torch.manual_seed(seed)
     encoder = build_encoder(name, losa)
     if checkpoint:
-        load_encoder_weights(encoder, read_checkpoint(checkpoint, options)[0], checkpoint, losa)
+        load_encoder_checkpoint(encoder, checkpoint, options, losa)
     return encoder
 
 
+def load_encoder_checkpoint(
+    encoder: Encoder, url: str, options: Mapping[str, Any], losa: bool
+) -> tuple[ConvertedCheckpoint, str]:
+    """Reads the checkpoint at `url` into `encoder`: the checkpoint as read (its layout,
+    what was left out) and the SHA-256 of its bytes."""
+    state, nesting, digest = _read_state(url, options)
+    return load_encoder_weights(encoder, state, url, losa, nesting), digest
+
+
 def load_encoder_weights(
-    encoder: Encoder, state: Mapping[str, torch.Tensor], checkpoint: str, losa: bool
+    encoder: Encoder,
+    state: Mapping[str, torch.Tensor],
+    checkpoint: str,
+    losa: bool,
+    nesting: tuple[str, ...] = (),
 ) -> ConvertedCheckpoint:
-    """Loads a checkpoint's state into `encoder` (a LoSA encoder also takes backbone-only
-    weights)."""
+    """Loads a checkpoint's state (found under `nesting`) into `encoder`; a LoSA encoder
+    also takes backbone-only weights."""
     label = checkpoint.rsplit("/", 1)[-1]
-    converted = convert_checkpoint(state)
+    converted = convert_checkpoint(state, nesting)
     try:
         return _load_converted(encoder.net, converted, label)
     except InputError:

@@ -38,7 +38,7 @@ from lofipipe.models.registry import (
     encoder_fingerprint,
     encoder_preprocess,
 )
-from lofipipe.models.weights import load_encoder_weights, read_checkpoint
+from lofipipe.models.weights import load_encoder_checkpoint
 from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config
 from lofipipe.schemas.preprocess import Preprocess
@@ -63,6 +63,7 @@ class ExtractSummary:
     videos: int = 0
     failed: Counter = field(default_factory=Counter)
     random_weights: bool = False
+    checkpoint_layout: str | None = None  # as `checkpoint_layouts.py` names it
     progress_line: str = ""
 
     def add(self, stats: Mapping[str, Any]) -> None:
@@ -77,6 +78,8 @@ class ExtractSummary:
         out = []
         if self.random_weights:
             out.append("WARNING: no checkpoint given: these features come from RANDOM weights")
+        if self.checkpoint_layout:
+            out.append(f"checkpoint read as {self.checkpoint_layout}")
         failed = sum(self.failed.values())
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.failed.items()))
         out.append(
@@ -155,11 +158,12 @@ def plan_extract(
     with torch.device("meta"):  # names and shapes without the memory
         skeleton = build_encoder(spec.name, settings.losa, preprocess)
     if settings.checkpoint:
-        state, digest = read_checkpoint(settings.checkpoint, storage_options)
-        load_encoder_weights(skeleton, state, settings.checkpoint, settings.losa)
-        weights = f"sha256:{digest}"
+        converted, digest = load_encoder_checkpoint(
+            skeleton, settings.checkpoint, storage_options, settings.losa
+        )
+        weights, layout = f"sha256:{digest}", converted.name
     else:
-        weights = f"random:seed={settings.seed}"
+        weights, layout = f"random:seed={settings.seed}", None
     jobs, sources, pixels = _plan_parts(config, root, schedule, preprocess)
     name = spec.name + ("+losa" if settings.losa else "")
     # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
@@ -176,7 +180,11 @@ def plan_extract(
         spec, weights, preprocessing, architecture_digest(skeleton), pixel_preprocess
     )
     summary = ExtractSummary(
-        fingerprint, settings.source, parts=len(jobs), random_weights=not settings.checkpoint
+        fingerprint,
+        settings.source,
+        parts=len(jobs),
+        random_weights=not settings.checkpoint,
+        checkpoint_layout=layout,
     )
     todo = []
     for job in jobs:
@@ -192,6 +200,7 @@ def plan_extract(
         "encoder": name,
         "weights": weights,
         "checkpoint": redact(settings.checkpoint or "", storage_options) or None,
+        "checkpoint_layout": layout,
         "schedule": schedule.name,
         "schedule_spec": schedule.record(),  # every field: head training rebuilds it
         "fidelity": preprocessing,

@@ -86,10 +86,21 @@ def test_tiou_exactly_at_a_threshold_counts():
     assert result.average_mAP == pytest.approx(0.6)
 
 
+def test_thresholds_are_the_official_codes_own():
+    # tIoU 14.4 / 16 computes to 0.8999999999999999: at or above ActivityNet's 0.9 (as
+    # np.linspace makes it), so a hit there; a rounded 0.9 would make it a miss.
+    truth = [Segment("a", "jump", 41.0, 57.0)]
+    result = evaluate(
+        truth, [_pred("a", "jump", 41.0, 55.4, 0.9)], parse_thresholds("0.5:0.95:0.05")
+    )
+    assert list(result.per_class["jump"]) == [1.0] * 9 + [0.0]
+    assert result.average_mAP == pytest.approx(0.9)
+
+
 def test_threshold_ranges():
     assert parse_thresholds("0.5:0.95:0.05") == ANET_TIOU
     assert len(ANET_TIOU) == 10 and ANET_TIOU[5] == 0.75
-    assert parse_thresholds("0.3:0.7:0.1") == (0.3, 0.4, 0.5, 0.6, 0.7)
+    assert parse_thresholds("0.3:0.7:0.1") == tuple(np.linspace(0.3, 0.7, 5))
     assert parse_thresholds("0.5") == (0.5,)
     with pytest.raises(Exception, match="tIoU thresholds"):
         parse_thresholds("0.5:0.1:0.1")

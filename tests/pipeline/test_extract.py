@@ -94,6 +94,7 @@ def test_a_new_checkpoint_regenerates_beside_the_old(demo_shards, tmp_path):
     )
     second = _fingerprint(output)
     assert second != first and "RANDOM" not in output
+    assert "checkpoint read as lofipipe" in output  # the layout, named
     assert {p.name: p.read_bytes() for p in (root / "features" / first).iterdir()} == before
     old, new = (read_features(Store(str(root)), f) for f in (first, second))
     assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])

@@ -284,6 +284,7 @@ def test_ingest_to_and_from_s3(ray_local, tmp_path, s3_bucket):
     assert "4 probed, 4 unchanged" in again.output
 
 
+@pytest.mark.reliability
 def test_unlabelled_camera_and_broadcast_files(ray_local, tmp_path):
     """A folder as cameras and broadcasters leave it, with no annotations: every file is in
     the manifest or in errors.parquet, and the videos go through materialize and extract."""
@@ -323,3 +324,10 @@ def test_unlabelled_camera_and_broadcast_files(ray_local, tmp_path):
     status = run("status", root)
     assert "subsets of the ok videos: unlabelled 3" in status
     assert "other files skipped (not a video extension): 2" in status
+    record(
+        "input",
+        "an unlabelled camera folder: .ts, .MTS, .3gp, an audio-only .m4a and a .txt",
+        "the 3 videos ingested (subset unlabelled), materialized and extracted; the .m4a "
+        "and .txt counted and in errors.parquet as skipped_extension",
+        "test_ingest",
+    )
