@@ -7,6 +7,12 @@ at it (sigmoid focal loss) and regresses its distances to the action's start and
 units of its stride (DIoU loss). A ground-truth action is assigned to the points near its
 center (center sampling) on the level whose regression range fits its extent; padding
 past a video's end is masked everywhere.
+
+Two trunks turn the projected features into the pyramid (`arch`): `conv`, a stride-2
+convolution per level, and `transformer`, ActionFormer's own backbone: local
+self-attention blocks at stride 1 (the stem) and one stride-2 block per further level,
+each level then normalized (their identity FPN with LayerNorm); see `local_attention`.
+Both share the embedding convolutions and the prediction heads.
 """
 
 from __future__ import annotations
@@ -14,10 +20,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lofipipe.models.local_attention import (
+    DROP_PATH,
+    HEADS,
+    WINDOW,
+    ChannelNorm,
+    TransformerBlock,
+)
+from lofipipe.schemas.config import HeadConfig
 
 # ActionFormer's defaults: regression ranges per level (in input snippets), a center
 # sampling radius of 1.5 strides, focal loss alpha 0.25 / gamma 2, prior probability 0.01.
@@ -27,17 +43,6 @@ FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
 PRIOR = 0.01
 
 
-class _ChannelNorm(nn.Module):
-    """LayerNorm over channels at each time step ([B, C, T]), blind to padding."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.transpose(1, 2)).transpose(1, 2)
-
-
 class _MaskedConv(nn.Module):
     """conv1d -> norm -> ReLU, then zero past the end of each video."""
 
@@ -45,7 +50,7 @@ class _MaskedConv(nn.Module):
         super().__init__()
         self.stride = stride
         self.conv = nn.Conv1d(dim_in, dim_out, 3, stride=stride, padding=1, bias=not norm)
-        self.norm = _ChannelNorm(dim_out) if norm else nn.Identity()
+        self.norm = ChannelNorm(dim_out) if norm else nn.Identity()
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.stride > 1:
@@ -87,13 +92,57 @@ class TALHead(nn.Module):
         num_classes: K.
         dim: width of the projection and the pyramid.
         levels: pyramid levels; the longest input should be a multiple of 2^(levels-1).
+        arch: the trunk that builds the pyramid, `conv` or ActionFormer's `transformer`.
+        attention_window: transformer: steps a point attends to (odd).
+        heads: transformer: attention heads (a divisor of `dim`).
+        stem_blocks: transformer: blocks at stride 1 before the first level.
+        drop_path: transformer: probability of dropping a block's branch in training.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, dim: int = 256, levels: int = 6):
+    @classmethod
+    def from_config(cls, in_dim: int, num_classes: int, config: HeadConfig) -> TALHead:
+        """The head `train.head` describes, on `in_dim`-channel features."""
+        return cls(
+            in_dim,
+            num_classes,
+            config.dim,
+            config.levels,
+            arch=config.arch,
+            attention_window=config.attention_window,
+            heads=config.heads,
+            stem_blocks=config.stem_blocks,
+        )
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        dim: int = 256,
+        levels: int = 6,
+        *,
+        arch: Literal["conv", "transformer"] = "conv",
+        attention_window: int = WINDOW,
+        heads: int = HEADS,
+        stem_blocks: int = 2,
+        drop_path: float = DROP_PATH,
+    ):
         super().__init__()
-        self.num_classes, self.levels = num_classes, levels
+        if arch not in ("conv", "transformer"):
+            raise ValueError(f"arch must be conv or transformer, got {arch!r}")
+        self.num_classes, self.levels, self.arch = num_classes, levels, arch
         self.embed = nn.ModuleList([_MaskedConv(in_dim, dim), _MaskedConv(dim, dim)])
-        self.pyramid = nn.ModuleList([_MaskedConv(dim, dim, stride=2) for _ in range(levels - 1)])
+        if arch == "conv":
+            self.pyramid = nn.ModuleList(
+                [_MaskedConv(dim, dim, stride=2) for _ in range(levels - 1)]
+            )
+        else:
+
+            def block(stride: int) -> TransformerBlock:
+                return TransformerBlock(dim, heads, attention_window, stride, drop_path)
+
+            self.stem = nn.ModuleList([block(1) for _ in range(stem_blocks)])
+            self.branch = nn.ModuleList([block(2) for _ in range(levels - 1)])
+            self.level_norms = nn.ModuleList([ChannelNorm(dim) for _ in range(levels)])
         self.classify = _PredictionHead(dim, num_classes, -math.log((1 - PRIOR) / PRIOR))
         self.regress = _PredictionHead(dim, 2)
         self.scales = nn.Parameter(torch.ones(levels))
@@ -108,11 +157,10 @@ class TALHead(nn.Module):
         x = features * mask[:, None, :]
         for layer in self.embed:
             x, mask = layer(x, mask)
-        levels, masks = [x], [mask]
-        for layer in self.pyramid:
-            x, mask = layer(x, mask)
-            levels.append(x)
-            masks.append(mask)
+        if self.arch == "conv":
+            levels, masks = self._conv_pyramid(x, mask)
+        else:
+            levels, masks = self._transformer_pyramid(x, mask)
         logits, offsets = [], []
         for index, (x, mask) in enumerate(zip(levels, masks, strict=True)):
             logits.append(self.classify(x, mask).transpose(1, 2))
@@ -121,6 +169,34 @@ class TALHead(nn.Module):
         return HeadOutput(
             logits, offsets, [m > 0 for m in masks], [2**i for i in range(self.levels)]
         )
+
+    def _conv_pyramid(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        levels, masks = [x], [mask]
+        for layer in self.pyramid:
+            x, mask = layer(x, mask)
+            levels.append(x)
+            masks.append(mask)
+        return levels, masks
+
+    def _transformer_pyramid(
+        self, x: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        for block in self.stem:
+            x, mask = block(x, mask)
+        levels, masks = [x], [mask]
+        for block in self.branch:
+            x, mask = block(x, mask)
+            levels.append(x)
+            masks.append(mask)
+        # Masked after the norm, unlike ActionFormer, so that the prediction heads'
+        # convolutions read zeros past a video's end however far it is padded.
+        normed = [
+            norm(x) * m[:, None, :]
+            for norm, x, m in zip(self.level_norms, levels, masks, strict=True)
+        ]
+        return normed, masks
 
 
 def point_positions(length: int, stride: int, device=None) -> torch.Tensor:

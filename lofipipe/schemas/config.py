@@ -187,6 +187,12 @@ class HeadConfig:
     nms_sigma: float = 0.5  # Gaussian soft-NMS
     max_segments: int = 100  # kept per video
     pre_nms_topk: int = 2000  # candidates per level
+    # conv: a stride-2 convolution per level; transformer: ActionFormer's local
+    # self-attention blocks (docs/train.md, "The head's architectures")
+    arch: Literal["conv", "transformer"] = "conv"
+    attention_window: int = 19  # transformer: steps a point attends to (THUMOS-14: 19)
+    heads: int = 4  # transformer: attention heads, a divisor of dim
+    stem_blocks: int = 2  # transformer: blocks at stride 1 before the pyramid
 
     def __post_init__(self) -> None:
         _check(self.dim >= 1, "dim", "must be at least 1")
@@ -195,6 +201,14 @@ class HeadConfig:
         _check(self.nms_sigma > 0, "nms_sigma", "must be positive")
         _check(self.max_segments >= 1, "max_segments", "must be at least 1")
         _check(self.pre_nms_topk >= 1, "pre_nms_topk", "must be at least 1")
+        _check(
+            self.attention_window >= 3 and self.attention_window % 2 == 1,
+            "attention_window",
+            "must be odd and at least 3",
+        )
+        _check(self.heads >= 1, "heads", "must be at least 1")
+        _check(self.dim % self.heads == 0, "heads", f"must divide dim ({self.dim})")
+        _check(self.stem_blocks >= 0, "stem_blocks", "must be >= 0")
 
 
 @dataclass(frozen=True)

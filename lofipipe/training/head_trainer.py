@@ -22,9 +22,7 @@ class HeadTrainer(Trainer):
         settings = self.job.settings
         self.data = FeatureSet(self.job.root, settings.features)
         self.labels = self.data.label_names
-        self._head = TALHead(
-            self.data.dim, len(self.labels), settings.head.dim, settings.head.levels
-        )
+        self._head = TALHead.from_config(self.data.dim, len(self.labels), settings.head)
         return self._head
 
     @property

@@ -64,7 +64,7 @@ class LofiTrainer(Trainer):
             job.root.options,
             settings.seed,
         ).normalize_as(self.preprocess)
-        self._head = TALHead(encoder.dim, len(self.labels), settings.head.dim, settings.head.levels)
+        self._head = TALHead.from_config(encoder.dim, len(self.labels), settings.head)
         return SnippetDetector(
             encoder, self._head, settings.activation_checkpointing, settings.mixed_precision
         )

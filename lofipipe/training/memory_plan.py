@@ -89,7 +89,7 @@ def _step(
     """One training step of `mode` on `batch` synthetic videos at `fidelity`."""
     rng = np.random.default_rng(0)
     encoder = build_encoder(encoder_name, losa=mode == "losa")
-    tal = TALHead(encoder.dim, _CLASSES, head.dim, head.levels)
+    tal = TALHead.from_config(encoder.dim, _CLASSES, head)
     videos = [_synthetic(fidelity, rng) for _ in range(batch)]
     if mode == "head":
         model = tal.to(device)

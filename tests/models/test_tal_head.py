@@ -1,4 +1,5 @@
-"""The TAL head: shapes and masking, target assignment, losses against hand-computed
+"""The TAL head: shapes and masking of both trunks, the local attention against a dense
+reference, overfitting a few videos, target assignment, losses against hand-computed
 values, soft-NMS."""
 
 import math
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lofipipe.models.local_attention import local_attention
 from lofipipe.models.tal_head import (
     TALHead,
     assign_targets,
@@ -108,3 +110,154 @@ def test_detect_turns_confident_points_into_segments():
     assert labels[0] == 1 and np.allclose(segments[0], [2.0, 5.0])
     assert scores[0] == pytest.approx(torch.sigmoid(torch.tensor(5.0)).item())
     assert scores[1:].max(initial=0) < 0.01
+
+
+ARCHS = ["conv", "transformer"]
+
+
+def _small_head(arch: str, levels: int = 6, in_dim: int = 16) -> TALHead:
+    return TALHead(in_dim, 3, dim=32, levels=levels, arch=arch, attention_window=9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("length", [64, 100, 256])
+def test_both_trunks_give_every_level_its_points(arch, length):
+    torch.manual_seed(0)
+    head = _small_head(arch).eval()
+    out = head(torch.randn(2, 16, length), torch.ones(2, length, dtype=torch.bool))
+    sizes = [math.ceil(length / 2**level) for level in range(6)]
+    assert [tuple(x.shape) for x in out.logits] == [(2, n, 3) for n in sizes]
+    assert [tuple(x.shape) for x in out.offsets] == [(2, n, 2) for n in sizes]
+    assert [tuple(m.shape) for m in out.masks] == [(2, n) for n in sizes]
+    assert out.strides == [1, 2, 4, 8, 16, 32]
+    assert all(torch.isfinite(x).all() for x in out.logits + out.offsets)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_video_gives_the_same_outputs_however_its_batch_pads_it(arch):
+    torch.manual_seed(0)
+    head = _small_head(arch).eval()
+    with torch.no_grad():  # trained norms have biases: padding must not leak through them
+        for parameter in head.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    video = torch.randn(1, 16, 70)
+    alone = head(video, torch.ones(1, 70, dtype=torch.bool))
+    batch = torch.full((2, 16, 100), 1000.0)  # garbage past the end of the first video
+    batch[0, :, :70] = video[0]
+    batch[1] = torch.randn(16, 100)
+    mask = torch.ones(2, 100, dtype=torch.bool)
+    mask[0, 70:] = False
+    padded = head(batch, mask)
+    for level, stride in enumerate(padded.strides):
+        valid = math.ceil(70 / stride)
+        assert padded.masks[level][0].tolist() == [True] * valid + [False] * (
+            padded.masks[level].shape[1] - valid
+        )
+        for name in ("logits", "offsets"):
+            ours = getattr(padded, name)[level][0, :valid]
+            expected = getattr(alone, name)[level][0]
+            assert torch.allclose(ours, expected, atol=1e-4), (name, level)
+
+
+def _banded_attention(query, key, value, valid, window):
+    """Dense T x T attention under the band |i - j| <= window // 2 and the key mask."""
+    steps = torch.arange(query.shape[2])
+    band = (steps[:, None] - steps[None, :]).abs() <= window // 2
+    allowed = band[None, None] & valid[:, None, None, :]
+    scores = (query @ key.transpose(-1, -2)).masked_fill(~allowed, -math.inf)
+    return scores.softmax(dim=-1) @ value
+
+
+@pytest.mark.parametrize("length", [1, 7, 18, 37])
+@pytest.mark.parametrize("window", [3, 9, 19])
+def test_local_attention_equals_a_dense_banded_attention(length, window):
+    torch.manual_seed(0)
+    query, key, value = (torch.randn(2, 3, length, 5, dtype=torch.float64) for _ in range(3))
+    valid = torch.ones(2, length, dtype=torch.bool)
+    valid[1, length // 2 + 1 :] = False
+    ours = local_attention(query, key, value, valid, window)
+    expected = _banded_attention(query, key, value, valid, window)
+    assert torch.allclose(ours[0], expected[0])
+    # Padded queries may see no valid key at all: the reference has NaN there.
+    assert torch.allclose(ours[1][:, valid[1]], expected[1][:, valid[1]])
+
+
+def _synthetic_videos() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[int]]:
+    """Three 64-snippet videos, noise with one action each whose snippets carry its class's
+    pattern; the third is 48 snippets long, padded."""
+    generator = torch.Generator().manual_seed(1)
+    patterns = torch.randn(3, 8, 1, generator=generator)
+    features = 0.5 * torch.randn(3, 8, 64, generator=generator)
+    mask = torch.ones(3, 64, dtype=torch.bool)
+    mask[2, 48:] = False
+    actions = [(0, 10, 22), (1, 30, 50), (2, 4, 12)]  # (class, start, end) in snippets
+    segments, labels = [], []
+    for video, (label, start, end) in enumerate(actions):
+        features[video, :, start:end] += 2.0 * patterns[label]
+        segments.append(torch.tensor([[float(start), float(end)]]))
+        labels.append(label)
+    return features, mask, segments, labels
+
+
+@pytest.fixture
+def one_thread():
+    """Steps on tensors this small run several times faster on one thread than on two
+    contending ones (5 against 28 ms a step, measured on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_both_trunks_overfit_three_videos_and_find_their_actions(arch, one_thread):
+    torch.manual_seed(0)
+    features, mask, segments, labels = _synthetic_videos()
+    head = TALHead(8, 3, dim=32, levels=4, arch=arch, attention_window=9)
+    lengths = [64 // stride for stride in (1, 2, 4, 8)]
+    targets = [
+        assign_targets(segments[v], torch.tensor([labels[v]]), lengths, [1, 2, 4, 8], 3)
+        for v in range(3)
+    ]
+    classes = torch.stack([t[0] for t in targets])
+    distances = torch.stack([t[1] for t in targets])
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        out = head(features, mask)
+        logits, offsets = torch.cat(out.logits, 1), torch.cat(out.offsets, 1)
+        valid = torch.cat(out.masks, 1)
+        positive = (classes.sum(-1) > 0) & valid
+        loss = sigmoid_focal_loss(logits[valid], classes[valid]) + diou_loss_1d(
+            offsets[positive], distances[positive]
+        )
+        loss = loss / positive.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    head.eval()
+    with torch.no_grad():
+        out = head(features, mask)
+    for video, length in enumerate([64, 64, 48]):
+        found, _, found_labels = detect(out, video, length)
+        start, end = segments[video][0].tolist()
+        overlap = min(end, found[0][1]) - max(start, found[0][0])
+        union = max(end, found[0][1]) - min(start, found[0][0])
+        assert found_labels[0] == labels[video] and overlap / union > 0.5
+
+
+def test_the_transformer_trunk_has_actionformers_parameters():
+    # ActionFormer's THUMOS-14 model (configs/thumos_i3d.yaml over libs/core/config.py):
+    # I3D features of 2048 channels, width 512, 4 heads, window 19, arch (2, 2, 5). Its
+    # ConvTransformerBackbone and FPNIdentity hold 26,067,968 parameters (counted by
+    # instantiating the official code). Built and run on the meta device, as
+    # `lofipipe plan` does.
+    with torch.device("meta"):
+        head = TALHead(2048, 20, dim=512, levels=6, arch="transformer")
+        out = head(torch.randn(2, 2048, 2304), torch.ones(2, 2304, dtype=torch.bool))
+        sum(x.sum() for x in out.logits + out.offsets).backward()
+    trunk = [head.embed, head.stem, head.branch, head.level_norms]
+    assert sum(p.numel() for module in trunk for p in module.parameters()) == 26_067_968
+    assert [x.shape[1] for x in out.logits] == [2304, 1152, 576, 288, 144, 72]
