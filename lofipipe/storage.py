@@ -425,6 +425,11 @@ class Store:
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
+def has_extension(url: str, extensions: Iterable[str]) -> bool:
+    """Whether the name at `url` ends in one of `extensions` (case-insensitive)."""
+    return url.lower().endswith(tuple("." + ext.lower().lstrip(".") for ext in extensions))
+
+
 def list_files(
     url: str, options: Mapping[str, Any], extensions: Iterable[str] | None
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -464,5 +469,4 @@ def list_files(
         ]
     if extensions is None:
         return sorted(items)
-    suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
-    return sorted((u, info) for u, info in items if u.lower().endswith(suffixes))
+    return sorted((u, info) for u, info in items if has_extension(u, extensions))

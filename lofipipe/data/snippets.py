@@ -224,24 +224,18 @@ class SnippetReader:
         """The stats markers of the committed shards."""
         return [stats for _, stats in self.committed()]
 
-    def check_schedule(
-        self, schedule: Schedule, preprocess: Preprocess | None = None
-    ) -> list[tuple[str, dict]]:
+    def check_schedule(self, schedule: Schedule, preprocess: Preprocess) -> list[tuple[str, dict]]:
         """`committed()`, once every shard is known to hold this fidelity of `schedule`
-        (in any frame encoding), resized and cropped as `preprocess` says (unchecked when
-        None).
+        (in any frame encoding), resized and cropped as `preprocess` says.
 
         Raises:
             ConfigError: a shard was materialized for another schedule, or with another
                 spatial preprocessing (the message names the setting that reads it).
         """
-        spatial = preprocess.spatial_content if preprocess else None
-        expected = snippet_content(schedule.lineage(self.fidelity, "", spatial))
+        expected = snippet_content(schedule.lineage(self.fidelity, "", preprocess.spatial_content))
         records = self.committed()
         for shard, record in records:
             lineage = {**snippet_content(record["lineage"]), "encoding": ""}
-            if preprocess is None:
-                expected["preprocess"] = lineage.get("preprocess")
             if lineage == expected:
                 continue
             where = self.root.url_of(shard)
@@ -251,7 +245,6 @@ class SnippetReader:
                     f"{lineage['schedule']!r}, not of {schedule.name!r}: pass --schedule "
                     f"{lineage['schedule']}, or materialize {schedule.name} first"
                 )
-            assert preprocess is not None
             raise ConfigError(_preprocess_mismatch(where, lineage.get("preprocess"), preprocess))
         return records
 

@@ -34,7 +34,7 @@ from lofipipe.data.annotation_files import (
     load_json,
     read_annotations,
 )
-from lofipipe.errors import InputError
+from lofipipe.errors import InputError, one_line
 from lofipipe.evaluation.detection import Segment
 from lofipipe.schemas.tables import ANNOTATIONS
 from lofipipe.storage import Store
@@ -198,9 +198,8 @@ def parse_actionformer_pickle(data: bytes, name: str) -> list[Prediction]:
     try:
         results = _ArrayUnpickler(io.BytesIO(data)).load()
     except Exception as error:  # noqa: BLE001 - damaged bytes fail in many ways; one line each
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(
-            f"{name}: not a readable ActionFormer results pickle ({message})"
+            f"{name}: not a readable ActionFormer results pickle ({one_line(error)})"
         ) from None
     if not isinstance(results, Mapping) or not all(k in results for k in _ACTIONFORMER_COLUMNS):
         raise InputError(

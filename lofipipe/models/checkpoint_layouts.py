@@ -47,8 +47,17 @@ class CheckpointLayout:
     renames: tuple[tuple[str, str], ...] = ()  # (pattern, replacement) after stripping
 
 
+# MMAction2's ResNets name convolutions and norms as mmcv ConvModules (convN.conv, convN.bn,
+# downsample.conv, downsample.bn); torchvision's names are convN, bnN, downsample.0/1.
+_MMCV_RESNET = (
+    (r"\.downsample\.conv\.", ".downsample.0."),
+    (r"\.downsample\.bn\.", ".downsample.1."),
+    (r"(^|\.)conv(\d)\.conv\.", r"\1conv\2."),
+    (r"(^|\.)conv(\d)\.bn\.", r"\1bn\2."),
+)
 _HEAD = "classifier head"
 _DECODER = "pre-training decoder"
+_MMACTION_HEAD = ((r"^(cls_head|data_preprocessor)\.", _HEAD),)
 
 # Most specific first: the first layout one of whose markers matches a key is taken.
 LAYOUTS = (
@@ -71,7 +80,7 @@ LAYOUTS = (
         "mmaction2-vit",
         "MMAction2 VisionTransformer (backbone.patch_embed.projection.weight)",
         (r"^backbone\.patch_embed\.projection\.weight$",),
-        ignore=((r"^(cls_head|data_preprocessor)\.", _HEAD),),
+        ignore=_MMACTION_HEAD,
         strip=("backbone.",),
         renames=(
             (r"^patch_embed\.projection\.", "patch_embed.proj."),
@@ -90,28 +99,18 @@ LAYOUTS = (
         "mmaction2-tsm",
         "MMAction2 ResNetTSM (backbone.layer1.0.conv1.conv.net.weight)",
         (r"^backbone\.layer\d\.\d+\.conv1\.conv\.net\.weight$",),
-        ignore=((r"^(cls_head|data_preprocessor)\.", _HEAD),),
+        ignore=_MMACTION_HEAD,
         strip=("backbone.",),
-        renames=(
-            (r"\.downsample\.conv\.", ".downsample.0."),
-            (r"\.downsample\.bn\.", ".downsample.1."),
-            (r"(^|\.)conv1\.conv\.net\.", r"\1conv1."),
-            (r"(^|\.)conv(\d)\.conv\.", r"\1conv\2."),
-            (r"(^|\.)conv(\d)\.bn\.", r"\1bn\2."),
-        ),
+        # the shift wraps the first conv of a block: conv1.conv.net
+        renames=((r"(^|\.)conv1\.conv\.net\.", r"\1conv1."), *_MMCV_RESNET),
     ),
     CheckpointLayout(
         "mmaction2-resnet",
         "MMAction2 ResNet without shift wrappers, e.g. TSN (backbone.conv1.conv.weight)",
         (r"^backbone\.conv1\.conv\.weight$",),
-        ignore=((r"^(cls_head|data_preprocessor)\.", _HEAD),),
+        ignore=_MMACTION_HEAD,
         strip=("backbone.",),
-        renames=(
-            (r"\.downsample\.conv\.", ".downsample.0."),
-            (r"\.downsample\.bn\.", ".downsample.1."),
-            (r"(^|\.)conv(\d)\.conv\.", r"\1conv\2."),
-            (r"(^|\.)conv(\d)\.bn\.", r"\1bn\2."),
-        ),
+        renames=_MMCV_RESNET,
     ),
     CheckpointLayout(
         "tsm-release",

@@ -85,18 +85,11 @@ class Encoder(nn.Module):
         self.spec, self.losa = spec, losa
         self.net = LoSA(spec.build()) if losa else spec.build()
         self.dim = self.net.dim
-        self.register_buffer("mean", torch.zeros(1, 1, 3, 1, 1))
-        self.register_buffer("std", torch.ones(1, 1, 3, 1, 1))
-        self.normalize_as(preprocess or spec.preprocessing())
-
-    def normalize_as(self, preprocess: Preprocess) -> Encoder:
-        """Takes the normalization of `preprocess` (the spatial part happened at decoding)."""
-        mean, std = preprocess.normalization_for(self.spec.mean, self.spec.std)
-        self.preprocess = preprocess
-        with torch.no_grad():
-            self.mean.copy_(torch.tensor(mean).view(1, 1, 3, 1, 1) * 255)
-            self.std.copy_(torch.tensor(std).view(1, 1, 3, 1, 1) * 255)
-        return self
+        # The preprocessing's normalization (its spatial part happened at decoding).
+        self.preprocess = preprocess or spec.preprocessing()
+        mean, std = self.preprocess.normalization_for(spec.mean, spec.std)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 1, 3, 1, 1) * 255)
 
     def forward(self, snippets: torch.Tensor) -> torch.Tensor:
         return self.net((snippets.float() - self.mean) / self.std)

@@ -30,6 +30,7 @@ from lofipipe.errors import InputError, one_line
 from lofipipe.models.checkpoint_layouts import ConvertedCheckpoint, convert_checkpoint
 from lofipipe.models.registry import ENCODERS, Encoder, build_encoder
 from lofipipe.models.vit import VideoViT
+from lofipipe.schemas.preprocess import Preprocess
 from lofipipe.storage import Store
 
 _NESTING = ("state_dict", "model", "module", "encoder")
@@ -164,11 +165,17 @@ def _check_fit(model: nn.Module, mapped: Mapping[str, torch.Tensor], name: str) 
 
 
 def build_weighted_encoder(
-    name: str, losa: bool, checkpoint: str | None, options: Mapping[str, Any], seed: int
+    name: str,
+    losa: bool,
+    checkpoint: str | None,
+    options: Mapping[str, Any],
+    seed: int,
+    preprocess: Preprocess | None = None,
 ) -> Encoder:
-    """The encoder with its checkpoint's weights, or random ones drawn from `seed`."""
+    """The encoder with its checkpoint's weights, or random ones drawn from `seed`,
+    normalizing as `preprocess` says (default: its own preset)."""
     torch.manual_seed(seed)
-    encoder = build_encoder(name, losa)
+    encoder = build_encoder(name, losa, preprocess)
     if checkpoint:
         load_encoder_checkpoint(encoder, checkpoint, options, losa)
     return encoder

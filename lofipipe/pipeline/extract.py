@@ -38,7 +38,7 @@ from lofipipe.models.registry import (
     encoder_fingerprint,
     encoder_preprocess,
 )
-from lofipipe.models.weights import load_encoder_checkpoint
+from lofipipe.models.weights import build_weighted_encoder, load_encoder_checkpoint
 from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config
 from lofipipe.schemas.preprocess import Preprocess
@@ -48,7 +48,6 @@ from lofipipe.workers.feature_extractor import (
     ExtractActor,
     FeatureExtractor,
     PartJob,
-    weighted_encoder,
 )
 from lofipipe.workers.runtime import cluster_cpus, ensure_ray
 
@@ -251,13 +250,13 @@ def _run_jobs(
     settings = config.extract
     ensure_ray(config.ray)
     factory = functools.partial(
-        weighted_encoder,
-        preprocess,
+        build_weighted_encoder,
         settings.encoder,
         settings.losa,
         settings.checkpoint,
         dict(storage_options),
         settings.seed,
+        preprocess,
     )
     extractor = FeatureExtractor(
         root,

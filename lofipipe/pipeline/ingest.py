@@ -30,7 +30,7 @@ from lofipipe.schemas.tables import (
     SKIPPED_EXTENSION,
     UNLABELLED,
 )
-from lofipipe.storage import Store, list_files
+from lofipipe.storage import Store, has_extension, list_files
 from lofipipe.workers.runtime import ensure_ray
 from lofipipe.workers.task_pool import TaskFailure, map_with_time_limit
 from lofipipe.workers.video_prober import VideoItem, VideoProber, source_signature
@@ -109,10 +109,9 @@ def list_videos(url: str, options: Mapping[str, Any], extensions) -> Listing:
     Raises:
         InputError: no video file there, or two files that would share a video id.
     """
-    suffixes = tuple("." + ext.lower().lstrip(".") for ext in extensions)
     listed, skipped = [], []
     for uri, info in list_files(url, options, None):
-        (listed if uri.lower().endswith(suffixes) else skipped).append((uri, info))
+        (listed if has_extension(uri, extensions) else skipped).append((uri, info))
     if not listed:
         others = f"; {len(skipped)} other files there" if skipped else ""
         raise InputError(f"no videos at {url} (looked for: {', '.join(extensions)}{others})")

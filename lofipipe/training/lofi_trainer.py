@@ -63,7 +63,8 @@ class LofiTrainer(Trainer):
             settings.checkpoint,
             job.root.options,
             settings.seed,
-        ).normalize_as(self.preprocess)
+            self.preprocess,
+        )
         self._head = TALHead.from_config(encoder.dim, len(self.labels), settings.head)
         return SnippetDetector(
             encoder, self._head, settings.activation_checkpointing, settings.mixed_precision

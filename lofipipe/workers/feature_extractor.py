@@ -29,8 +29,6 @@ from lofipipe.data.snippets import SnippetReader
 from lofipipe.errors import VideoFailure
 from lofipipe.layout import feature_part_path, feature_stats_path, stats_of
 from lofipipe.media.decode import SnippetDecoder
-from lofipipe.models.registry import Encoder
-from lofipipe.models.weights import build_weighted_encoder
 from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import FEATURES
@@ -46,18 +44,6 @@ class PartJob:
     part: int
     videos: tuple[SourceVideo, ...] = ()
     shard: str = ""
-
-
-def weighted_encoder(
-    preprocess: Preprocess,
-    name: str,
-    losa: bool,
-    checkpoint: str | None,
-    options: Mapping[str, Any],
-    seed: int,
-) -> Encoder:
-    """`build_weighted_encoder`, normalizing as `preprocess` says (run in the worker)."""
-    return build_weighted_encoder(name, losa, checkpoint, options, seed).normalize_as(preprocess)
 
 
 @dataclass
