@@ -221,8 +221,9 @@ def assign_targets(
         lengths: points per level.
 
     Returns:
-        classes [P, K] one-hot (zero rows for background) and distances [P, 2] to the
-        assigned action's start and end, in units of the point's stride.
+        classes [P, K] (zero rows for background; several ones where actions of the same
+        shortest length overlap) and distances [P, 2] to the assigned action's start and
+        end, in units of the point's stride.
     """
     positions = torch.cat([point_positions(n, s) for n, s in zip(lengths, strides, strict=True)])
     stride = torch.cat([torch.full((n,), float(s)) for n, s in zip(lengths, strides, strict=True)])
@@ -246,7 +247,11 @@ def assign_targets(
     length[~(inside & fits)] = math.inf
     shortest, chosen = length.min(dim=1)
     positive = torch.isfinite(shortest)
-    classes[positive] = F.one_hot(labels[chosen[positive]], num_classes).float()
+    # Every action as short as the shortest one at a point labels it (overlapping actions
+    # of one length are all present there); the first of them gives the distances.
+    tied = (length == shortest[:, None]) & positive[:, None]
+    one_hot = F.one_hot(labels.long(), num_classes).float()
+    classes = (tied.float() @ one_hot).clamp(max=1.0)
     picked = torch.stack([left, right], dim=2)[torch.arange(len(positions)), chosen]
     distances[positive] = picked[positive] / stride[positive, None]
     return classes, distances

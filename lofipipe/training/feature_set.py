@@ -162,11 +162,34 @@ class FeatureSet:
         return video
 
 
-def training_window(video: VideoFeatures, length: int, rng: np.random.Generator) -> VideoFeatures:
-    """A random window of `length` snippets of a longer video (the whole video otherwise)."""
-    if len(video.values) <= length:
-        return video
-    return video.window(int(rng.integers(0, len(video.values) - length + 1)), length)
+def training_crop(
+    video: VideoFeatures,
+    window: int,
+    crop: tuple[float, float],
+    rng: np.random.Generator,
+    tries: int = 100,
+) -> VideoFeatures:
+    """A random part of a training video, as ActionFormer crops its inputs.
+
+    A video longer than `window` snippets (stride sampling) gives a window of that length;
+    one that fits (or any video when `window` is 0) gives a random `crop` fraction of its
+    length. The part is drawn again (up to `tries` times) until it holds at least half of
+    one action, so that a step does not spend a video on background alone.
+    """
+    count = len(video.values)
+    if window and count > window:
+        length = window
+    else:
+        low = max(1, round(crop[0] * count))
+        length = int(rng.integers(low, max(low, round(crop[1] * count)) + 1))
+        if length >= count:
+            return video
+    part = video
+    for _ in range(tries):
+        part = video.window(int(rng.integers(0, count - length + 1)), length)
+        if len(part.labels):
+            break
+    return part
 
 
 def inference_windows(video: VideoFeatures, length: int) -> list[VideoFeatures]:

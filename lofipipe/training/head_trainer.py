@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,8 +12,8 @@ from torch import nn
 from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.models.tal_head import HeadOutput, TALHead
-from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_window
-from lofipipe.training.trainer import StepPlan, Trainer
+from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_crop
+from lofipipe.training.trainer import StepPlan, Trainer, steps_per_pass
 
 
 class HeadTrainer(Trainer):
@@ -30,21 +31,24 @@ class HeadTrainer(Trainer):
         return self._head
 
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
-        size = self.job.settings.batch_size
-        return [StepPlan(None, size)] * max(1, len(self.job.train_videos) // size)
+        settings = self.job.settings
+        steps = steps_per_pass(len(self.job.train_videos), settings.batch_size)
+        passes = max(1, math.ceil(settings.min_steps / (settings.epochs * steps)))
+        return [StepPlan(None, settings.batch_size)] * (steps * passes)
 
     def forward_batch(
         self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
     ) -> tuple[HeadOutput, Batch]:
         job = self.job
-        videos = [self.data.read(video_id) for video_id in video_ids]
-        if job.window:
-            videos = [
-                training_window(
-                    video, job.window, np.random.default_rng([job.settings.seed, self.epoch, seed])
-                )
-                for video, seed in zip(videos, seeds, strict=True)
-            ]
+        videos = [
+            training_crop(
+                self.data.read(video_id),
+                job.window,
+                job.settings.crop,
+                np.random.default_rng([job.settings.seed, self.epoch, seed]),
+            )
+            for video_id, seed in zip(video_ids, seeds, strict=True)
+        ]
         batch = collate(videos, len(self.labels), job.settings.head.levels)
         device = next(self.model.parameters()).device
         return self.trained(batch.features.to(device), batch.mask.to(device)), batch

@@ -30,15 +30,16 @@ from lofipipe.training.trainer import StepPlan, Trainer, parameter_groups
 
 
 def schedule_plan(schedule: Schedule, epoch: int, videos: int) -> list[StepPlan]:
-    """The steps of one epoch over `videos` training videos: as many batches as fit, each
-    at the fidelity and batch size the schedule gives it."""
-    _, size = schedule.step(epoch, 0)
-    plans = []
-    for batch in range(max(1, videos // size)):
-        fidelity, size = schedule.step(epoch, batch)
+    """The steps of one epoch over `videos` training videos: batches at the fidelity and
+    batch size the schedule gives each, until every video has had its turn."""
+    plans: list[StepPlan] = []
+    taken = 0
+    while taken < videos:
+        fidelity, size = schedule.step(epoch, len(plans))
         # Multigrid scales the learning rate with the batch (the linear scaling rule).
         scale = size / schedule.batch_size if schedule.cycle == "multigrid" else 1.0
         plans.append(StepPlan(fidelity.name, size, scale))
+        taken += size
     return plans
 
 

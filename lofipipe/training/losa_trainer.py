@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from lofipipe.training.lofi_trainer import LofiTrainer
-from lofipipe.training.trainer import StepPlan
+from lofipipe.training.trainer import StepPlan, steps_per_pass
 
 
 class LosaTrainer(LofiTrainer):
@@ -17,8 +17,9 @@ class LosaTrainer(LofiTrainer):
 
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
         size = self.job.settings.batch_size
-        count = max(1, len(self.job.train_videos) // size)
-        return [StepPlan(self.schedule.full.name, size)] * count
+        return [StepPlan(self.schedule.full.name, size)] * steps_per_pass(
+            len(self.job.train_videos), size
+        )
 
     def description(self) -> dict[str, Any]:
         return {

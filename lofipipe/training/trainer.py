@@ -14,7 +14,8 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,11 @@ class StepPlan:
     lr_scale: float = 1.0
 
 
+def steps_per_pass(videos: int, batch_size: int) -> int:
+    """Steps that give each of `videos` training videos its turn once."""
+    return max(1, math.ceil(videos / batch_size))
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
     if step < warmup:
@@ -94,24 +100,39 @@ def _all_gather(value: Any) -> list[Any]:
     return [value]
 
 
+class LossNormalizer:
+    """ActionFormer's divisor of the summed losses: a moving average of the positive points
+    per step (from 100, momentum 0.9), steadier than each batch's own count, so that a
+    batch with few actions does not weigh as much as one with many."""
+
+    def __init__(self, value: float = 100.0, momentum: float = 0.9):
+        self.value, self.momentum = value, momentum
+
+    def update(self, positives: float) -> float:
+        self.value = self.momentum * self.value + (1 - self.momentum) * max(positives, 1.0)
+        return self.value
+
+
 def head_losses(
-    head_output: HeadOutput, batch: Batch, world: int
+    head_output: HeadOutput, batch: Batch, world: int, normalizer: LossNormalizer | None = None
 ) -> tuple[torch.Tensor, list[float]]:
-    """The loss to back-propagate (scaled so that averaging over `world` workers gives the
-    global gradient) and the global [loss, classification, regression] values."""
+    """The loss to back-propagate, divided by `normalizer`'s average of the positive points
+    (without one: by this batch's count) and scaled so that averaging over `world` workers
+    gives the global gradient; and the global [loss, classification, regression] per
+    positive point of this batch, comparable from step to step."""
     logits = torch.cat(head_output.logits, dim=1).float()
     offsets = torch.cat(head_output.offsets, dim=1).float()
     valid = torch.cat(head_output.masks, dim=1)
     classes = batch.classes.to(logits.device)
     distances = batch.distances.to(logits.device)
     positive = (classes.sum(-1) > 0) & valid
-    count = all_sum([float(positive.sum())])[0]
-    normalizer = max(count, 1.0)
-    cls_loss = sigmoid_focal_loss(logits[valid], classes[valid]) / normalizer
-    reg_loss = diou_loss_1d(offsets[positive], distances[positive]) / normalizer
-    loss = cls_loss + reg_loss
-    totals = all_sum([loss.item(), cls_loss.item(), reg_loss.item()])
-    return loss * world, totals
+    count = max(all_sum([float(positive.sum())])[0], 1.0)
+    divisor = normalizer.update(count) if normalizer else count
+    cls_loss = sigmoid_focal_loss(logits[valid], classes[valid])
+    reg_loss = diou_loss_1d(offsets[positive], distances[positive])
+    loss = (cls_loss + reg_loss) / divisor
+    sums = all_sum([cls_loss.item() + reg_loss.item(), cls_loss.item(), reg_loss.item()])
+    return loss * world, [value / count for value in sums]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -121,6 +142,45 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
+
+
+class WeightAverage:
+    """An exponential moving average of a module's trainable parameters and floating
+    buffers, updated after every optimizer step (ActionFormer's model EMA)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.live = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.live.update({n: b for n, b in module.named_buffers() if b.is_floating_point()})
+        self.average = {name: tensor.detach().clone() for name, tensor in self.live.items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for name, tensor in self.live.items():
+            self.average[name].lerp_(tensor.detach(), 1 - self.decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The module holds the averaged weights inside the block, its own after it."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for name, tensor in self.live.items():
+            own = tensor.detach().clone()
+            tensor.copy_(self.average[name])
+            self.average[name].copy_(own)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.average
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            self.average[name].copy_(tensor)
 
 
 class Trainer(ABC):
@@ -148,6 +208,8 @@ class Trainer(ABC):
         total = len(scales)
         warmup = round(settings.warmup_epochs * len(self.plans[0]))
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=settings.lr)
+        self.normalizer = LossNormalizer()
+        self.average = WeightAverage(self.model, settings.ema_decay) if settings.ema_decay else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_factor(step, warmup, total) * scales[min(step, total - 1)],
@@ -165,6 +227,9 @@ class Trainer(ABC):
             self.load_model_state(state)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self.normalizer.value = float(state.get("loss_normalizer", self.normalizer.value))
+            if self.average is not None and "ema" in state:
+                self.average.load_state_dict(state["ema"])
             self.rows, self.epoch = list(state["metrics"]), int(state["epoch"])
             if self.epoch < settings.epochs:  # recorded with the next checkpoint
                 self.rows.append(
@@ -231,15 +296,17 @@ class Trainer(ABC):
         while self.epoch < self.job.settings.epochs:
             started = time.perf_counter()
             steps = self._train_epoch()
-            predictions, result = self.validate()
+            with self.averaged():
+                predictions, result = self.validate()
             self.epoch += 1
             self._finish_epoch(steps, result, time.perf_counter() - started)
         if predictions is None and self.job.root.exists(predictions_path(self.job.run)):
             return  # a finished run, rerun
-        if predictions is None:  # finished, but stopped before writing its predictions
-            predictions, _ = self.validate()
-        if self.rank == 0:
-            self.finish()
+        with self.averaged():
+            if predictions is None:  # finished, but stopped before writing its predictions
+                predictions, _ = self.validate()
+            if self.rank == 0:
+                self.finish()
             self.job.root.write_text(
                 predictions_path(self.job.run),
                 json.dumps(
@@ -254,24 +321,34 @@ class Trainer(ABC):
     def description(self) -> dict[str, Any]:
         return {"mode": self.job.settings.mode}
 
+    def averaged(self) -> AbstractContextManager[None]:
+        """The model with its averaged weights (train.ema_decay), else as it is."""
+        return self.average.applied() if self.average is not None else nullcontext()
+
     def _train_epoch(self) -> list[dict[str, Any]]:
         job, settings = self.job, self.job.settings
         self.set_train_mode()
-        order = np.random.default_rng([settings.seed, self.epoch]).permutation(
-            len(job.train_videos)
+        # Shuffled passes over the training videos, one after another, as many as the
+        # epoch's batches take: every video has its turn, none twice before all once.
+        count = len(job.train_videos)
+        sizes = [min(plan.batch_size, count) for plan in self.plans[self.epoch]]
+        rng = np.random.default_rng([settings.seed, self.epoch])
+        order = np.concatenate(
+            [rng.permutation(count) for _ in range(math.ceil(sum(sizes) / count))]
         )
         rows, first = [], 0
-        for step, plan in enumerate(self.plans[self.epoch]):
+        for step, (plan, size) in enumerate(zip(self.plans[self.epoch], sizes, strict=True)):
             started = time.perf_counter()
-            size = min(plan.batch_size, len(order))
-            if first + size > len(order):
-                first = 0
-            chosen = order[first : first + size][self.rank :: self.world]
+            # A draw's position in the epoch seeds its augmentation: the same with any
+            # number of workers, different for a video's every turn.
+            positions = list(range(first, first + size))[self.rank :: self.world]
             first += size
             output, batch = self.forward_batch(
-                [job.train_videos[i] for i in chosen], plan, [int(i) for i in chosen]
+                [job.train_videos[order[i]] for i in positions], plan, positions
             )
-            loss, (total, cls_loss, reg_loss) = head_losses(output, batch, self.world)
+            loss, (total, cls_loss, reg_loss) = head_losses(
+                output, batch, self.world, self.normalizer
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.clip_grad_norm > 0:
@@ -279,6 +356,8 @@ class Trainer(ABC):
             lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.step()
             self.scheduler.step()
+            if self.average is not None:
+                self.average.update()
             rows.append(
                 {
                     "kind": "step",
@@ -382,6 +461,8 @@ class Trainer(ABC):
                 **self.model_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "loss_normalizer": self.normalizer.value,
+                **({"ema": self.average.state_dict()} if self.average is not None else {}),
                 "epoch": self.epoch,
                 "metrics": self.rows,
                 "labels": self.labels,

@@ -39,6 +39,7 @@ train:
   epochs: 3
   batch_size: 2
   warmup_epochs: 1
+  min_steps: 0
   head:
     dim: 32
     levels: 3

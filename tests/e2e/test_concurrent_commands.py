@@ -43,6 +43,8 @@ def test_two_commands_at_once_both_finish_without_tracebacks(ray_local, tmp_path
                     "--set",
                     "train.batch_size=2",
                     "--set",
+                    "train.min_steps=0",
+                    "--set",
                     "ray.num_cpus=1",
                 ],
                 stdout=subprocess.PIPE,

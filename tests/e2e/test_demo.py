@@ -35,6 +35,8 @@ def test_demo_runs_the_recipe_and_points_to_its_report(tmp_path):
             "synth.height=48",
             "--set",
             "ray.num_cpus=2",
+            "--set",
+            "train.min_steps=0",
         ],
         capture_output=True,
         text=True,

@@ -52,6 +52,7 @@ train:
   encoder_epochs: 2
   batch_size: 2
   warmup_epochs: 1
+  min_steps: 0
   head:
     dim: 32
     levels: 3

@@ -63,6 +63,19 @@ def test_targets_follow_center_sampling_and_regression_ranges():
     }
 
 
+def test_actions_of_one_length_at_a_point_all_label_it():
+    # Two classes over the same span, and a longer action of a third class around them:
+    # the points near their center carry both short actions' classes, not the long one.
+    segments = torch.tensor([[2.0, 5.0], [2.0, 5.0], [0.0, 8.0]])
+    labels = torch.tensor([0, 1, 2])
+    classes, distances = assign_targets(
+        segments, labels, lengths=[8, 4], strides=[1, 2], num_classes=3
+    )
+    assert classes[3].tolist() == [1.0, 1.0, 0.0] and classes[4].tolist() == [1.0, 1.0, 0.0]
+    assert distances[4].tolist() == [2.0, 1.0]
+    assert classes[8 + 2].tolist() == [0.0, 0.0, 1.0]
+
+
 def test_focal_loss_by_hand():
     logits = torch.tensor([[0.0, 0.0]])
     targets = torch.tensor([[1.0, 0.0]])

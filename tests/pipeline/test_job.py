@@ -62,6 +62,7 @@ def test_whole_graph_then_a_rerun_that_redoes_nothing(tmp_path, ray_local):
                     "epochs": 3,
                     "batch_size": 2,
                     "warmup_epochs": 1,
+                    "min_steps": 0,
                     "head": {"dim": 32, "levels": 3},
                 },
             }

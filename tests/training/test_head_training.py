@@ -31,6 +31,8 @@ SMALL = [
     "train.batch_size=4",
     "--set",
     "train.warmup_epochs=1",
+    "--set",
+    "train.min_steps=0",
 ]
 
 
@@ -43,6 +45,8 @@ def _job(root, videos, epochs=60, **changes):
             "train.head.levels=3",
             "train.batch_size=4",
             "train.warmup_epochs=2",
+            "train.min_steps=0",
+            "train.lr=1e-3",
             "train.run=unit",
             f"train.features={FINGERPRINT}",
             *(f"train.{k}={v}" for k, v in changes.items()),

@@ -28,16 +28,17 @@ from lofipipe.training.trainer import TrainJob
 
 def test_plans_follow_each_cycle():
     long = schedule_plan(PRESETS["lofi-anet"], 1, videos=40)
-    assert [(p.fidelity, p.batch_size, p.lr_scale) for p in long] == [("t-lofi", 16, 1.0)] * 2
+    # Every video has its turn: 40 videos in batches of 16 take 3 steps.
+    assert [(p.fidelity, p.batch_size, p.lr_scale) for p in long] == [("t-lofi", 16, 1.0)] * 3
     short = schedule_plan(PRESETS["lofi-anet-short"], 0, videos=16 * 40)
     assert [p.fidelity for p in short[14:18]] == ["s-lofi", "s-lofi", "t-lofi", "t-lofi"]
     assert [p.fidelity for p in short[32:34]] == ["st-lofi", "st-lofi"]
     multigrid = [schedule_plan(PRESETS["multigrid"], epoch, videos=300) for epoch in range(4)]
     assert [(p[0].fidelity, p[0].batch_size, len(p)) for p in multigrid] == [
-        ("mg-1", 129, 2),
-        ("mg-2", 64, 4),
-        ("mg-3", 32, 9),
-        ("mg-4", 16, 18),
+        ("mg-1", 129, 3),
+        ("mg-2", 64, 5),
+        ("mg-3", 32, 10),
+        ("mg-4", 16, 19),
     ]
     assert multigrid[1][0].lr_scale == pytest.approx(4.0)
     for preset in ("lofi-anet", "lofi-anet-short", "lofi-thumos"):
@@ -237,6 +238,8 @@ def test_lofi_recipe_runs_each_stage_and_resumes(demo_shards, tmp_path):
         "3",
         "--set",
         "train.encoder_epochs=2",
+        "--set",
+        "train.min_steps=0",
         "--set",
         "train.head.dim=32",
         "--set",
