@@ -140,8 +140,15 @@ def _run_synth(config: Config, out: Store, command: str) -> None:
 @click.option("--size", help="Frame size WIDTHxHEIGHT, e.g. 160x120.")
 @click.option("--fps", type=int, help="Frames per second.")
 @click.option("--seed", type=int, help="Random seed; the same seed gives the same files.")
+@click.option(
+    "--domain",
+    type=click.Choice(["a", "b"]),
+    help="The look: a, white disc, blocky texture, still camera (the default); b, the same "
+    "actions and annotations filmed differently (striped texture, small dark disc, pixel "
+    "noise, camera motion), to test adapting an encoder to a new domain.",
+)
 @common_options
-def synth(out, videos, seconds, classes, size, fps, seed, config, storage_options):
+def synth(out, videos, seconds, classes, size, fps, seed, domain, config, storage_options):
     """Make a synthetic untrimmed-video TAL dataset in OUT.
 
     Writes OUT/videos/*.mp4 (H.264) and OUT/annotations.json (ActivityNet-1.3 format,
@@ -151,6 +158,7 @@ def synth(out, videos, seconds, classes, size, fps, seed, config, storage_option
     Examples:
       lofipipe synth data/synth
       lofipipe synth s3://bucket/synth --videos 100 --seconds 60 --classes 6 --size 224x168
+      lofipipe synth data/synth-b --domain b --seed 1
     """
     width, height = _size(size) if size else (None, None)
     config = _with_options(
@@ -161,6 +169,7 @@ def synth(out, videos, seconds, classes, size, fps, seed, config, storage_option
         classes=classes,
         fps=fps,
         seed=seed,
+        domain=domain,
         width=width,
         height=height,
     )

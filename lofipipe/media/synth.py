@@ -5,6 +5,13 @@ is the motion, not the look. Between actions the disc is absent or, now and then
 still as an idle decoy, while coloured distractor discs drift over a scrolling textured
 background. So finding an action needs the frames (where is the disc) and their motion
 (is it moving, and how); no single frame and no constant guess gives it away.
+
+`SynthConfig.domain` picks the look. Domain "a" is the one above: a white disc over a blocky
+texture, seen by a still camera. Domain "b" is the same world filmed differently, for
+testing adaptation to a domain an encoder was not trained on: smooth striped backgrounds,
+a smaller dark disc with a light ring, sensor noise and a swaying, jittering camera that
+shifts the whole frame. The plan (ids, subsets, actions, decoys) comes from the seed
+alone, so both domains of one seed share their annotations.
 """
 
 from __future__ import annotations
@@ -21,8 +28,52 @@ from lofipipe.schemas.config import MOTION_PATTERNS, SynthConfig
 from lofipipe.storage import Store
 
 _IDLE_DECOY_PROBABILITY = 0.5
-_OBJECT = np.array([250, 250, 250], np.uint8)
-_OBJECT_RING = np.array([15, 15, 15], np.uint8)
+
+
+def _block_texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Domain "a": random grey-brown blocks of 8 x 8 pixels, twice the frame."""
+    coarse = rng.uniform(40, 140, size=(height // 4, width // 4, 3))
+    return np.kron(coarse, np.ones((8, 8, 1))).astype(np.uint8)
+
+
+def _stripe_texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Domain "b": three tinted sinusoidal gratings of random direction and period, twice
+    the frame; whole periods across it, so scrolling wraps around without a seam."""
+    rows, cols = (height // 4) * 8, (width // 4) * 8
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    texture = np.full((rows, cols, 3), 125.0)
+    for _ in range(3):
+        ky, kx = rng.integers(-5, 6, size=2)
+        if ky == 0 and kx == 0:
+            kx = 1
+        wave = np.sin(2 * np.pi * (ky * yy / rows + kx * xx / cols) + rng.uniform(0, 2 * np.pi))
+        texture += wave[..., None] * rng.uniform(10, 30, size=3)
+    return np.clip(texture, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class DomainLook:
+    """How a domain draws the background and the action disc (and the still decoys), and
+    what it adds to the whole frame."""
+
+    texture: Callable[[np.random.Generator, int, int], np.ndarray]  # (rng, width, height)
+    disc: tuple[int, int, int]
+    ring: tuple[int, int, int]
+    radius: float  # of the disc at rest, as a fraction of the frame height
+    noise: float  # standard deviation of Gaussian pixel noise (0-255 scale); 0: none
+    camera: float  # amplitude of the camera's sway, as a fraction of the frame size
+
+
+DOMAINS = {
+    "a": DomainLook(
+        _block_texture, disc=(250, 250, 250), ring=(15, 15, 15), radius=0.09, noise=0, camera=0
+    ),
+    # Distractors are saturated colours, so a near-black disc (and its light ring) stays
+    # the one object of its kind, as the white disc is in domain "a".
+    "b": DomainLook(
+        _stripe_texture, disc=(25, 20, 30), ring=(235, 235, 225), radius=0.07, noise=6, camera=0.04
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -167,19 +218,21 @@ def _draw_disc(
 
 
 class FrameRenderer:
-    """Renders the frames of one planned video."""
+    """Renders the frames of one planned video in the look of `config.domain`."""
 
     def __init__(self, plan: VideoPlan, config: SynthConfig):
         self.plan, self.config = plan, config
+        self.look = DOMAINS[config.domain]
+        self.disc = np.array(self.look.disc, np.uint8)
+        self.ring = np.array(self.look.ring, np.uint8)
         rng = np.random.default_rng(plan.seed)
         w, h = config.width, config.height
         # Low-frequency texture, twice the frame, scrolled with wrap-around.
-        coarse = rng.uniform(40, 140, size=(h // 4, w // 4, 3))
-        self.texture = np.kron(coarse, np.ones((8, 8, 1))).astype(np.uint8)
+        self.texture = self.look.texture(rng, w, h)
         self.scroll = rng.uniform(-12, 12, size=2)  # pixels per second
-        self.radius = max(3.0, 0.09 * h)
+        self.radius = max(3.0, self.look.radius * h)
         self.distractors = [
-            # Saturated colours, never the action disc's white.
+            # Saturated colours, never the action disc's white (or domain b's near-black).
             dict(
                 color=(
                     rng.integers(120, 230) * np.array([1, 0.6, 0.25])[rng.permutation(3)]
@@ -192,21 +245,40 @@ class FrameRenderer:
             )
             for _ in range(config.distractors)
         ]
+        # The camera sways slowly on each axis (a hand-held shot); `camera_shift` adds a
+        # pixel of jitter per frame on top.
+        self.sway = dict(
+            amp=self.look.camera * np.array([w, h]),
+            freq=rng.uniform(0.2, 0.6, size=2),
+            phase=rng.uniform(0, 2 * np.pi, 2),
+        )
+
+    def camera_shift(self, index: int) -> tuple[int, int]:
+        """Whole pixels (dx, dy) the scene moves in frame `index`; (0, 0) for a still camera."""
+        if self.look.camera == 0:
+            return 0, 0
+        t = index / self.config.fps
+        sway = self.sway["amp"] * np.sin(2 * np.pi * self.sway["freq"] * t + self.sway["phase"])
+        jitter = np.random.default_rng([self.plan.seed, index, 1]).integers(-1, 2, size=2)
+        dx, dy = np.round(sway).astype(int) + jitter
+        return int(dx), int(dy)
 
     def frame(self, index: int) -> np.ndarray:
         """The RGB frame (H, W, 3) uint8 shown at frame `index`."""
         config, t = self.config, index / self.config.fps
         th, tw = self.texture.shape[:2]
         oy, ox = (self.scroll * t).astype(int)
-        rows = (np.arange(config.height) + oy) % th
-        cols = (np.arange(config.width) + ox) % tw
+        # The camera's shift moves everything by the same pixels: the texture and every disc.
+        cx, cy = self.camera_shift(index)
+        rows = (np.arange(config.height) + oy - cy) % th
+        cols = (np.arange(config.width) + ox - cx) % tw
         image = self.texture[rows][:, cols].copy()
         for d in self.distractors:
             x, y = d["base"] + d["amp"] * np.sin(2 * np.pi * d["freq"] * t + d["phase"])
-            _draw_disc(image, x, y, d["radius"], d["color"])
+            _draw_disc(image, x + cx, y + cy, d["radius"], d["color"])
         for start, end, x, y in self.plan.idle:
             if start <= index < end:
-                _draw_disc(image, x, y, self.radius, _OBJECT, _OBJECT_RING)
+                _draw_disc(image, x + cx, y + cy, self.radius, self.disc, self.ring)
         for action in self.plan.actions:
             if action.start_frame <= index < action.end_frame:
                 elapsed = (index - action.start_frame) / config.fps
@@ -216,12 +288,17 @@ class FrameRenderer:
                 )
                 _draw_disc(
                     image,
-                    action.center[0] + dx,
-                    action.center[1] + dy,
+                    action.center[0] + dx + cx,
+                    action.center[1] + dy + cy,
                     radius,
-                    _OBJECT,
-                    _OBJECT_RING,
+                    self.disc,
+                    self.ring,
                 )
+        if self.look.noise > 0:
+            noise = np.random.default_rng([self.plan.seed, index, 2]).normal(
+                0.0, self.look.noise, image.shape
+            )
+            image = np.clip(image + noise, 0, 255).astype(np.uint8)
         return image
 
 

@@ -70,6 +70,10 @@ class SynthConfig:
     actions_per_video: tuple[int, int] = (1, 3)
     action_seconds: tuple[float, float] = (2.0, 5.0)
     distractors: int = 3
+    # The look, not the motion (media/synth.py): a, the demo's (white disc, blocky texture,
+    # still camera); b, a shifted domain to adapt to (striped texture, a smaller dark disc,
+    # pixel noise, camera motion) with the same classes and, for a seed, annotations.
+    domain: Literal["a", "b"] = "a"
 
     def __post_init__(self) -> None:
         _check(self.videos >= 1, "videos", "must be at least 1")

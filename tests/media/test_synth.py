@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from lofipipe.cli import main
+from lofipipe.errors import ConfigError
 from lofipipe.media.synth import MOTION_PATTERNS, synthesize
 from lofipipe.schemas.config import load_config
 from lofipipe.storage import Store
@@ -157,3 +158,70 @@ def test_rerun_with_fewer_videos_removes_the_extra_ones(tmp_path):
     _make(tmp_path, "f", "synth.videos=1")
     assert sorted(p.name for p in (out / "videos").iterdir()) == ["synth_0000.mp4"]
     assert list(json.loads((out / "annotations.json").read_text())["database"]) == ["synth_0000"]
+
+
+def _dark_disc(frame):
+    """Centre and area of domain b's near-black disc (its light ring excluded)."""
+    mask = (frame < 50).all(axis=2)
+    if mask.sum() < 4:
+        return None
+    ys, xs = np.nonzero(mask)
+    return xs.mean(), ys.mean(), mask.sum()
+
+
+def test_domain_b_keeps_the_plan_and_changes_the_look(tmp_path):
+    """Same seed, same annotations and video shapes; the frames look different, and domain
+    b's disc is dark where domain a's is white."""
+    a, _ = _make(tmp_path, "a")
+    b, config = _make(tmp_path, "b", "synth.domain=b")
+    again, _ = _make(tmp_path, "b2", "synth.domain=b")
+    assert (a / "annotations.json").read_text() == (b / "annotations.json").read_text()
+    from lofipipe.media.synth import plan_dataset
+
+    for plan in plan_dataset(config):
+        name = f"{plan.video_id}.mp4"
+        assert (b / "videos" / name).read_bytes() == (again / "videos" / name).read_bytes()
+        frames_a, frames_b = _decode(a / "videos" / name), _decode(b / "videos" / name)
+        assert len(frames_b) == len(frames_a) == plan.num_frames
+        assert frames_b[0].shape == frames_a[0].shape == (48, 64, 3)
+        difference = np.abs(np.stack(frames_a).astype(int) - np.stack(frames_b)).mean()
+        assert difference > 20, (plan.video_id, difference)
+        for action in plan.actions:
+            middle = (action.start_frame + action.end_frame) // 2
+            x, y, _ = _white_disc(frames_a[middle])
+            assert frames_a[middle][round(y), round(x)].min() > 215
+            x, y, _ = _dark_disc(frames_b[middle])
+            assert frames_b[middle][round(y), round(x)].max() < 60
+
+
+def test_domain_b_camera_moves_the_whole_scene():
+    """In domain b a still decoy moves in the frame exactly as the camera does; domain a's
+    camera stands still."""
+    from lofipipe.media.synth import FrameRenderer, plan_dataset
+
+    config = load_config(None, [*SMALL, "synth.videos=8", "synth.domain=b"]).synth
+    still = 0
+    for plan in plan_dataset(config):
+        renderer = FrameRenderer(plan, config)
+        for start, end, _, _ in plan.idle:
+            frames = range(start, end)
+            seen = np.array([_dark_disc(renderer.frame(i))[:2] for i in frames])
+            shifts = np.array([renderer.camera_shift(i) for i in frames])
+            assert np.abs(shifts).max() <= 0.04 * 64 + 2  # the sway's amplitude and jitter
+            assert shifts.std(axis=0).max() > 0.5
+            assert (seen - shifts).std(axis=0).max() < 0.3
+            still += 1
+    assert still > 0
+    domain_a = load_config(None, SMALL).synth
+    renderer = FrameRenderer(plan_dataset(domain_a)[0], domain_a)
+    assert {renderer.camera_shift(i) for i in range(0, 100, 7)} == {(0, 0)}
+
+
+def test_domain_is_checked_and_set_from_the_cli(tmp_path):
+    with pytest.raises(ConfigError, match=r"synth\.domain: must be one of a, b, got 'c'"):
+        load_config(None, ["synth.domain=c"])
+    result = CliRunner().invoke(
+        main, ["synth", str(tmp_path / "s"), "--videos", "1", "--size", "64x48", "--domain", "b"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "domain: b" in (tmp_path / "s/synth.yaml").read_text()
