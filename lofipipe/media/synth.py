@@ -247,18 +247,16 @@ class FrameRenderer:
         ]
         # The camera sways slowly on each axis (a hand-held shot); `camera_shift` adds a
         # pixel of jitter per frame on top.
-        self.sway = dict(
-            amp=self.look.camera * np.array([w, h]),
-            freq=rng.uniform(0.2, 0.6, size=2),
-            phase=rng.uniform(0, 2 * np.pi, 2),
-        )
+        self.sway_amplitude = self.look.camera * np.array([w, h])
+        self.sway_frequency = rng.uniform(0.2, 0.6, size=2)
+        self.sway_phase = rng.uniform(0, 2 * np.pi, 2)
 
     def camera_shift(self, index: int) -> tuple[int, int]:
         """Whole pixels (dx, dy) the scene moves in frame `index`; (0, 0) for a still camera."""
         if self.look.camera == 0:
             return 0, 0
         t = index / self.config.fps
-        sway = self.sway["amp"] * np.sin(2 * np.pi * self.sway["freq"] * t + self.sway["phase"])
+        sway = self.sway_amplitude * np.sin(2 * np.pi * self.sway_frequency * t + self.sway_phase)
         jitter = np.random.default_rng([self.plan.seed, index, 1]).integers(-1, 2, size=2)
         dx, dy = np.round(sway).astype(int) + jitter
         return int(dx), int(dy)

@@ -185,7 +185,7 @@ def training_crop(
         if length >= count:
             return video
     part = video
-    for _ in range(tries):
+    for _ in range(tries if len(video.labels) else 1):  # without actions, any part will do
         part = video.window(int(rng.integers(0, count - length + 1)), length)
         if len(part.labels):
             break
