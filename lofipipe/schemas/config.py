@@ -228,6 +228,10 @@ class TrainConfig:
     checkpoint: str | None = None  # lofi, losa: the encoder's starting weights (URL)
     encoder_epochs: int = 10  # the LoFi recipe's stage 2 (train.epochs is stage 3's)
     encoder_lr_scale: float = 0.1  # lofi, losa: the encoder's learning rate over train.lr
+    # lofi: the encoder's batch-norm statistics during training; frozen: its own (the
+    # LoFi paper's setting); recalibrate: re-estimated once, at the start of a run, on the
+    # training videos' full-fidelity snippets (AdaBN: for an encoder from another domain)
+    batchnorm: Literal["frozen", "recalibrate"] = "frozen"
     activation_checkpointing: bool = False  # lofi, losa: recompute encoder activations
     mixed_precision: bool = True  # lofi, losa, on GPU: autocast
     run: str | None = None  # runs/<run>/; rerunning a run resumes it

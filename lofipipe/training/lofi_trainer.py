@@ -2,14 +2,15 @@
 end on snippet shards, each step at the fidelity and batch size the schedule gives it
 (long cycle, short cycle or multigrid); the full fidelity is never used while the encoder
 trains. Batch-norm layers keep the encoder's own statistics (frozen, as end-to-end TAL
-training with a few videos per batch does), so they mean the same at every fidelity. The
+training with a few videos per batch does), so they mean the same at every fidelity;
+`train.batchnorm: recalibrate` first re-estimates them on the training videos. The
 adapted encoder is written as `runs/<run>/encoder.pt`, which `extract --checkpoint` loads.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,40 @@ def schedule_plan(schedule: Schedule, epoch: int, videos: int) -> list[StepPlan]
         plans.append(StepPlan(fidelity.name, size, scale))
         taken += size
     return plans
+
+
+def recalibrate_batchnorm(module: nn.Module, forward: Callable[[], None]) -> int:
+    """Re-estimates the running statistics of `module`'s batch-norm layers as the plain
+    average over the batches that `forward` passes through it (AdaBN, Li et al. 2016):
+    without gradients, everything else in evaluation mode; the layers' momentum and every
+    module's mode are restored after. Returns the number of layers."""
+    modes = [(part, part.training) for part in module.modules()]
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    seen = dict.fromkeys(norms, 0)
+
+    def average(norm: nn.Module, _inputs: object) -> None:
+        # The n-th batch weighs 1/n: a cumulative average, counted here rather than by
+        # batch norm's own `momentum=None`, which reads its counter back from the device.
+        seen[norm] += 1
+        norm.momentum = 1.0 / seen[norm]
+
+    module.eval()
+    hooks = [norm.register_forward_pre_hook(average) for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.train()
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        for part, training in modes:
+            part.training = training
+    return len(norms)
 
 
 class LofiTrainer(Trainer):
@@ -84,6 +119,25 @@ class LofiTrainer(Trainer):
         for group in encoder:  # a pretrained encoder adapts, it is not retrained
             group["lr"] = settings.lr * settings.encoder_lr_scale
         return encoder + parameter_groups(self.head, settings.weight_decay)
+
+    def start(self) -> None:
+        if self.job.settings.batchnorm != "recalibrate":
+            return
+        reader = SnippetReader(self.job.root, self.schedule.full.name)
+        snippets = 0
+
+        def encode_training_videos() -> None:
+            nonlocal snippets
+            for video in reader.videos(set(self.job.train_videos)):
+                self.model.encode(video.frames)
+                snippets += len(video.frames)
+
+        layers = recalibrate_batchnorm(self.model.encoder, encode_training_videos)
+        if self.rank == 0:
+            self.log(
+                f"batch norm: {layers} layers re-estimated on {snippets} full-fidelity "
+                f"snippets of {len(self.job.train_videos)} training videos"
+            )
 
     def set_train_mode(self) -> None:
         self.trained.train()

@@ -202,18 +202,14 @@ class Trainer(ABC):
         torch.set_num_threads(job.threads)
         torch.manual_seed(settings.seed)
         self.model = self.build_model()
+        # On its training device (and wrapped) before anything refers to its tensors: the
+        # optimizer's moments, the weight average and a checkpoint's state then land there.
+        self.trained = wrap(self.model)
         self.plans = [self.epoch_plan(epoch) for epoch in range(settings.epochs)]
         self.first_step = np.concatenate([[0], np.cumsum([len(p) for p in self.plans])])
         scales = [step.lr_scale for plan in self.plans for step in plan]
         total = len(scales)
         warmup = round(settings.warmup_epochs * len(self.plans[0]))
-        self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=settings.lr)
-        self.normalizer = LossNormalizer()
-        self.average = WeightAverage(self.model, settings.ema_decay) if settings.ema_decay else None
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(step, warmup, total) * scales[min(step, total - 1)],
-        )
         self.post = PostProcessing(
             pre_nms_topk=settings.head.pre_nms_topk,
             sigma=settings.head.nms_sigma,
@@ -223,6 +219,15 @@ class Trainer(ABC):
         self.epoch = 0
         self.plotted = -math.inf  # when report.png was last drawn (time.monotonic)
         state = latest_checkpoint(job.root, job.run)
+        if state is None:
+            self.start()
+        self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=settings.lr)
+        self.normalizer = LossNormalizer()
+        self.average = WeightAverage(self.model, settings.ema_decay) if settings.ema_decay else None
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, warmup, total) * scales[min(step, total - 1)],
+        )
         if state is not None:
             self.load_model_state(state)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -241,7 +246,6 @@ class Trainer(ABC):
                 )
             if rank == 0:
                 self.log(f"resuming {job.run} after epoch {self.epoch} from its checkpoint")
-        self.trained = wrap(self.model)
 
     # What a mode supplies ---------------------------------------------------------------
 
@@ -257,6 +261,11 @@ class Trainer(ABC):
     @abstractmethod
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
         """The steps of one epoch."""
+
+    def start(self) -> None:
+        """Prepares the model of a fresh run, on its device, before the first step (a
+        resumed run has its checkpoint instead); nothing by default."""
+        return None
 
     @abstractmethod
     def forward_batch(

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from support.cli import SHARDS, fresh_root, run, synth_and_ingest
 from support.faults import kill_a_train_worker_when, train_worker_pids
+from torch import nn
 
 from lofipipe.cli import main
 from lofipipe.data.annotations import AnnotationIndex
@@ -21,7 +22,7 @@ from lofipipe.models.registry import encoder_preprocess
 from lofipipe.schemas.config import load_config
 from lofipipe.schemas.schedule import PRESETS, load_schedule
 from lofipipe.storage import Store
-from lofipipe.training.lofi_trainer import LofiTrainer, schedule_plan
+from lofipipe.training.lofi_trainer import LofiTrainer, recalibrate_batchnorm, schedule_plan
 from lofipipe.training.losa_trainer import LosaTrainer
 from lofipipe.training.trainer import TrainJob
 
@@ -46,7 +47,7 @@ def test_plans_follow_each_cycle():
             assert "full" not in {p.fidelity for p in schedule_plan(PRESETS[preset], epoch, 64)}
 
 
-def _trainer(root, epochs=6):
+def _trainer(root, epochs=6, overrides=(), log=lambda line: None):
     settings = load_config(
         None,
         [
@@ -58,6 +59,7 @@ def _trainer(root, epochs=6):
             "train.head.levels=3",
             "train.warmup_epochs=1",
             "train.lr=0.003",
+            *overrides,
         ],
     ).train
     annotations = AnnotationIndex(Store(str(root)))
@@ -74,7 +76,7 @@ def _trainer(root, epochs=6):
             schedule=PRESETS["demo"],
             preprocess=encoder_preprocess(settings.encoder),
         ),
-        log=lambda line: None,
+        log=log,
     )
 
 
@@ -112,6 +114,60 @@ def test_lofi_trains_the_encoder_end_to_end(demo_shards, tmp_path):
     assert old_fp != new_fp
     old, new = (read_features(Store(str(root)), fp) for fp in (old_fp, new_fp))
     assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])
+
+
+def test_recalibrated_batchnorm_averages_the_batches_given():
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Dropout(0.5), nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3))
+    norm = module[2]
+    norm.running_mean.fill_(5.0)
+    batches = [torch.randn(4, 2, 6) * 3 + 1 for _ in range(3)]
+
+    def forward():
+        for batch in batches:
+            module(batch)
+
+    assert recalibrate_batchnorm(module, forward) == 1
+    # Dropout was off: the statistics are those of the convolution's plain outputs.
+    outputs = [module[1](batch).detach() for batch in batches]
+    means = torch.stack([out.mean((0, 2)) for out in outputs])
+    variances = torch.stack([out.var((0, 2)) for out in outputs])
+    assert torch.allclose(norm.running_mean, means.mean(0), atol=1e-5)
+    assert torch.allclose(norm.running_var, variances.mean(0), atol=1e-5)
+    assert int(norm.num_batches_tracked) == 3
+    assert norm.momentum == 0.1 and all(part.training for part in module.modules())
+
+    with torch.device("meta"):  # a stand-in for a GPU: nothing is read back to the host
+        module = nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3)).eval()
+        assert recalibrate_batchnorm(module, lambda: module(torch.empty(4, 2, 6))) == 1
+    assert module[1].running_mean.device.type == "meta" and not module.training
+
+
+def test_lofi_recalibrates_batchnorm_once_at_the_start(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
+    lines = []
+    trainer = _trainer(root, 1, ["train.batchnorm=recalibrate"], lines.append)
+    (line,) = [line for line in lines if line.startswith("batch norm")]
+    assert re.fullmatch(
+        r"batch norm: \d+ layers re-estimated on \d+ full-fidelity snippets "
+        r"of \d+ training videos",
+        line,
+    )
+    net = trainer.model.encoder.net
+    recalibrated = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    fresh = _trainer(fresh_root(demo_shards, tmp_path / "fresh"), 1).model.encoder.net
+    # From the same random initialisation, only the statistics moved, to the training
+    # videos' full-fidelity snippets (the validation ones are not used).
+    assert not torch.equal(recalibrated["body.1.running_mean"], fresh.body[1].running_mean)
+    assert torch.equal(net.body[0].weight, fresh.body[0].weight)
+    trainer.run()
+    saved = torch.load(root / encoder_path("lofi"), weights_only=True)["encoder"]
+    for name, value in recalibrated.items():  # frozen during training, kept in encoder.pt
+        assert torch.equal(saved[name], value)
+    # A rerun resumes from the checkpoint: nothing is re-estimated.
+    lines.clear()
+    _trainer(root, 2, ["train.batchnorm=recalibrate"], lines.append)
+    assert not [line for line in lines if line.startswith("batch norm")]
 
 
 @pytest.mark.ray
