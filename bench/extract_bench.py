@@ -53,7 +53,7 @@ def main() -> None:
         args.encoder, args.schedule = "tiny", "demo"
     import ray
 
-    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", include_dashboard=False, logging_level="ERROR")
     size = (160, 120) if args.quick else (640, 360)
     sources = bench_videos(f"extract-{size[0]}", args.videos, 60, *size, 30)
     overrides = [

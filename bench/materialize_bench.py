@@ -229,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     import ray
 
-    ray.init(num_cpus=WORKERS, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, logging_level="ERROR")
     if args.quick:
         sets = {"320x180": bench_videos("quick", 2, 20, 320, 180, 30)}
         short = bench_videos("quick-1min", 1, 12, 160, 120, 15)[0]

@@ -42,7 +42,7 @@ def _mask_option(pair: str) -> str:
 
 
 def common_options(func: Callable | None = None, *, default_config: str | None = None) -> Callable:
-    """--config, --set, --storage-option and --address, shared by every command.
+    """--config, --set, --storage-option, --address and --gpus, shared by every command.
     `default_config` is the file read when no --config is given."""
     if func is None:
         return functools.partial(common_options, default_config=default_config)
@@ -77,14 +77,24 @@ def common_options(func: Callable | None = None, *, default_config: str | None =
         help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).",
     )
     @click.option(
+        "--gpus",
+        type=click.Choice(["auto", "on", "off"]),
+        default=None,
+        help="Workers on GPUs: auto (default: when the cluster has or can start them), "
+        "on (required) or off.",
+    )
+    @click.option(
         "--strict", is_flag=True, help="Exit with code 3 when any video failed (after the summary)."
     )
     @functools.wraps(func)
-    def wrapper(config_path, overrides, storage_pairs, address, strict, **kwargs):
+    def wrapper(config_path, overrides, storage_pairs, address, gpus, strict, **kwargs):
         click.get_current_context().meta["lofipipe.strict"] = strict
         storage_options = parse_storage_options(storage_pairs)
-        ray_override = {"ray": {"address": address}} if address else {}
-        config = load_config(config_path, [*overrides, ray_override])
+        ray_override = {"address": address} if address else {}
+        ray_override |= {"gpus": gpus} if gpus else {}
+        config = load_config(
+            config_path, [*overrides, {"ray": ray_override} if ray_override else {}]
+        )
         return func(config=config, storage_options=storage_options, **kwargs)
 
     return wrapper
@@ -530,44 +540,81 @@ def train(
 )
 @click.option("--max-batch", default=256, show_default=True, help="Largest batch to try.")
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Data-parallel workers the run will train with (default: train.workers); "
+    "each worker's share of a batch is measured.",
+)
+@click.option(
     "--write",
     "out",
     help="Write the schedule with these batch sizes to this YAML file (any storage URL).",
 )
 @common_options
-def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_options):
+def plan(schedule, encoder, mode, budget_gb, max_batch, workers, out, config, storage_options):
     """Measure the peak memory of real training steps on this machine and print the largest
     batch per fidelity that fits the budget (CUDA peak allocation on a GPU; on CPU the
-    peak resident memory of a fresh process per step).
+    peak resident memory of a fresh process per step). The step is the one training
+    runs: one worker's share of the batch, with train.activation_checkpointing and
+    train.precision; the budget is capped by the memory free on the device.
 
     \b
     Examples:
       lofipipe plan --schedule lofi-anet --encoder tsm_r18 --mode lofi --budget-gb 40
+      lofipipe plan --schedule lofi-anet --encoder tsm_r18 --mode lofi --budget-gb 40 \\
+          --workers 4 --set train.activation_checkpointing=true
       lofipipe plan --schedule demo --encoder tiny --mode lofi --budget-gb 1 \\
           --write demo-planned.yaml
     """
     import torch
 
+    from lofipipe.models.precision import resolve_precision
     from lofipipe.schemas.schedule import load_schedule
-    from lofipipe.training.memory_plan import plan_fidelity, planned_schedule_yaml
+    from lofipipe.training.memory_plan import (
+        StepSettings,
+        device_free_bytes,
+        plan_fidelity,
+        planned_schedule_yaml,
+    )
 
     chosen = load_schedule(schedule)
-    budget = int(budget_gb * 2**30)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    click.echo(f"{mode} steps of {encoder} on {device}, budget {budget_gb:g} GiB")
+    workers = workers or config.train.workers
+    gpu = torch.cuda.is_available()
+    settings = StepSettings(
+        config.train.activation_checkpointing, resolve_precision(config.train.precision, gpu)
+    )
+    budget = min(int(budget_gb * 2**30), device_free_bytes())
+    device = torch.cuda.get_device_name() if gpu else "CPU"
+    click.echo(
+        f"{mode} steps of {encoder} on {device}, {settings.precision}"
+        f"{', activation checkpointing' if settings.recompute else ''}, {workers} "
+        f"worker{'s' if workers > 1 else ''}, budget {budget / 2**30:.3g} GiB per worker"
+        + (f" (capped from {budget_gb:g} by the free memory)" if budget < budget_gb * 2**30 else "")
+    )
     plans, measured = [], 0
     started = time.monotonic()
     for fidelity in chosen.training_fidelities(mode):
 
-        def report(batch, peak, name=fidelity.name):
-            click.echo(
-                f"  {name} batch {batch}: {peak / 2**30:.3f} GiB "
-                f"{'fits' if peak <= budget else 'over'}",
-                err=True,
-            )
+        def report(share, peak, name=fidelity.name):
+            if peak is None:
+                verdict = "out of memory"
+            else:
+                verdict = f"{peak / 2**30:.3f} GiB {'fits' if peak <= budget else 'over'}"
+            click.echo(f"  {name} {share} video(s) per worker: {verdict}", err=True)
 
         plans.append(
-            plan_fidelity(mode, encoder, fidelity, budget, config.train.head, max_batch, report)
+            plan_fidelity(
+                mode,
+                encoder,
+                fidelity,
+                budget,
+                config.train.head,
+                max_batch,
+                report,
+                settings,
+                workers,
+            )
         )
         measured += len(plans[-1].measured)
     click.echo(f"{'fidelity':<10} {'shape':<14} {'batch':>5}  {'peak GiB':>8}")
@@ -576,13 +623,14 @@ def plan(schedule, encoder, mode, budget_gb, max_batch, out, config, storage_opt
         click.echo(
             f"{f.name:<10} {f'{f.snippets}x{f.frames}x{f.size}':<14} "
             f"{item.batch_size:>5}  {item.peak_bytes / 2**30:8.3f}"
-            + ("  (not even one video fits)" if not item.batch_size else "")
+            + ("  (not even one video a worker fits)" if not item.batch_size else "")
         )
     click.echo(f"{measured} steps measured in {time.monotonic() - started:.1f} s")
     if out:
         header = (
             f"# {_command_line()}\n# batch sizes measured on {device} for a "
-            f"{budget_gb:g} GiB budget ({mode}, {encoder})\n"
+            f"{budget_gb:g} GiB budget per worker ({mode}, {encoder}, {workers} workers, "
+            f"{settings.precision}, checkpointing {'on' if settings.recompute else 'off'})\n"
         )
         parent, _, name = out.rpartition("/")
         Store(parent or ".", storage_options).write_text(

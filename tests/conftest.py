@@ -42,7 +42,8 @@ def ray_local():
     """A 2-CPU local Ray shared by every test that needs one."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # address "local": a Ray of the tests' own, never a `ray start` cluster on the machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

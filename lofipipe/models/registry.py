@@ -11,14 +11,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lofipipe.errors import ConfigError
+from lofipipe.models.device import to_device
 from lofipipe.models.tiny import TinyVideoNet
 from lofipipe.models.tsm import TSMResNet
 from lofipipe.models.vit import VIT_SIZES, LoSA, VideoViT
 from lofipipe.schemas.preprocess import Preprocess, preprocess_preset
 
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+# Snippets per frozen-backbone call of a LoSA encoder: a 16-frame snippet at 224 is 9.6 MB
+# as float32 (a long video's, tens of GB), so only this many are ever float at once.
+LOSA_CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ class Encoder(nn.Module):
 
     The normalization is the preprocessing's (`preprocess`, default the spec's preset): the
     encoder's mean/std, or pixels / 255 only. With LoSA adapters the B snippets are one
-    video's, in time order.
+    video's, in time order: the frozen backbone runs over LOSA_CHUNK of them at a time
+    (each moved to the encoder's device and normalized only then), the adapters over all.
     """
 
     def __init__(self, spec: EncoderSpec, losa: bool = False, preprocess: Preprocess | None = None):
@@ -91,8 +97,37 @@ class Encoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(std).view(1, 1, 3, 1, 1) * 255)
 
-    def forward(self, snippets: torch.Tensor) -> torch.Tensor:
-        return self.net((snippets.float() - self.mean) / self.std)
+    def forward(self, snippets: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        """Features of uint8 snippets.
+
+        Args:
+            recompute: with gradients on, keep no activations for the backward pass and
+                compute them again then (activation checkpointing). With LoSA only the
+                adapters recompute: the frozen backbone keeps nothing, so it runs once.
+        """
+        recompute = recompute and torch.is_grad_enabled()
+        if self.losa:
+            return self._adapted(snippets, recompute)
+        if recompute:
+            return checkpoint(self._encoded, snippets, use_reentrant=False)
+        return self._encoded(snippets)
+
+    def _normalized(self, snippets: torch.Tensor) -> torch.Tensor:
+        return (snippets.float() - self.mean) / self.std
+
+    def _encoded(self, snippets: torch.Tensor) -> torch.Tensor:
+        return self.net(self._normalized(snippets))
+
+    def _adapted(self, snippets: torch.Tensor, recompute: bool) -> torch.Tensor:
+        parts = [
+            self.net.frozen(self._normalized(to_device(chunk, self.mean.device)))
+            for chunk in snippets.split(LOSA_CHUNK)
+        ]
+        feature = torch.cat([feature for feature, _ in parts])
+        tapped = torch.cat([taps for _, taps in parts])
+        if recompute:
+            return checkpoint(self.net.fuse, feature, tapped, use_reentrant=False)
+        return self.net.fuse(feature, tapped)
 
 
 def build_encoder(name: str, losa: bool = False, preprocess: Preprocess | None = None) -> Encoder:

@@ -262,23 +262,39 @@ def sigmoid_focal_loss(
     targets: torch.Tensor,
     alpha: float = FOCAL_ALPHA,
     gamma: float = FOCAL_GAMMA,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed focal loss (Lin et al., 2017) of independent sigmoid classes."""
+    """Summed focal loss (Lin et al., 2017) of independent sigmoid classes, [..., C]; a
+    `weight` per point ([...], e.g. 0/1 for padding) multiplies each point's classes."""
     probability = torch.sigmoid(logits)
     cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_true = probability * targets + (1 - probability) * (1 - targets)
-    weight = alpha * targets + (1 - alpha) * (1 - targets)
-    return (weight * (1 - p_true) ** gamma * cross_entropy).sum()
+    balance = alpha * targets + (1 - alpha) * (1 - targets)
+    loss = balance * (1 - p_true) ** gamma * cross_entropy
+    return (loss if weight is None else loss * weight.unsqueeze(-1)).sum()
 
 
-def diou_loss_1d(predicted: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Summed 1D distance-IoU loss (Zheng et al., 2020) of [P, 2] (start, end) distances
-    from the same points: 1 - IoU + (center distance / enclosing length)^2."""
-    pred_left, pred_right = predicted[:, 0], predicted[:, 1]
-    left, right = target[:, 0], target[:, 1]
+def diou_loss_1d(
+    predicted: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1e-8,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Summed 1D distance-IoU loss (Zheng et al., 2020) of [..., 2] (start, end) distances
+    from the same points: 1 - IoU + (center distance / enclosing length)^2. With a
+    `weight` per point ([...]), points of weight 0 count for nothing, whatever they hold:
+    masking by weight rather than by selection keeps the shapes, and so the device, free
+    of a data-dependent size."""
+    if weight is not None:
+        kept = weight.unsqueeze(-1) > 0
+        predicted = torch.where(kept, predicted, torch.ones_like(predicted))
+        target = torch.where(kept, target, torch.ones_like(target))
+    pred_left, pred_right = predicted[..., 0], predicted[..., 1]
+    left, right = target[..., 0], target[..., 1]
     overlap = torch.minimum(pred_left, left) + torch.minimum(pred_right, right)
     union = pred_left + pred_right + left + right - overlap
     iou = overlap / union.clamp(min=eps)
     enclosing = torch.maximum(pred_left, left) + torch.maximum(pred_right, right)
     center_gap = 0.5 * (pred_right - pred_left - right + left)
-    return (1 - iou + (center_gap / (enclosing + eps)) ** 2).sum()
+    loss = 1 - iou + (center_gap / (enclosing + eps)) ** 2
+    return (loss if weight is None else loss * weight).sum()

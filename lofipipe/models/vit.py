@@ -22,11 +22,15 @@ from torch import nn
 TUBELET = 2  # frames per token (VideoMAE's tubelet_size)
 
 
-def sincos_positions(count: int, dim: int) -> torch.Tensor:
-    """Fixed 1D sine-cosine position codes (count, dim), as VideoMAE uses."""
-    position = torch.arange(count, dtype=torch.float64)[:, None]
-    scale = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-    codes = torch.zeros(count, dim, dtype=torch.float64)
+def sincos_positions(
+    count: int, dim: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Fixed 1D sine-cosine position codes (count, dim) in float32, built in float64 on
+    `device` as VideoMAE builds them."""
+    position = torch.arange(count, dtype=torch.float64, device=device)[:, None]
+    steps = torch.arange(0, dim, 2, dtype=torch.float64, device=device)
+    scale = torch.pow(10000.0, -steps / dim)
+    codes = torch.zeros(count, dim, dtype=torch.float64, device=device)
     codes[:, 0::2] = torch.sin(position * scale)
     codes[:, 1::2] = torch.cos(position * scale)[:, : dim // 2]
     return codes.float()
@@ -94,6 +98,10 @@ class VideoViT(nn.Module):
         self.blocks = nn.ModuleList(_Block(dim, heads, mlp_hidden) for _ in range(depth))
         self.norm: nn.LayerNorm | None = None
         self.fc_norm: nn.LayerNorm | None = nn.LayerNorm(dim, eps=1e-6)
+        # The position table of the last token count, kept on the device it was built on.
+        # A plain attribute, not a buffer: buffers are saved, averaged by the trainer's
+        # weight EMA and broadcast by DDP, and the token count follows the input's size.
+        self._positions: torch.Tensor | None = None
 
     def norm_tokens(self, on_tokens: bool) -> None:
         """Puts the final norm on each token before the mean (`norm`) or on the mean
@@ -101,9 +109,17 @@ class VideoViT(nn.Module):
         final = self.norm if self.norm is not None else self.fc_norm
         self.norm, self.fc_norm = (final, None) if on_tokens else (None, final)
 
+    def positions(self, count: int, device: torch.device) -> torch.Tensor:
+        """The (count, dim) position table on `device`, built only when the token count
+        or the device differs from the last call's."""
+        table = self._positions
+        if table is None or table.shape[0] != count or table.device != device:
+            table = self._positions = sincos_positions(count, self.dim, device)
+        return table
+
     def tokens(self, clips: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
-        return x + sincos_positions(x.shape[1], self.dim).to(x)
+        return x + self.positions(x.shape[1], x.device).to(x.dtype)
 
     def features(
         self, clips: torch.Tensor, taps: tuple[int, ...] = ()
@@ -157,7 +173,11 @@ class _TemporalAdapter(nn.Module):
 
 class LoSA(nn.Module):
     """A frozen video backbone with LoSA adapters: (L, F, 3, H, W) snippets of one video,
-    in time order -> (L, dim) features. Only the adapters and their gates train."""
+    in time order -> (L, dim) features. Only the adapters and their gates train.
+
+    The two stages run apart too: `frozen` on any slice of the snippets (the backbone sees
+    each snippet alone), `fuse` on the whole video's outputs (the adapters mix snippets).
+    """
 
     def __init__(self, backbone: VideoViT, taps: tuple[int, ...] | None = None, hidden: int = 64):
         super().__init__()
@@ -171,15 +191,26 @@ class LoSA(nn.Module):
         self.long = nn.ModuleList(_TemporalAdapter(self.dim, hidden, True) for _ in self.taps)
         self.gates = nn.Parameter(torch.zeros(2, len(self.taps)))
 
-    def forward(self, snippets: torch.Tensor) -> torch.Tensor:
+    def frozen(self, snippets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's features (B, dim) of float snippets and its tapped features
+        (B, taps, dim), without gradients."""
         self.backbone.eval()
         with torch.no_grad():
             feature, tapped = self.backbone.features(snippets, self.taps)
+        return feature, torch.stack(tapped, dim=1)
+
+    def fuse(self, feature: torch.Tensor, tapped: torch.Tensor) -> torch.Tensor:
+        """A whole video's backbone features (L, dim) plus its gated adapters' outputs over
+        the tapped features (L, taps, dim)."""
         gates = torch.tanh(self.gates)
-        for index, tap in enumerate(tapped):
+        for index in range(len(self.taps)):
+            tap = tapped[:, index]
             feature = (
                 feature
                 + gates[0, index] * self.short[index](tap)
                 + gates[1, index] * self.long[index](tap)
             )
         return feature
+
+    def forward(self, snippets: torch.Tensor) -> torch.Tensor:
+        return self.fuse(*self.frozen(snippets))

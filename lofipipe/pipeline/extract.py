@@ -31,6 +31,7 @@ from lofipipe.layout import (
     lineage_path,
     part_number,
 )
+from lofipipe.models.precision import resolve_precision
 from lofipipe.models.registry import (
     ENCODERS,
     architecture_digest,
@@ -49,7 +50,7 @@ from lofipipe.workers.feature_extractor import (
     FeatureExtractor,
     PartJob,
 )
-from lofipipe.workers.runtime import cluster_cpus, ensure_ray
+from lofipipe.workers.runtime import cluster_cpus, cluster_gpus, ensure_ray, use_gpus
 
 
 @dataclass
@@ -133,14 +134,20 @@ class ExtractPlan:
     todo: list[PartJob]
     sources: dict[int, dict[str, str]]
     summary: ExtractSummary
+    gpus: bool  # whether the encoder actors take GPUs (ray.gpus)
+    precision: str  # extract.precision, resolved: fp32, bf16 or fp16
 
 
 def plan_extract(
     config: Config, root: Store, storage_options: Mapping[str, Any], command: str = ""
 ) -> ExtractPlan:
     """Checks the encoder, schedule and checkpoint, and finds the parts not yet done for
-    this encoder fingerprint (nothing is written)."""
+    this encoder fingerprint (nothing is written). Ray is started or joined first: whether
+    the actors get GPUs decides the precision, which the fingerprint holds."""
     settings = config.extract
+    ensure_ray(config.ray)
+    gpus = use_gpus(config.ray.gpus)
+    precision = resolve_precision(settings.precision, gpus)
     if settings.encoder not in ENCODERS:
         raise ConfigError(
             f"extract.encoder: unknown encoder {settings.encoder!r} (known: {', '.join(ENCODERS)})"
@@ -173,6 +180,8 @@ def plan_extract(
         "stride": schedule.stride,
         "losa": settings.losa,
         "pixels": pixels,
+        # fp32 features keep the fingerprints they had before precision was a setting
+        **({"precision": precision} if precision != "fp32" else {}),
     }
     pixel_preprocess = preprocess.content(spec.mean, spec.std)
     fingerprint = encoder_fingerprint(
@@ -198,6 +207,7 @@ def plan_extract(
         "fingerprint": fingerprint,
         "encoder": name,
         "weights": weights,
+        "precision": precision,
         "checkpoint": redact(settings.checkpoint or "", storage_options) or None,
         "checkpoint_layout": layout,
         "schedule": schedule.name,
@@ -209,7 +219,9 @@ def plan_extract(
         "lofipipe_version": __version__,
         "command": command,
     }
-    return ExtractPlan(schedule, preprocess, fingerprint, lineage, jobs, todo, sources, summary)
+    return ExtractPlan(
+        schedule, preprocess, fingerprint, lineage, jobs, todo, sources, summary, gpus, precision
+    )
 
 
 def run_extract(
@@ -222,33 +234,14 @@ def run_extract(
     root.write_text(lineage_path(fingerprint), json.dumps(plan.lineage, indent=1))
     _remove_stale(root, fingerprint, max((job.part + 1 for job in plan.jobs), default=0))
     if plan.todo:
-        summary.progress_line = _run_jobs(
-            config,
-            root,
-            storage_options,
-            plan.schedule,
-            plan.preprocess,
-            fingerprint,
-            plan.todo,
-            plan.sources,
-            summary,
-        )
+        summary.progress_line = _run_jobs(config, root, storage_options, plan)
     return summary
 
 
 def _run_jobs(
-    config: Config,
-    root: Store,
-    storage_options: Mapping[str, Any],
-    schedule: Schedule,
-    preprocess: Preprocess,
-    fingerprint: str,
-    todo: list[PartJob],
-    sources: Mapping[int, Mapping[str, str]],
-    summary: ExtractSummary,
+    config: Config, root: Store, storage_options: Mapping[str, Any], plan: ExtractPlan
 ) -> str:
-    settings = config.extract
-    ensure_ray(config.ray)
+    settings, summary, todo = config.extract, plan.summary, plan.todo
     factory = functools.partial(
         build_weighted_encoder,
         settings.encoder,
@@ -256,34 +249,36 @@ def _run_jobs(
         settings.checkpoint,
         dict(storage_options),
         settings.seed,
-        preprocess,
+        plan.preprocess,
     )
     extractor = FeatureExtractor(
         root,
-        schedule,
+        plan.schedule,
         factory,
-        fingerprint,
+        plan.fingerprint,
         settings.batch_size,
         settings.export,
         config.materialize.decode_threads,
         storage_options,
-        preprocess,
+        plan.preprocess,
+        plan.precision,
     )
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = min(settings.workers or gpus or cluster_cpus(), len(todo))
-    cpus = 1 if gpus else max(1, cluster_cpus() // actors)
+    # One actor per GPU the cluster has or can start (an autoscaler starts GPU nodes for
+    # actors that ask for one), else one per CPU.
+    actors = min(settings.workers or (cluster_gpus() if plan.gpus else cluster_cpus()), len(todo))
+    cpus = 1 if plan.gpus else max(1, cluster_cpus() // actors)
     # A killed actor is started again and its part runs again (a part commits by its
     # marker, so a rerun writes the same files). Constructor arguments stay small (no
     # weights: each actor reads its checkpoint), so Ray passes them inline.
     actor = ray.remote(ExtractActor).options(
-        num_cpus=cpus, num_gpus=1 if gpus else 0, max_restarts=-1, max_task_retries=-1
+        num_cpus=cpus, num_gpus=1 if plan.gpus else 0, max_restarts=-1, max_task_retries=-1
     )
     pool = ActorPool([actor.remote(extractor, cpus) for _ in range(actors)])
     parts = pool.map_unordered(
         lambda extract, job: extract.process.options(name="lofipipe.extract").remote(job), todo
     )
     snippets = 0
-    with Progress("extract", sum(len(sources[job.part]) for job in todo)) as progress:
+    with Progress("extract", sum(len(plan.sources[job.part]) for job in todo)) as progress:
         for stats in parts:
             snippets += stats["snippets"]
             summary.written += 1
@@ -292,6 +287,11 @@ def _run_jobs(
             for error in stats["failed"].values():
                 progress.done(failed_reason=failure_reason(error))
     record_stage(
-        root, f"extract {fingerprint}", progress.seconds, progress.ok, snippets, progress.failed
+        root,
+        f"extract {plan.fingerprint}",
+        progress.seconds,
+        progress.ok,
+        snippets,
+        progress.failed,
     )
     return progress.summary()

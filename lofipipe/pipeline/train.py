@@ -9,6 +9,7 @@ and rerunning the same command resumes the run the same way; the resolved config
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -16,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 import torch
 import yaml
 
@@ -35,6 +35,7 @@ from lofipipe.evaluation.detection import (
 from lofipipe.evaluation.files import parse_predictions
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import evaluation_path, predictions_path, report_path, run_config_path, run_dir
+from lofipipe.models.precision import resolve_precision
 from lofipipe.models.registry import ENCODERS, build_encoder, encoder_preprocess
 from lofipipe.pipeline.progress import Progress
 from lofipipe.reports.run_page import write_run_page
@@ -44,7 +45,7 @@ from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_epoch
 from lofipipe.training.feature_set import FeatureSet
 from lofipipe.training.trainer import TrainJob
-from lofipipe.workers.runtime import cluster_cpus, ensure_ray
+from lofipipe.workers.runtime import cluster_cpus, ensure_ray, use_gpus
 from lofipipe.workers.train_worker import torch_trainer
 
 _SHOWN = ("epoch", "resume")  # the metrics rows the progress shows
@@ -119,6 +120,19 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
     preprocessing of `materialize.preprocess` (`auto`: the preset of `train.encoder`)."""
     schedule = load_schedule(config.materialize.schedule)
     losa = config.train.mode == "losa"
+    workers = config.train.workers
+    small = [
+        f"{f.name} ({schedule.batch_size_for(f)})"
+        for f in schedule.training_fidelities(config.train.mode)
+        if config.train.mode == "lofi" and schedule.batch_size_for(f) < workers
+    ]
+    if small:
+        raise ConfigError(
+            f"the {schedule.name} schedule's batches at {', '.join(small)} are smaller than "
+            f"the {workers} workers, and each worker takes at least one video a step: "
+            f"plan them for {workers} workers (lofipipe plan --workers {workers} --write) "
+            f"or train with fewer"
+        )
     with torch.device("meta"):  # unknown names and LoSA on a non-ViT are config errors
         build_encoder(config.train.encoder, losa)
     preprocess = encoder_preprocess(config.train.encoder, config.materialize.preprocess)
@@ -164,12 +178,17 @@ def run_train(
                 f"than the {settings.workers} workers"
             )
     thresholds = parse_thresholds(settings.tiou)
+    ensure_ray(config.ray)
+    gpus = use_gpus(config.ray.gpus)
+    # The precision the workers compute in, as the run's config records it.
+    settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision, gpus))
+    config = dataclasses.replace(config, train=settings)
     _check_resume(root, config)
     root.write_text(run_config_path(settings.run), config_to_yaml(config, command))
     done = latest_epoch(root, settings.run)
     started = time.monotonic()
     if done < settings.epochs or not root.exists(predictions_path(settings.run)):
-        _train_on_ray(config, root, train_videos, val_videos, thresholds, window)
+        _train_on_ray(config, root, train_videos, val_videos, thresholds, window, gpus)
         record_stage(
             root,
             f"train {settings.run}",
@@ -214,10 +233,9 @@ def _train_on_ray(
     val_videos: list[str],
     thresholds: tuple[float, ...],
     window: int,
+    gpus: bool,
 ) -> None:
     settings = config.train
-    ensure_ray(config.ray)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
     threads = max(1, cluster_cpus() // settings.workers)
     schedule = preprocess = None
     if settings.mode != "head":
@@ -235,7 +253,7 @@ def _train_on_ray(
         schedule,
         preprocess,
     )
-    _fit(job, gpus > 0, threads)
+    _fit(job, gpus, threads)
 
 
 def _fit(job: TrainJob, use_gpu: bool, threads: int) -> None:

@@ -37,6 +37,9 @@ class RayConfig:
 
     address: str | None = None  # None: RAY_ADDRESS if set, else a new local instance
     num_cpus: int | None = None  # for a local instance; None: all cores of the machine
+    # auto: GPUs when the cluster has them or its autoscaler can start them; on: require
+    # them; off: CPUs only
+    gpus: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", "must be at least 1")
@@ -174,6 +177,9 @@ class ExtractConfig:
     batch_size: int = 32  # snippets per forward pass
     workers: int = 0  # encoder actors; 0: one per GPU, else one per CPU
     export: str | None = None  # folder URL for <video_id>.npy files (ActionFormer, OpenTAD)
+    # the encoder's arithmetic, part of the feature fingerprint; auto: bf16 on GPUs, fp32
+    # on CPUs
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -233,7 +239,9 @@ class TrainConfig:
     # training videos' full-fidelity snippets (AdaBN: for an encoder from another domain)
     batchnorm: Literal["frozen", "recalibrate"] = "frozen"
     activation_checkpointing: bool = False  # lofi, losa: recompute encoder activations
-    mixed_precision: bool = True  # lofi, losa, on GPU: autocast
+    # lofi, losa: the encoder's arithmetic; auto: bf16 on GPUs, fp32 on CPUs; fp16 trains
+    # with loss scaling (lofipipe/models/precision.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     run: str | None = None  # runs/<run>/; rerunning a run resumes it
     workers: int = 1  # data-parallel Ray Train workers
     # ActionFormer's THUMOS-14 schedule: 35 epochs of which 5 warm up, batches of 2

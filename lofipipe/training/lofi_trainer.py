@@ -103,7 +103,7 @@ class LofiTrainer(Trainer):
         )
         self._head = TALHead.from_config(encoder.dim, len(self.labels), settings.head)
         return SnippetDetector(
-            encoder, self._head, settings.activation_checkpointing, settings.mixed_precision
+            encoder, self._head, settings.activation_checkpointing, settings.precision
         )
 
     @property

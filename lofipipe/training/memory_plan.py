@@ -7,6 +7,11 @@ fresh Python process (an allocator that kept the memory of an earlier step would
 next one's), which warms torch up, then reports how far its peak resident memory (VmHWM,
 reset through /proc/self/clear_refs) rose above what it held before the model was built:
 model, optimizer state, inputs and activations all count, as on a GPU.
+
+The step is the one training runs: one worker's share of the batch, with the run's
+activation checkpointing, precision, loss scaling and gradient clipping. A step that runs
+out of memory (CUDA's OOM error; on CPU a MemoryError or the kernel's OOM killer) is a
+batch that does not fit, not a failure of the plan.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,20 +38,22 @@ from lofipipe.schemas.config import HeadConfig, config_to_dict
 from lofipipe.schemas.schedule import Fidelity, Schedule
 from lofipipe.training.feature_set import VideoFeatures, collate
 from lofipipe.training.snippet_detector import SnippetDetector
-from lofipipe.training.trainer import head_losses, parameter_groups
+from lofipipe.training.trainer import head_losses, optimizer_step, parameter_groups
 
 _CLASSES = 20  # synthetic labels; the head's classifier is a small part of its memory
 # A batch fits when its step measured this far under the budget: the same step measured
 # again varies by a few percent (allocation order, thread timing).
 MARGIN = 0.95
+_OUT_OF_MEMORY = "out of memory"  # what a CPU measurement prints when the step did not fit
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
+def _proc_kb(path: str, field: str) -> int:
+    """A `field: N kB` line of a /proc file (status, meminfo)."""
+    with open(path) as lines:
+        for line in lines:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise ConfigError(f"cannot read {field} from /proc/self/status")
+    raise ConfigError(f"cannot read {field} from {path}")
 
 
 def _reset_peak() -> None:
@@ -58,7 +66,8 @@ def _reset_peak() -> None:
         ) from None
 
 
-def _synthetic(fidelity: Fidelity, rng: np.random.Generator) -> VideoSnippets:
+def synthetic_video(fidelity: Fidelity, rng: np.random.Generator) -> VideoSnippets:
+    """A video of random uint8 snippets at `fidelity` with one action."""
     count = fidelity.snippets
     start = np.arange(count, dtype=np.float64)
     return VideoSnippets(
@@ -78,6 +87,14 @@ def _synthetic(fidelity: Fidelity, rng: np.random.Generator) -> VideoSnippets:
     )
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How training runs a step, which the measured step must match."""
+
+    recompute: bool = False  # train.activation_checkpointing
+    precision: str = "fp32"  # resolved train.precision (fp32, bf16, fp16)
+
+
 def _step(
     mode: str,
     encoder_name: str,
@@ -85,12 +102,14 @@ def _step(
     batch: int,
     head: HeadConfig,
     device: torch.device,
+    settings: StepSettings,
 ) -> None:
-    """One training step of `mode` on `batch` synthetic videos at `fidelity`."""
+    """One training step of `mode` on `batch` synthetic videos at `fidelity`, as a worker
+    of a run trains it (checkpointing, precision, loss scaling and clipping included)."""
     rng = np.random.default_rng(0)
     encoder = build_encoder(encoder_name, losa=mode == "losa")
     tal = TALHead.from_config(encoder.dim, _CLASSES, head)
-    videos = [_synthetic(fidelity, rng) for _ in range(batch)]
+    videos = [synthetic_video(fidelity, rng) for _ in range(batch)]
     if mode == "head":
         model = tal.to(device)
         features = [
@@ -107,21 +126,29 @@ def _step(
         targets = collate(features, _CLASSES, head.levels)
         output = model(targets.features.to(device), targets.mask.to(device))
     else:
-        model = SnippetDetector(encoder, tal).to(device)
+        model = SnippetDetector(encoder, tal, settings.recompute, settings.precision).to(device)
         for module in encoder.modules():  # as LofiTrainer trains: frozen statistics
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
         output, targets = model(videos, head.levels)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=mode != "head" and settings.precision == "fp16"
+    )
     loss, _ = head_losses(output, targets, 1)
-    loss.backward()
-    optimizer.step()
+    optimizer_step(loss, model, optimizer, scaler, clip_grad_norm=1.0)
 
 
 def step_peak_bytes(
-    mode: str, encoder: str, fidelity: Fidelity, batch: int, head: HeadConfig
-) -> int:
-    """Peak memory of one training step (see the module doc)."""
+    mode: str,
+    encoder: str,
+    fidelity: Fidelity,
+    batch: int,
+    head: HeadConfig,
+    settings: StepSettings = StepSettings(),
+) -> int | None:
+    """Peak memory of one training step of one worker (see the module doc); None when
+    it ran out of memory: the batch does not fit."""
     if encoder not in ENCODERS:
         raise ConfigError(f"unknown encoder {encoder!r} (known: {', '.join(ENCODERS)})")
     if not torch.cuda.is_available():
@@ -132,6 +159,7 @@ def step_peak_bytes(
                 "batch": batch,
                 "fidelity": dataclasses.asdict(fidelity),
                 "head": dataclasses.asdict(head),
+                "settings": dataclasses.asdict(settings),
             }
         )
         done = subprocess.run(
@@ -140,6 +168,9 @@ def step_peak_bytes(
             text=True,
             env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
         )
+        # The kernel's OOM killer ends a process that outgrew the machine with SIGKILL.
+        if done.returncode == -signal.SIGKILL or done.stdout.strip() == _OUT_OF_MEMORY:
+            return None
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise ConfigError(
@@ -151,36 +182,66 @@ def step_peak_bytes(
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    _step(mode, encoder, fidelity, batch, head, torch.device("cuda"))
-    peak = torch.cuda.max_memory_allocated() - before
-    gc.collect()
-    return peak
+    try:
+        _step(mode, encoder, fidelity, batch, head, torch.device("cuda"), settings)
+    except Exception as error:
+        if _out_of_memory(error):
+            return None
+        raise
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
+    return torch.cuda.max_memory_allocated() - before
 
 
-def _measure_here(request: dict) -> int:
+def _out_of_memory(error: Exception) -> bool:
+    """Whether `error` says an allocation failed: CUDA's OOM error, Python's (numpy's)
+    MemoryError, or torch's CPU allocator giving up."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def device_free_bytes() -> int:
+    """Memory a step can take now: free GPU memory, or the machine's available memory
+    (Linux's MemAvailable) on CPU."""
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+        return torch.cuda.mem_get_info()[0]
+    return _proc_kb("/proc/meminfo", "MemAvailable") * 1024
+
+
+def _measure_here(request: dict) -> int | None:
     """CPU: one step in this (fresh) process; the rise of its peak resident memory."""
     warm = torch.randn(2, 3, 4, 8, 8, requires_grad=True)  # torch's own start-up memory
     torch.nn.functional.conv3d(warm, torch.randn(4, 3, 3, 3, 3), padding=1).sum().backward()
     gc.collect()
     _reset_peak()
-    before = _status_kb("VmRSS")
-    _step(
-        request["mode"],
-        request["encoder"],
-        Fidelity(**request["fidelity"]),
-        request["batch"],
-        HeadConfig(**request["head"]),
-        torch.device("cpu"),
-    )
-    return (_status_kb("VmHWM") - before) * 1024
+    before = _proc_kb("/proc/self/status", "VmRSS")
+    try:
+        _step(
+            request["mode"],
+            request["encoder"],
+            Fidelity(**request["fidelity"]),
+            request["batch"],
+            HeadConfig(**request["head"]),
+            torch.device("cpu"),
+            StepSettings(**request["settings"]),
+        )
+    except Exception as error:
+        if _out_of_memory(error):
+            return None
+        raise
+    return (_proc_kb("/proc/self/status", "VmHWM") - before) * 1024
 
 
 @dataclass
 class FidelityPlan:
     fidelity: Fidelity
-    batch_size: int  # 0: not even one video fits
-    peak_bytes: int  # measured at batch_size (or at 1 when nothing fits)
-    measured: dict[int, int]  # batch -> bytes
+    batch_size: int  # the global batch over all workers; 0: not even one video a worker fits
+    peak_bytes: int  # one worker's step at batch_size (at 1 video when nothing fits)
+    measured: dict[int, int | None]  # videos per worker -> bytes (None: out of memory)
 
 
 def plan_fidelity(
@@ -190,23 +251,28 @@ def plan_fidelity(
     budget: int,
     head: HeadConfig,
     largest: int = 256,
-    report: Callable[[int, int], None] = lambda batch, peak: None,
+    report: Callable[[int, int | None], None] = lambda batch, peak: None,
+    settings: StepSettings = StepSettings(),
+    workers: int = 1,
 ) -> FidelityPlan:
-    """The largest batch (up to `largest`) whose measured step fits `budget` bytes (with
-    `MARGIN`): batch sizes double until one does not fit, then a binary search between
-    the last two."""
-    measured: dict[int, int] = {}
+    """The largest global batch (up to `largest`) that `workers` workers train with each
+    worker's step within `budget` bytes (with `MARGIN`): a run splits its batch over its
+    workers, so each measures its share. Videos per worker double until a step does not
+    fit (or runs out of memory), then a binary search between the last two."""
+    measured: dict[int, int | None] = {}
 
-    def fits(batch: int) -> bool:
-        measured[batch] = step_peak_bytes(mode, encoder, fidelity, batch, head)
-        report(batch, measured[batch])
-        return measured[batch] <= budget * MARGIN
+    def fits(share: int) -> bool:
+        measured[share] = step_peak_bytes(mode, encoder, fidelity, share, head, settings)
+        report(share, measured[share])
+        peak = measured[share]
+        return peak is not None and peak <= budget * MARGIN
 
+    most = max(1, largest // workers)
     if not fits(1):
-        return FidelityPlan(fidelity, 0, measured[1], measured)
+        return FidelityPlan(fidelity, 0, measured[1] or 0, measured)
     low, high = 1, None
-    while high is None and low < largest:
-        candidate = min(low * 2, largest)
+    while high is None and low < most:
+        candidate = min(low * 2, most)
         if fits(candidate):
             low = candidate
         else:
@@ -217,7 +283,7 @@ def plan_fidelity(
             low = middle
         else:
             high = middle
-    return FidelityPlan(fidelity, low, measured[low], measured)
+    return FidelityPlan(fidelity, low * workers, measured[low] or 0, measured)
 
 
 def planned_schedule_yaml(schedule: Schedule, plans: list[FidelityPlan], header: str) -> str:
@@ -234,4 +300,5 @@ def planned_schedule_yaml(schedule: Schedule, plans: list[FidelityPlan], header:
 
 
 if __name__ == "__main__":  # a measurement in a fresh process, see step_peak_bytes
-    print(_measure_here(json.loads(sys.argv[1])))
+    peak = _measure_here(json.loads(sys.argv[1]))
+    print(_OUT_OF_MEMORY if peak is None else peak)

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lofipipe.data.snippets import VideoSnippets
+from lofipipe.models.device import to_device
+from lofipipe.models.precision import autocast, resolve_precision
 from lofipipe.models.registry import Encoder
 from lofipipe.models.tal_head import HeadOutput, TALHead
 from lofipipe.training.feature_set import Batch, VideoFeatures, collate
@@ -22,25 +23,25 @@ class SnippetDetector(nn.Module):
     snippets of several videos -> per-video features -> the head's output."""
 
     def __init__(
-        self, encoder: Encoder, head: TALHead, recompute: bool = False, autocast: bool = False
+        self, encoder: Encoder, head: TALHead, recompute: bool = False, precision: str = "fp32"
     ):
         super().__init__()
         self.encoder, self.head = encoder, head
-        self.recompute, self.autocast = recompute, autocast
+        self.recompute, self.precision = recompute, precision
 
     def encode(self, snippets: torch.Tensor) -> torch.Tensor:
-        """(N, F, 3, S, S) uint8 -> (N, C) float32, in chunks (a LoSA encoder takes a
-        video's snippets at once: its adapters run along them)."""
+        """(N, F, 3, S, S) uint8 -> (N, C) float32, in chunks. A LoSA encoder takes a
+        video's snippets at once, on the host (its adapters run along them; it moves its
+        backbone's chunks to the device itself)."""
         device = next(self.parameters()).device
         outputs = []
-        chunks = [snippets] if self.encoder.losa else snippets.split(_CHUNK)
-        with torch.autocast(device.type, enabled=self.autocast and device.type == "cuda"):
-            for chunk in chunks:
-                chunk = chunk.to(device, non_blocking=True)
-                if self.recompute and torch.is_grad_enabled():
-                    outputs.append(checkpoint(self.encoder, chunk, use_reentrant=False))
-                else:
-                    outputs.append(self.encoder(chunk))
+        with autocast(resolve_precision(self.precision, device.type == "cuda"), device):
+            if self.encoder.losa:
+                outputs.append(self.encoder(snippets, recompute=self.recompute))
+            else:
+                for chunk in snippets.split(_CHUNK):
+                    chunk = to_device(chunk, device)
+                    outputs.append(self.encoder(chunk, recompute=self.recompute))
         return torch.cat(outputs).float()
 
     def forward(self, videos: Sequence[VideoSnippets], levels: int) -> tuple[HeadOutput, Batch]:

@@ -28,6 +28,7 @@ from lofipipe import __version__
 from lofipipe.data.runs import write_metrics
 from lofipipe.evaluation.detection import DetectionResult, Segment, evaluate
 from lofipipe.layout import predictions_path
+from lofipipe.models.precision import check_precision, resolve_precision
 from lofipipe.models.tal_head import HeadOutput, TALHead, diou_loss_1d, sigmoid_focal_loss
 from lofipipe.models.tal_postprocess import PostProcessing, detect, soft_nms
 from lofipipe.reports.figures import write_report_plot
@@ -82,14 +83,12 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def all_sum(values: list[float]) -> list[float]:
-    """Sums over all workers (the values themselves when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return list(values)
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over all workers, in place on its device (itself when not
+    distributed): no copy to the host."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def _all_gather(value: Any) -> list[Any]:
@@ -103,36 +102,50 @@ def _all_gather(value: Any) -> list[Any]:
 class LossNormalizer:
     """ActionFormer's divisor of the summed losses: a moving average of the positive points
     per step (from 100, momentum 0.9), steadier than each batch's own count, so that a
-    batch with few actions does not weigh as much as one with many."""
+    batch with few actions does not weigh as much as one with many. It stays on the
+    device, as a tensor, after its first update."""
 
     def __init__(self, value: float = 100.0, momentum: float = 0.9):
-        self.value, self.momentum = value, momentum
+        self.value: float | torch.Tensor = value
+        self.momentum = momentum
 
-    def update(self, positives: float) -> float:
-        self.value = self.momentum * self.value + (1 - self.momentum) * max(positives, 1.0)
+    def update(self, positives: torch.Tensor) -> torch.Tensor:
+        self.value = self.momentum * self.value + (1 - self.momentum) * positives.clamp(min=1)
         return self.value
 
 
 def head_losses(
     head_output: HeadOutput, batch: Batch, world: int, normalizer: LossNormalizer | None = None
-) -> tuple[torch.Tensor, list[float]]:
-    """The loss to back-propagate, divided by `normalizer`'s average of the positive points
-    (without one: by this batch's count) and scaled so that averaging over `world` workers
-    gives the global gradient; and the global [loss, classification, regression] per
-    positive point of this batch, comparable from step to step."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to back-propagate, divided by `normalizer`'s average of the global positive
+    points (without one: by this batch's count) and scaled so that averaging over `world`
+    workers gives the global gradient; and this worker's [loss, classification,
+    regression, positive points] sums, detached (`step_losses` makes them the logged
+    per-point values). One all-reduce of the count, no copy to the host."""
     logits = torch.cat(head_output.logits, dim=1).float()
     offsets = torch.cat(head_output.offsets, dim=1).float()
     valid = torch.cat(head_output.masks, dim=1)
     classes = batch.classes.to(logits.device)
     distances = batch.distances.to(logits.device)
     positive = (classes.sum(-1) > 0) & valid
-    count = max(all_sum([float(positive.sum())])[0], 1.0)
-    divisor = normalizer.update(count) if normalizer else count
-    cls_loss = sigmoid_focal_loss(logits[valid], classes[valid])
-    reg_loss = diou_loss_1d(offsets[positive], distances[positive])
+    local = positive.sum().float()
+    count = all_reduce_sum(local.clone())
+    divisor = normalizer.update(count) if normalizer else count.clamp(min=1)
+    cls_loss = sigmoid_focal_loss(logits, classes, weight=valid.float())
+    reg_loss = diou_loss_1d(offsets, distances, weight=positive.float())
     loss = (cls_loss + reg_loss) / divisor
-    sums = all_sum([cls_loss.item() + reg_loss.item(), cls_loss.item(), reg_loss.item()])
-    return loss * world, [value / count for value in sums]
+    sums = torch.stack([cls_loss + reg_loss, cls_loss, reg_loss, local]).detach()
+    return loss * world, sums
+
+
+def step_losses(sums: list[torch.Tensor]) -> list[list[float]]:
+    """Per step, the global [loss, classification, regression] per positive point, from
+    every step's `head_losses` sums: one all-reduce and one copy to the host for them all."""
+    if not sums:
+        return []
+    total = all_reduce_sum(torch.stack(sums)).double().cpu()
+    per_point = total[:, :3] / total[:, 3:].clamp(min=1)
+    return per_point.tolist()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -142,6 +155,24 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         {"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    clip_grad_norm: float,
+) -> None:
+    """Back-propagates `loss` and updates: through `scaler` (fp16's loss scaling, a
+    pass-through when disabled), the gradients unscaled before they are clipped."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 class WeightAverage:
@@ -205,6 +236,7 @@ class Trainer(ABC):
         # On its training device (and wrapped) before anything refers to its tensors: the
         # optimizer's moments, the weight average and a checkpoint's state then land there.
         self.trained = wrap(self.model)
+        self.device = next(self.model.parameters()).device
         self.plans = [self.epoch_plan(epoch) for epoch in range(settings.epochs)]
         self.first_step = np.concatenate([[0], np.cumsum([len(p) for p in self.plans])])
         scales = [step.lr_scale for plan in self.plans for step in plan]
@@ -223,6 +255,13 @@ class Trainer(ABC):
             self.start()
         self.optimizer = torch.optim.AdamW(self.parameter_groups(), lr=settings.lr)
         self.normalizer = LossNormalizer()
+        # The encoder's precision (a head on features trains in fp32); fp16 gradients
+        # underflow without loss scaling, bf16 and fp32 need none.
+        precision = resolve_precision(settings.precision, self.device.type == "cuda")
+        check_precision(precision, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=settings.mode != "head" and precision == "fp16"
+        )
         self.average = WeightAverage(self.model, settings.ema_decay) if settings.ema_decay else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -233,6 +272,8 @@ class Trainer(ABC):
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.normalizer.value = float(state.get("loss_normalizer", self.normalizer.value))
+            if "grad_scaler" in state:
+                self.scaler.load_state_dict(state["grad_scaler"])
             if self.average is not None and "ema" in state:
                 self.average.load_state_dict(state["ema"])
             self.rows, self.epoch = list(state["metrics"]), int(state["epoch"])
@@ -345,7 +386,9 @@ class Trainer(ABC):
         order = np.concatenate(
             [rng.permutation(count) for _ in range(math.ceil(sum(sizes) / count))]
         )
-        rows, first = [], 0
+        rows: list[dict[str, Any]] = []
+        sums: list[torch.Tensor] = []
+        first = 0
         for step, (plan, size) in enumerate(zip(self.plans[self.epoch], sizes, strict=True)):
             started = time.perf_counter()
             # A draw's position in the epoch seeds its augmentation: the same with any
@@ -355,15 +398,10 @@ class Trainer(ABC):
             output, batch = self.forward_batch(
                 [job.train_videos[order[i]] for i in positions], plan, positions
             )
-            loss, (total, cls_loss, reg_loss) = head_losses(
-                output, batch, self.world, self.normalizer
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.clip_grad_norm > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), settings.clip_grad_norm)
+            loss, step_sums = head_losses(output, batch, self.world, self.normalizer)
+            sums.append(step_sums)
             lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
+            optimizer_step(loss, self.model, self.optimizer, self.scaler, settings.clip_grad_norm)
             self.scheduler.step()
             if self.average is not None:
                 self.average.update()
@@ -372,13 +410,13 @@ class Trainer(ABC):
                     "kind": "step",
                     "epoch": self.epoch + 1,
                     "step": int(self.first_step[self.epoch]) + step + 1,
-                    "loss": total,
-                    "cls_loss": cls_loss,
-                    "reg_loss": reg_loss,
                     "lr": lr,
+                    # on a GPU: the time to queue the step's work (the epoch's is exact)
                     "seconds": time.perf_counter() - started,
                 }
             )
+        for row, values in zip(rows, step_losses(sums), strict=True):
+            row.update(zip(("loss", "cls_loss", "reg_loss"), values, strict=True))
         return rows
 
     def predict(self, video: VideoFeatures) -> list[dict[str, Any]]:
@@ -470,7 +508,8 @@ class Trainer(ABC):
                 **self.model_state(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "loss_normalizer": self.normalizer.value,
+                "loss_normalizer": float(self.normalizer.value),
+                "grad_scaler": self.scaler.state_dict(),
                 **({"ema": self.average.state_dict()} if self.average is not None else {}),
                 "epoch": self.epoch,
                 "metrics": self.rows,

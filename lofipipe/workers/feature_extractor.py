@@ -14,6 +14,7 @@ features without touching them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,11 +30,13 @@ from lofipipe.data.snippets import SnippetReader
 from lofipipe.errors import VideoFailure
 from lofipipe.layout import feature_part_path, feature_stats_path, stats_of
 from lofipipe.media.decode import SnippetDecoder
+from lofipipe.models.device import to_device
+from lofipipe.models.precision import autocast, check_precision
 from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
-from lofipipe.workers.runtime import node_id
+from lofipipe.workers.runtime import assigned_device, node_id
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class FeatureExtractor:
         decode_threads: per video, when decoding source videos (0: FFmpeg's choice).
         preprocess: when decoding source videos, how frames are resized and cropped (as
             materialize does for shards).
+        precision: the encoder's arithmetic (fp32, bf16, fp16), resolved on the driver.
+        device: where the encoder runs; `ExtractActor` sets what Ray assigned it.
     """
 
     root: Store
@@ -84,6 +89,8 @@ class FeatureExtractor:
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     preprocess: Preprocess = PREPROCESS_PRESETS["squash"]
+    precision: str = "fp32"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self._model: torch.nn.Module | None = None
@@ -91,9 +98,9 @@ class FeatureExtractor:
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            self._model = self.encoder().eval()
-            if torch.cuda.is_available():
-                self._model = self._model.cuda()
+            device = torch.device(self.device)
+            check_precision(self.precision, device)
+            self._model = self.encoder().eval().to(device)
         return self._model
 
     def _step(self) -> int | None:
@@ -105,11 +112,13 @@ class FeatureExtractor:
         [B, F, 3, S, S] batches in time order."""
         model = self.model
         device = next(model.parameters()).device
+        # A LoSA encoder moves its backbone's chunks of the whole video itself.
+        losa = getattr(model, "losa", False)
         outputs = []
-        with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        with torch.no_grad(), autocast(self.precision, device):
             for batch in batches:
-                outputs.append(model(batch.to(device, non_blocking=True)).float().cpu())
-        return torch.cat(outputs).numpy().astype(np.float32)
+                outputs.append(model(batch if losa else to_device(batch, device)).float())
+        return torch.cat(outputs).cpu().numpy()  # one copy back, when the video is done
 
     def process(self, job: PartJob) -> dict[str, Any]:
         """Writes the feature part of one job; returns its stats."""
@@ -231,7 +240,8 @@ class ExtractActor:
     def __init__(self, extractor: FeatureExtractor, threads: int):
         # Ray pins a worker to one thread unless told; an actor gets the CPUs it holds.
         torch.set_num_threads(threads)
-        self.extractor = extractor
+        # The GPU Ray assigned this actor, if any: never one it was not given.
+        self.extractor = dataclasses.replace(extractor, device=str(assigned_device()))
 
     def process(self, job: PartJob) -> dict[str, Any]:
         return self.extractor.process(job)

@@ -6,7 +6,9 @@ import logging
 import os
 
 import ray
+import torch
 
+from lofipipe.errors import ConfigError
 from lofipipe.schemas.config import RayConfig
 
 # Ray Train's preemption watcher follows node draining on clusters; one machine is never
@@ -61,3 +63,35 @@ def node_id() -> str:
 def cluster_cpus() -> int:
     """CPUs of the whole cluster (at least 1)."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> int:
+    """GPUs the cluster has, or more if its autoscaler can start them: the most its node
+    types add up to (GPU workers that scale from zero count before they exist)."""
+    present = int(ray.cluster_resources().get("GPU", 0))
+    try:  # the autoscaler's config in the GCS; absent on a local Ray
+        from ray._private.state import state
+
+        most = (state.get_max_resources_from_cluster_config() or {}).get("GPU", 0)
+    except Exception:  # noqa: BLE001 - a Ray without this (private) API: what is present
+        most = 0
+    return max(present, int(most))
+
+
+def use_gpus(choice: str) -> bool:
+    """Whether a job's workers take GPUs: `ray.gpus` (auto: when the cluster has or can
+    start some)."""
+    if choice == "off":
+        return False
+    if choice == "on" and not cluster_gpus():
+        raise ConfigError(
+            "ray.gpus is 'on', but the cluster has no GPUs and its autoscaler cannot start "
+            "any (--gpus auto or off runs on CPUs)"
+        )
+    return cluster_gpus() > 0
+
+
+def assigned_device() -> torch.device:
+    """The device of this Ray task or actor: a GPU that Ray assigned it (Ray makes it
+    the only visible one), else the CPU, whatever else the node has."""
+    return torch.device("cuda" if ray.is_initialized() and ray.get_gpu_ids() else "cpu")

@@ -124,3 +124,23 @@ def test_losa_step_needs_less_memory_than_fine_tuning():
         )
         peaks[mode] = int(out.stdout.strip().splitlines()[-1])
     assert peaks["losa"] < 0.5 * peaks["full"], peaks
+
+
+def test_vit_position_table_is_built_once_per_token_count_and_never_saved():
+    from lofipipe.models.vit import VideoViT, sincos_positions
+
+    torch.manual_seed(0)
+    vit = VideoViT(64, 2, 2, 128)
+    keys = list(vit.state_dict())
+    clips = torch.rand(2, 16, 3, 32, 32)  # 8 x 2 x 2 = 32 tokens a clip
+    tokens = vit.tokens(clips)
+    table = vit.positions(32, clips.device)
+    assert table.dtype == torch.float32
+    assert torch.equal(table, sincos_positions(32, 64))
+    embedded = vit.patch_embed.proj(clips.transpose(1, 2)).flatten(2).transpose(1, 2)
+    assert torch.equal(tokens, embedded + table)
+    assert vit.positions(32, clips.device) is table  # kept, not built again
+    assert vit.tokens(torch.rand(1, 16, 3, 64, 64)).shape == (1, 128, 64)  # built anew
+    assert torch.equal(vit.positions(128, clips.device), sincos_positions(128, 64))
+    assert vit.positions(128, torch.device("meta")).is_meta  # built where the tokens are
+    assert list(vit.state_dict()) == keys  # checkpoints keep their layout

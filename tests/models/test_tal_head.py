@@ -95,6 +95,24 @@ def test_diou_loss_by_hand():
     ).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_losses_weighted_by_a_mask_equal_the_losses_of_the_points_selected():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 7, 3), (torch.rand(2, 7, 3) > 0.7).float()
+    predicted = torch.rand(2, 7, 2, requires_grad=True)
+    distances = torch.rand(2, 7, 2) * 3
+    distances[0, 0] = 0.0  # what a point that is not positive holds: no gradient from it
+    mask = torch.rand(2, 7) > 0.4
+    mask[0, 0] = False
+    assert torch.allclose(
+        sigmoid_focal_loss(logits, targets, weight=mask.float()),
+        sigmoid_focal_loss(logits[mask], targets[mask]),
+    )
+    weighted = diou_loss_1d(predicted, distances, weight=mask.float())
+    assert torch.allclose(weighted, diou_loss_1d(predicted[mask], distances[mask]))
+    weighted.backward()
+    assert torch.isfinite(predicted.grad).all() and not predicted.grad[~mask].any()
+
+
 def test_soft_nms_decays_overlaps_of_the_same_class_only():
     segments = np.array([[0, 10], [1, 10], [0, 10], [20, 30]], np.float64)
     scores = np.array([0.9, 0.8, 0.7, 0.6])

@@ -273,6 +273,29 @@ def test_preprocessing_is_part_of_the_fingerprint_and_checked_on_shards(demo_sha
     assert "--set materialize.preprocess=tsm-test" in message
 
 
+def test_precision_is_part_of_the_fingerprint(demo_shards, tmp_path):
+    """fp16 or bf16 features from GPUs never share a fingerprint with fp32 ones; fp32
+    keeps the fingerprint it had before precision was a setting."""
+    from lofipipe.pipeline.extract import plan_extract
+    from lofipipe.schemas.config import load_config
+
+    root = Store(str(fresh_root(demo_shards, tmp_path)))
+
+    def plan(*sets):
+        return plan_extract(load_config(None, ["materialize.schedule=demo", *sets]), root, {})
+
+    on_cpus = plan()  # auto, on a cluster without GPUs: fp32
+    assert (on_cpus.gpus, on_cpus.precision) == (False, "fp32")
+    assert on_cpus.lineage["precision"] == "fp32"
+    assert on_cpus.fingerprint == plan("extract.precision=fp32").fingerprint
+    fingerprints = {on_cpus.fingerprint}
+    for precision in ("bf16", "fp16"):
+        reduced = plan(f"extract.precision={precision}")
+        assert reduced.lineage["precision"] == precision
+        fingerprints.add(reduced.fingerprint)
+    assert len(fingerprints) == 3
+
+
 def test_the_encoder_normalizes_as_its_preset():
     from lofipipe.schemas.preprocess import PREPROCESS_PRESETS
 

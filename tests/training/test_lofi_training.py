@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from support.cli import SHARDS, fresh_root, run, synth_and_ingest
 from support.faults import kill_a_train_worker_when, train_worker_pids
@@ -19,7 +20,7 @@ from lofipipe.data.features import read_features
 from lofipipe.evaluation.detection import parse_thresholds
 from lofipipe.layout import encoder_path
 from lofipipe.models.registry import encoder_preprocess
-from lofipipe.schemas.config import load_config
+from lofipipe.schemas.config import config_to_dict, load_config
 from lofipipe.schemas.schedule import PRESETS, load_schedule
 from lofipipe.storage import Store
 from lofipipe.training.lofi_trainer import LofiTrainer, recalibrate_batchnorm, schedule_plan
@@ -114,6 +115,31 @@ def test_lofi_trains_the_encoder_end_to_end(demo_shards, tmp_path):
     assert old_fp != new_fp
     old, new = (read_features(Store(str(root)), fp) for fp in (old_fp, new_fp))
     assert not np.allclose(old["synth_0000"][0], new["synth_0000"][0])
+
+
+def test_fp16_trains_with_loss_scaling_and_clips_unscaled_gradients(
+    demo_shards, tmp_path, monkeypatch
+):
+    norms = {}
+    clip = nn.utils.clip_grad_norm_
+
+    def recorded(parameters, max_norm):
+        norm = clip(parameters, max_norm)
+        norms.setdefault(precision, []).append(float(norm))
+        return norm
+
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", recorded)
+    trainers = {}
+    for precision in ("fp32", "fp16"):  # CPU autocast stands in for a GPU's
+        root = fresh_root(demo_shards, tmp_path / precision)
+        trainers[precision] = _trainer(root, 1, [f"train.precision={precision}"])
+        trainers[precision]._train_epoch()
+    scaler = trainers["fp16"].scaler
+    assert scaler.is_enabled() and not trainers["fp32"].scaler.is_enabled()
+    assert scaler.get_scale() >= 2**10  # the loss is scaled up in the backward pass...
+    # ...and the gradients scaled back before clipping: the norms are fp32's, not 2^16 x
+    ratio = np.median(norms["fp16"]) / np.median(norms["fp32"])
+    assert 0.2 < ratio < 5, norms
 
 
 def test_recalibrated_batchnorm_averages_the_batches_given():
@@ -213,6 +239,22 @@ def test_lofi_run_on_ray_train_and_resume(demo_shards, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "pass --schedule demo" in result.output, result.output
+
+
+def test_batches_smaller_than_the_workers_are_refused_before_any_work(tmp_path):
+    # As `plan --write` can make: one fidelity's batch holds a single video.
+    schedule = config_to_dict(PRESETS["demo"])
+    schedule["train"][0]["batch_size"] = 1
+    path = tmp_path / "planned.yaml"
+    path.write_text(yaml.safe_dump(schedule))
+    root = tmp_path / "empty-root"  # nothing is read: the schedule alone decides
+    args = ["train", str(root), "--mode", "lofi", "--schedule", str(path), "--encoder", "tiny"]
+    result = CliRunner().invoke(main, [*args, "--run", "R", "--workers", "2"])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "batches at s-lofi (1) are smaller than the 2 workers" in line
+    assert "lofipipe plan --workers 2 --write" in line
+    assert not root.exists()
 
 
 def test_losa_trains_only_adapters_and_head(tmp_path, ray_local):

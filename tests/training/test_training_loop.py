@@ -7,6 +7,7 @@ import torch
 from support.feature_data import FINGERPRINT, write_feature_set
 from torch import nn
 
+import lofipipe.training.trainer as trainer_module
 from lofipipe.schemas.config import load_config
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_checkpoint
@@ -103,8 +104,9 @@ def test_training_crops_keep_90_to_100_percent_and_an_action():
 
 def test_the_loss_normalizer_is_a_moving_average_of_positive_points():
     normalizer = LossNormalizer()
-    assert normalizer.update(20) == pytest.approx(0.9 * 100 + 0.1 * 20)
-    assert normalizer.update(0) == pytest.approx(0.9 * 92 + 0.1 * 1)  # at least 1
+    assert float(normalizer.update(torch.tensor(20.0))) == pytest.approx(0.9 * 100 + 0.1 * 20)
+    at_least_one = float(normalizer.update(torch.tensor(0.0)))
+    assert at_least_one == pytest.approx(0.9 * 92 + 0.1 * 1)
 
 
 def test_the_weight_average_follows_the_weights_and_swaps_back():
@@ -149,3 +151,46 @@ def test_with_a_weight_average_validation_and_the_checkpoint_use_it(tmp_path):
         expected = trainer.predict(trainer.data.read("video_007"))
     found = root.read_text("runs/loop/predictions.json")
     assert str(expected[0]["score"]) in found
+
+
+# Loading a checkpoint into a model on the meta device copies nothing, and says so.
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_a_resumed_run_trains_on_the_model_s_device_without_host_copies(tmp_path, monkeypatch):
+    root = Store(str(tmp_path))
+    write_feature_set(root, videos=9)
+    _trainer(root, epochs=1, ema_decay=0.9).run()
+    # The meta device stands in for a GPU: a tensor left on the CPU, or read back to the
+    # host, fails there. The trainer resumes after epoch 1 with the model put on it.
+    trainer = HeadTrainer(
+        TrainJob(
+            root,
+            "loop",
+            _trainer(root, epochs=2, ema_decay=0.9).job.settings,
+            TRAINING,
+            ["video_007"],
+            (0.5,),
+        ),
+        wrap=lambda model: model.to("meta"),
+        log=lambda line: None,
+    )
+    assert trainer.epoch == 1
+    moments = [
+        value
+        for state in trainer.optimizer.state.values()
+        for key, value in state.items()
+        if key != "step"  # AdamW keeps its step counter on the CPU by design
+    ]
+    assert moments and all(value.device.type == "meta" for value in moments)
+    assert all(value.device.type == "meta" for value in trainer.average.state_dict().values())
+    copied = []
+
+    def on_the_device(sums):  # the epoch's one copy of its losses to the host
+        copied.extend(sums)
+        assert all(value.device.type == "meta" for value in sums)
+        return [[0.0, 0.0, 0.0] for _ in sums]
+
+    monkeypatch.setattr(trainer_module, "step_losses", on_the_device)
+    rows = trainer._train_epoch()
+    assert len(rows) == len(copied) == 3
+    assert isinstance(trainer.normalizer.value, torch.Tensor)
+    assert trainer.normalizer.value.device.type == "meta"
