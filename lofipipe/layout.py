@@ -13,6 +13,7 @@ runs/<run>/config.yaml                   the resolved config of a training run
 runs/<run>/checkpoints/epoch-NNNN.pt     resumable state after each epoch
 runs/<run>/metrics.parquet, predictions.json, evaluation.json, report.html, report.png
 runs/<run>/encoder.pt                    the adapted encoder of a LoFi or LoSA run
+runs/<run>/model/bundle.json, encoder.pt, head.pt  the model bundle of a head run (detect)
 _lofipipe/stages/<time>-<id>.json        one record per stage invocation
 _lofipipe/journal/materialize/part-NNNNN.json  the quarantine journal of a shard task
 """
@@ -134,6 +135,11 @@ def report_plot_path(run: str) -> str:
 def encoder_path(run: str) -> str:
     """The adapted encoder a LoFi or LoSA run leaves for `extract --checkpoint`."""
     return f"{run_dir(run)}/encoder.pt"
+
+
+def model_dir(run: str) -> str:
+    """A head run's model bundle: everything `detect` needs (models/bundle.py)."""
+    return f"{run_dir(run)}/model"
 
 
 def journal_path(shard: int) -> str:

@@ -24,6 +24,7 @@ _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # Snippets per frozen-backbone call of a LoSA encoder: a 16-frame snippet at 224 is 9.6 MB
 # as float32 (a long video's, tens of GB), so only this many are ever float at once.
 LOSA_CHUNK = 32
+LOSA_SUFFIX = "+losa"  # an encoder's name with LoSA adapters, as feature lineages record it
 
 
 @dataclass(frozen=True)

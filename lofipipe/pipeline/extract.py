@@ -34,6 +34,7 @@ from lofipipe.layout import (
 from lofipipe.models.precision import resolve_precision
 from lofipipe.models.registry import (
     ENCODERS,
+    LOSA_SUFFIX,
     architecture_digest,
     build_encoder,
     encoder_fingerprint,
@@ -171,7 +172,7 @@ def plan_extract(
     else:
         weights, layout = f"random:seed={settings.seed}", None
     jobs, sources, pixels = _plan_parts(config, root, schedule, preprocess)
-    name = spec.name + ("+losa" if settings.losa else "")
+    name = spec.name + (LOSA_SUFFIX if settings.losa else "")
     # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
     preprocessing = {
         **fidelity.content,

@@ -11,7 +11,12 @@ from torch import nn
 
 from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
+from lofipipe.layout import model_dir
+from lofipipe.models.bundle import ModelBundle, write_bundle
+from lofipipe.models.registry import LOSA_SUFFIX
 from lofipipe.models.tal_head import HeadOutput, TALHead
+from lofipipe.models.weights import build_weighted_encoder
+from lofipipe.schemas.preprocess import preprocess_preset
 from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_crop
 from lofipipe.training.trainer import StepPlan, Trainer, steps_per_pass
 
@@ -58,6 +63,36 @@ class HeadTrainer(Trainer):
 
     def ground_truth(self, video_ids: Sequence[str]) -> list[Segment]:
         return ground_truth(self.data.annotations, video_ids)
+
+    def finish(self) -> None:
+        """Leaves the model bundle (`runs/<run>/model/`): the head with the encoder that
+        made its features, rebuilt from their lineage (its checkpoint, or the seed of
+        its random weights)."""
+        lineage, job = self.data.lineage, self.job
+        if "weights" not in lineage:  # features made elsewhere: no encoder to bundle
+            return
+        encoder, weights = lineage["encoder"], lineage["weights"]
+        losa = encoder.endswith(LOSA_SUFFIX)
+        name = encoder.removesuffix(LOSA_SUFFIX)
+        seed = int(weights.split("=")[1]) if weights.startswith("random:seed=") else 0
+        preprocess = preprocess_preset(lineage["preprocess"]["preset"])
+        net = build_weighted_encoder(
+            name, losa, lineage["checkpoint"], job.root.options, seed, preprocess
+        ).net
+        bundle = ModelBundle(
+            encoder_name=name,
+            losa=losa,
+            preprocess=preprocess,
+            precision=lineage.get("precision", "fp32"),
+            features=self.data.fingerprint,
+            schedule=self.data.schedule,
+            head_config=job.settings.head,
+            labels=self.labels,
+            window=job.window,
+            encoder_state=net.state_dict(),
+            head_state=self.head.state_dict(),
+        )
+        write_bundle(job.root, model_dir(job.run), bundle)
 
     def description(self) -> dict[str, Any]:
         return {"mode": "head", "features": self.job.settings.features, "in_dim": self.data.dim}

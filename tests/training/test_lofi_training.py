@@ -219,6 +219,9 @@ def test_lofi_run_on_ray_train_and_resume(demo_shards, tmp_path):
     ]
     output = run(*args)
     assert "run L: 2 epochs on 1 workers" in output
+    # The precision is resolved before the run (auto, without GPUs: fp32) and recorded.
+    saved = yaml.safe_load((root / "runs/L/config.yaml").read_text())
+    assert saved["train"]["precision"] == "fp32"
     predictions = json.loads((root / "runs/L/predictions.json").read_text())
     assert predictions["external_data"]["mode"] == "lofi"
     assert (root / "runs/L/encoder.pt").exists()
