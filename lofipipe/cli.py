@@ -704,15 +704,30 @@ def run_recipe(dry_run, config, storage_options):
     required=True,
     help="Predictions: a .json in ActivityNet result format (results -> video -> [{segment, "
     "label, score}]; OpenTAD's result_detection.json), or ActionFormer's eval_results.pkl. "
-    "Integer labels are named by the ground truth's label ids.",
+    "Integer labels are named by the ground truth's label ids; --metric ar also reads "
+    "proposals, entries without a label.",
 )
 @click.option("--subset", help="Evaluate only this subset's videos, e.g. validation.")
 @click.option(
-    "--tiou",
-    default="0.5:0.95:0.05",
+    "--metric",
+    type=click.Choice(["map", "ar", "recall"]),
+    default="map",
     show_default=True,
+    help="map: ActivityNet detection mAP; ar: ActivityNet proposal average recall AR@AN "
+    "(labels ignored) and the AUC of the AR-AN curve; recall: Ego4D moment queries' "
+    "Recall@kx (per class).",
+)
+@click.option(
+    "--tiou",
     help="tIoU thresholds: start:stop:step (stop included) or a comma list "
-    "(THUMOS-14: 0.3:0.7:0.1).",
+    "(default 0.5:0.95:0.05, for recall 0.1,0.3,0.5; THUMOS-14: 0.3:0.7:0.1).",
+)
+@click.option(
+    "--k",
+    "multipliers",
+    metavar="K,K",
+    help="--metric recall: the k of Recall@kx, the top k times as many predictions of a "
+    "class as the video has instances of it (default 1,5).",
 )
 @click.option(
     "--format",
@@ -721,12 +736,24 @@ def run_recipe(dry_run, config, storage_options):
     default="table",
     show_default=True,
 )
-@click.option("--per-class", is_flag=True, help="Table format: also list AP per class.")
+@click.option("--per-class", is_flag=True, help="--metric map, table format: also AP per class.")
 @common_options
-def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config, storage_options):
-    """Mean average precision of temporal detections against ground truth, per tIoU
-    threshold, their average, and per class, as the ActivityNet detection protocol
-    computes them.
+def evaluate(
+    gt_url,
+    pred_url,
+    subset,
+    metric,
+    tiou,
+    multipliers,
+    output_format,
+    per_class,
+    config,
+    storage_options,
+):
+    """Score temporal detections against ground truth: ActivityNet detection mAP per tIoU
+    threshold, their average and per class (the default); ActivityNet proposal average
+    recall at 1, 5, 10 and 100 proposals per video and the area under its AR-AN curve
+    (--metric ar); or Ego4D moment queries' Recall@1x and @5x (--metric recall).
 
     \b
     Examples:
@@ -734,35 +761,66 @@ def evaluate(gt_url, pred_url, subset, tiou, output_format, per_class, config, s
           --subset validation
       lofipipe eval --gt thumos14/annotations/ --pred out/runs/r1/predictions.json \\
           --subset test --tiou 0.3:0.7:0.1 --format json
+      lofipipe eval --gt activity_net.v1-3.min.json --pred proposals.json \\
+          --subset validation --metric ar
+      lofipipe eval --gt ego4d_v2_220429.json --pred result_detection.json \\
+          --subset val --metric recall --k 1,5 --tiou 0.1,0.3,0.5
     """
     import json
 
+    from lofipipe.evaluation.detection import ANET_TIOU, parse_thresholds
     from lofipipe.evaluation.detection import evaluate as detection_map
-    from lofipipe.evaluation.detection import parse_thresholds
     from lofipipe.evaluation.files import match_predictions, read_ground_truth, read_predictions
+    from lofipipe.evaluation.proposals import (
+        EGO4D_KX,
+        EGO4D_TIOU,
+        average_recall,
+        parse_multipliers,
+        recall_at_kx,
+    )
 
-    thresholds = parse_thresholds(tiou)
+    if per_class and metric != "map":
+        raise click.UsageError("--per-class is for --metric map")
+    if multipliers is not None and metric != "recall":
+        raise click.UsageError("--k is for --metric recall")
+    default_tiou = EGO4D_TIOU if metric == "recall" else ANET_TIOU
+    thresholds = parse_thresholds(tiou) if tiou else default_tiou
+    ks = parse_multipliers(multipliers) if multipliers else EGO4D_KX
     truth = read_ground_truth(gt_url, storage_options, subset)
-    found = read_predictions(pred_url, storage_options)
+    found = read_predictions(pred_url, storage_options, need_labels=metric != "ar")
     predictions = match_predictions(found, truth)
-    result = detection_map(truth.segments, predictions, thresholds)
+    if metric == "ar":
+        result = average_recall(truth.segments, predictions, thresholds)
+    elif metric == "recall":
+        result = recall_at_kx(truth.segments, predictions, thresholds, ks)
+    else:
+        result = detection_map(truth.segments, predictions, thresholds)
     if output_format == "json":
         formats = {"ground_truth_format": truth.format, "predictions_format": found.format}
         click.echo(json.dumps({**formats, **result.to_dict()}, indent=1))
         return
+    labels = {segment.label for segment in truth.segments}
     outside = sum(p.video_id not in truth.videos for p in predictions)
+    ignored = sum(p.label not in labels for p in predictions)
+    # What a prediction the ground truth cannot match does to each metric.
+    outside_effect = {
+        "map": "false positives",
+        "ar": "counted in the proposal budget",
+        "recall": "never retrieve",
+    }[metric]
     click.echo(f"ground truth: {truth.format}; predictions: {found.format}")
     click.echo(
-        f"{len(truth.videos)} videos, {result.instances} ground-truth segments of "
-        f"{len(result.per_class)} classes, {result.predictions} predictions"
-        + (f" ({outside} for videos outside the ground truth: false positives)" if outside else "")
+        f"{len(truth.videos)} videos, {len(truth.segments)} ground-truth segments of "
+        f"{len(labels)} classes, {len(predictions)} predictions"
+        + (f" ({outside} for videos outside the ground truth: {outside_effect})" if outside else "")
         + (
-            f" ({result.ignored} of labels not in the ground truth: ignored)"
-            if result.ignored
+            f" ({ignored} of labels not in the ground truth: ignored)"
+            if ignored and metric != "ar"
             else ""
         )
+        + (" (scored as proposals: labels ignored)" if metric == "ar" else "")
     )
-    click.echo(result.table(per_class))
+    click.echo(result.table(per_class) if metric == "map" else result.table())
 
 
 @main.command(name="report")

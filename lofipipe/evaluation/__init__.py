@@ -1,1 +1,2 @@
-"""Temporal action detection metrics: ActivityNet-style mAP over tIoU thresholds."""
+"""Temporal action detection metrics: ActivityNet-style mAP over tIoU thresholds
+(detection.py), ActivityNet proposal average recall and Ego4D Recall@kx (proposals.py)."""

@@ -126,11 +126,13 @@ def parse_thresholds(text: str) -> tuple[float, ...]:
 
 
 def segment_iou(segment: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Temporal IoU of one [start, end] with each row of an (N, 2) array."""
+    """Temporal IoU of [start, end] pairs (the last axis), broadcast: one segment (2,)
+    against (N, 2) candidates gives (N,), (M, 1, 2) against (N, 2) gives (M, N)."""
     inter = (
-        np.minimum(segment[1], candidates[:, 1]) - np.maximum(segment[0], candidates[:, 0])
+        np.minimum(segment[..., 1], candidates[..., 1])
+        - np.maximum(segment[..., 0], candidates[..., 0])
     ).clip(0)
-    union = (candidates[:, 1] - candidates[:, 0]) + (segment[1] - segment[0]) - inter
+    union = (candidates[..., 1] - candidates[..., 0]) + (segment[..., 1] - segment[..., 0]) - inter
     return inter / union
 
 

@@ -8,7 +8,9 @@ Predictions:
     ActivityNet result JSON     `results` -> video -> [{segment, label, score}]: what the
                                 ActivityNet evaluation reads, OpenTAD writes
                                 (result_detection.json) and lofipipe writes
-                                (predictions.json); a `label` is a name or an integer id
+                                (predictions.json); a `label` is a name or an integer id.
+                                Proposals (ActivityNet's proposal task, what BMN writes)
+                                have no `label`: read where labels are not needed
     ActionFormer results pickle what ActionFormer's `eval.py --saveonly` writes
                                 (eval_results.pkl): a dict of parallel arrays `video-id`,
                                 `t-start`, `t-end`, `label` (integer ids), `score`
@@ -63,6 +65,9 @@ class Prediction:
     start: float
     end: float
     score: float
+
+
+NO_LABEL = ""  # the label of a proposal, read where labels are not needed
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,9 @@ def _label(value: Any, where: str) -> str | int:
     raise InputError(f"{where}: label must be a name or an integer label id, got {value!r}")
 
 
-def parse_result_json(text: str, name: str) -> list[Prediction]:
-    """Predictions in ActivityNet result format, in file order."""
+def parse_result_json(text: str, name: str, need_labels: bool = True) -> list[Prediction]:
+    """Predictions in ActivityNet result format, in file order; without `need_labels`, an
+    entry without `label` (a proposal) is read with the label `NO_LABEL`."""
     out = []
     for video_id, entries in json_mapping(load_json(text, name), name, "results").items():
         if not isinstance(entries, list):
@@ -133,12 +139,12 @@ def parse_result_json(text: str, name: str) -> list[Prediction]:
             segment = entry.get("segment") if isinstance(entry, Mapping) else None
             if not isinstance(segment, (list, tuple)) or len(segment) != 2:
                 raise InputError(f"{where}: expected {{'segment': [start, end], 'label', 'score'}}")
-            if "label" not in entry:
+            if "label" not in entry and need_labels:
                 raise InputError(f"{where}: no 'label'")
             out.append(
                 Prediction(
                     str(video_id),
-                    _label(entry["label"], f"{where}.label"),
+                    _label(entry["label"], f"{where}.label") if "label" in entry else NO_LABEL,
                     finite_number(segment[0], f"{where}.segment", "start"),
                     finite_number(segment[1], f"{where}.segment", "end"),
                     finite_number(entry.get("score"), where, "score"),
@@ -227,9 +233,10 @@ def parse_actionformer_pickle(data: bytes, name: str) -> list[Prediction]:
     return out
 
 
-def read_predictions(url: str, options: Mapping[str, Any]) -> Predictions:
+def read_predictions(url: str, options: Mapping[str, Any], need_labels: bool = True) -> Predictions:
     """Reads an ActivityNet result JSON or an ActionFormer results pickle, told apart by
     the content (a pickle starts with its protocol byte, 0x80) or a .pkl/.pickle name.
+    Without `need_labels`, JSON entries may leave out `label` (proposals).
 
     Raises:
         InputError: no such file, or a malformed one.
@@ -248,7 +255,9 @@ def read_predictions(url: str, options: Mapping[str, Any]) -> Predictions:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{name}: not UTF-8 text") from None
-    return Predictions(parse_result_json(text, name), f"ActivityNet result JSON ({name})")
+    return Predictions(
+        parse_result_json(text, name, need_labels), f"ActivityNet result JSON ({name})"
+    )
 
 
 def match_video_ids(predictions: list[Segment], videos: set[str]) -> list[Segment]:
