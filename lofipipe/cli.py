@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -384,17 +385,61 @@ def inspect_weights(url, config, storage_options):
         click.echo(line)
 
 
-@main.command()
-@click.argument("root")
-@common_options
-def features(root, config, storage_options):
-    """List the feature sets under ROOT/features/ with their lineage, counts and sizes.
+class DefaultCommandGroup(click.Group):
+    """A group whose first argument, when it names none of its commands, starts its
+    `default_command`: `lofipipe features ROOT` is `lofipipe features list ROOT`."""
+
+    def __init__(self, *args: Any, default_command: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The default command's options (they are this group's, without a command
+        name), then the commands."""
+        default = self.commands[self.default_command]
+        records = [
+            record
+            for param in default.get_params(ctx)
+            if isinstance(param, click.Option) and (record := param.get_help_record(ctx))
+        ]
+        with formatter.section(f"Options (of {self.default_command}, the default)"):
+            formatter.write_dl(records)
+        self.format_commands(ctx, formatter)
+
+
+@main.group(
+    cls=DefaultCommandGroup, default_command="list", subcommand_metavar="ROOT | COMMAND [ARGS]..."
+)
+def features():
+    """Feature sets under ROOT/features/: list them (the default), or import feature
+    files made by other tools (ActionFormer, OpenTAD) as one.
 
     \b
     Examples:
       lofipipe features out/
+      lofipipe features list s3://bucket/anet
+      lofipipe features import out/ --from data/thumos/i3d_features --format actionformer \\
+          --fps 30 --stride 4 --frames 16
     """
-    from lofipipe.data.features import list_features, preprocess_preset_of
+
+
+@features.command(name="list")
+@click.argument("root")
+@common_options
+def list_feature_sets(root, config, storage_options):
+    """List the feature sets under ROOT/features/ with their lineage, counts and sizes.
+
+    \b
+    Examples:
+      lofipipe features list out/
+      lofipipe features out/
+    """
+    from lofipipe.data.features import list_features, origin_of, preprocess_preset_of
 
     found = list_features(Store(root, storage_options))
     for item in found:
@@ -402,9 +447,70 @@ def features(root, config, storage_options):
             f"{item['fingerprint']}  {item['encoder']:14s} {item['videos']:6d} videos "
             f"{item['bytes'] / 2**20:9.1f} MiB  weights {item['weights']}  schedule "
             f"{item['schedule']}  preprocess {preprocess_preset_of(item)}  "
-            f"checkpoint {item['checkpoint'] or '-'}"
+            f"{origin_of(item)}"
         )
     click.echo(f"{len(found)} feature sets")
+
+
+@features.command(name="import")
+@click.argument("root")
+@click.option(
+    "--from",
+    "source",
+    help="Folder URL of per-video feature files: <video_id>.npy, .npz or .pt, one (T, C) "
+    "array each.",
+)
+@click.option(
+    "--format",
+    "file_format",
+    type=click.Choice(["actionformer", "opentad", "npy"]),
+    help="Whose layout the files follow (default npy): actionformer and npy hold (T, C) "
+    "arrays; opentad also (C, T) ones, told apart by the video's duration.",
+)
+@click.option("--fps", type=float, help="Frames per second the features were sampled at.")
+@click.option("--stride", type=int, help="Frames between consecutive snippets (feat_stride).")
+@click.option("--frames", type=int, help="Frames per snippet (num_frames).")
+@click.option(
+    "--offset",
+    type=float,
+    help="Frames before the first snippet's first frame (default 0; OpenTAD's "
+    "offset_frames is the first snippet's centre: pass offset_frames - frames/2).",
+)
+@common_options
+def import_features(
+    root, source, file_format, fps, stride, frames, offset, config, storage_options
+):
+    """Import per-video feature files made by other tools as a feature set under
+    ROOT/features/<fingerprint>/, for train --mode head --features and eval.
+
+    ROOT must hold an ingested manifest: it names the videos and their durations. Snippet
+    i of a file spans (offset + i*stride)/fps seconds plus frames/fps. A video without a
+    file, a file for no video of the manifest, and a file that is unreadable or does not
+    fit its video's duration are reported with a reason; the other videos are imported.
+    The fingerprint hashes the files and the time parameters, so importing the same files
+    again does nothing.
+
+    \b
+    Examples:
+      lofipipe features import out/ --from data/thumos/i3d_features --format actionformer \\
+          --fps 30 --stride 4 --frames 16
+      lofipipe features import s3://bucket/thumos --from s3://bucket/opentad/i3d \\
+          --format opentad --fps 30 --stride 4 --frames 16 --offset 0
+    """
+    from lofipipe.pipeline.import_features import run_import
+
+    config = _with_options(
+        config,
+        "feature_import",
+        source=source,
+        format=file_format,
+        fps=fps,
+        stride=stride,
+        frames=frames,
+        offset=offset,
+    )
+    store = Store(root, storage_options)
+    _echo_summary(run_import(config, store, storage_options, _command_line()), store)
 
 
 @main.command()

@@ -15,6 +15,8 @@ COMMANDS = [
     "inspect",
     "extract",
     "features",
+    "features list",
+    "features import",
     "train",
     "plan",
     "eval",

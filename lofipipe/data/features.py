@@ -21,6 +21,9 @@ from lofipipe.layout import (
 from lofipipe.schemas.tables import FEATURES
 from lofipipe.storage import Store
 
+# The `lineage` of a feature set made by another tool (`lofipipe features import`).
+IMPORTED = "imported"
+
 
 def list_features(root: Store) -> list[dict[str, Any]]:
     """Each fingerprint's lineage with its video count and bytes."""
@@ -49,6 +52,14 @@ def preprocess_preset_of(lineage: Mapping[str, Any]) -> str:
     before lofipipe kept it)."""
     preprocess = lineage.get("preprocess")
     return str(preprocess.get("preset", "-")) if isinstance(preprocess, Mapping) else "-"
+
+
+def origin_of(lineage: Mapping[str, Any]) -> str:
+    """Where a feature set's values come from, for listings: the checkpoint its encoder
+    loaded, or the files it was imported from."""
+    if lineage.get("lineage") == IMPORTED:
+        return f"imported from {lineage['source']}"
+    return f"checkpoint {lineage.get('checkpoint') or '-'}"
 
 
 def read_features(root: Store, fingerprint: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -24,12 +24,9 @@ from lofipipe.data.snippets import SnippetReader
 from lofipipe.data.stage_log import record_stage
 from lofipipe.errors import ConfigError, failure_reason
 from lofipipe.layout import (
-    STATS_PATTERN,
     feature_dir,
-    feature_part_path,
     feature_stats_path,
     lineage_path,
-    part_number,
 )
 from lofipipe.models.precision import resolve_precision
 from lofipipe.models.registry import (
@@ -50,6 +47,7 @@ from lofipipe.workers.feature_extractor import (
     ExtractActor,
     FeatureExtractor,
     PartJob,
+    remove_feature_parts,
 )
 from lofipipe.workers.runtime import cluster_cpus, cluster_gpus, ensure_ray, use_gpus
 
@@ -112,15 +110,6 @@ def _plan_parts(
         sources[stats["shard"]] = stats["source_fingerprints"]
         encodings.add(stats["lineage"]["encoding"])
     return jobs, sources, "+".join(sorted(encodings))
-
-
-def _remove_stale(root: Store, fingerprint: str, parts: int) -> None:
-    """Parts past the current count (the dataset shrank): marker first, then the data."""
-    for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN):
-        part = part_number(name)
-        if part >= parts:
-            root.remove(feature_stats_path(fingerprint, part))
-            root.remove(feature_part_path(fingerprint, part))
 
 
 @dataclass
@@ -233,7 +222,7 @@ def run_extract(
     plan = plan_extract(config, root, storage_options, command)
     fingerprint, summary = plan.fingerprint, plan.summary
     root.write_text(lineage_path(fingerprint), json.dumps(plan.lineage, indent=1))
-    _remove_stale(root, fingerprint, max((job.part + 1 for job in plan.jobs), default=0))
+    remove_feature_parts(root, fingerprint, max((job.part + 1 for job in plan.jobs), default=0))
     if plan.todo:
         summary.progress_line = _run_jobs(config, root, storage_options, plan)
     return summary

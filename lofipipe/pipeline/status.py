@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from lofipipe.data.features import list_features, preprocess_preset_of
+from lofipipe.data.features import list_features, origin_of, preprocess_preset_of
 from lofipipe.data.manifest import manifest_rows, ok_videos
 from lofipipe.data.runs import read_metrics, run_names
 from lofipipe.errors import failure_reason
@@ -110,8 +110,7 @@ def _features(root: Store, ok: list[dict[str, Any]], out: RootStatus) -> None:
         out.add(
             f"  {item['fingerprint']}  {item['encoder']}, {item['videos']} videos "
             f"({state}), weights {weights}, schedule {item['schedule']}, "
-            f"preprocess {preprocess_preset_of(item)}, "
-            f"checkpoint {item['checkpoint'] or '-'}"
+            f"preprocess {preprocess_preset_of(item)}, {origin_of(item)}"
         )
 
 

@@ -188,6 +188,36 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
+class FeatureImportConfig:
+    """`lofipipe features import`: per-video feature files made by other tools.
+
+    Snippet i of a file spans [(offset + i * stride) / fps, that + frames / fps) seconds,
+    as the tool sampled it (ActionFormer: feat_stride, num_frames, default_fps).
+    """
+
+    source: str | None = None  # folder URL holding <video_id>.npy / .npz / .pt files
+    # actionformer and npy: (T, C) arrays; opentad: (T, C), or (C, T) where only that fits
+    format: Literal["actionformer", "opentad", "npy"] = "npy"
+    fps: float | None = None  # frames per second the tool sampled at
+    stride: int | None = None  # frames between the starts of consecutive snippets
+    frames: int | None = None  # frames per snippet
+    offset: float = 0.0  # frames before the first snippet's first frame
+    # A file must cover at least this fraction of its video's duration, less one stride
+    # (its last snippet may end up to one stride past the end).
+    min_coverage: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check(self.fps is None or self.fps > 0, "fps", "must be positive")
+        _check(self.stride is None or self.stride >= 1, "stride", "must be at least 1 frame")
+        _check(
+            self.frames is None or 1 <= self.frames <= 256,
+            "frames",
+            "must be between 1 and 256",
+        )
+        _check(0 < self.min_coverage <= 1, "min_coverage", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class HeadConfig:
     """The TAL head and its inference (ActionFormer's defaults where it has them)."""
 
@@ -324,6 +354,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     materialize: MaterializeConfig = field(default_factory=MaterializeConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    feature_import: FeatureImportConfig = field(default_factory=FeatureImportConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     job: JobConfig = field(default_factory=JobConfig)
 

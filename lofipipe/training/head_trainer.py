@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from lofipipe.data.features import IMPORTED
 from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import model_dir
@@ -69,7 +70,8 @@ class HeadTrainer(Trainer):
         made its features, rebuilt from their lineage (its checkpoint, or the seed of
         its random weights)."""
         lineage, job = self.data.lineage, self.job
-        if "weights" not in lineage:  # features made elsewhere: no encoder to bundle
+        # Features imported from other tools (or test sets) name no encoder to bundle.
+        if lineage.get("lineage") == IMPORTED or "weights" not in lineage:
             return
         encoder, weights = lineage["encoder"], lineage["weights"]
         losa = encoder.endswith(LOSA_SUFFIX)

@@ -9,7 +9,8 @@ from the snippet shards or decoded straight from the source videos.
 Part N holds the videos of snippet shard N (the same `videos_per_shard` groups in video_id
 order, whichever the source), so a rerun skips parts whose marker matches the source
 fingerprints of those videos, and a new checkpoint (a new fingerprint) writes beside the old
-features without touching them.
+features without touching them. `write_feature_part` and `remove_feature_parts` are how
+any feature set's parts are written and retired (`features import` writes them too).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from lofipipe import __version__
 from lofipipe.data.manifest import SourceVideo
 from lofipipe.data.snippets import SnippetReader
 from lofipipe.errors import VideoFailure
-from lofipipe.layout import feature_part_path, feature_stats_path, stats_of
+from lofipipe.layout import (
+    STATS_PATTERN,
+    feature_dir,
+    feature_part_path,
+    feature_stats_path,
+    part_number,
+    stats_of,
+)
 from lofipipe.media.decode import SnippetDecoder
 from lofipipe.models.device import to_device
 from lofipipe.models.precision import autocast, check_precision
@@ -50,7 +58,9 @@ class PartJob:
 
 
 @dataclass
-class _Encoded:
+class EncodedVideo:
+    """One video's features and the times of its snippets."""
+
     video_id: str
     values: np.ndarray  # (L, C) float32
     start: np.ndarray  # (L,) seconds
@@ -60,6 +70,70 @@ class _Encoded:
     @property
     def center(self) -> np.ndarray:
         return (self.start + self.end) / 2
+
+    def row(self, fingerprint: str, source_fingerprint: str | None) -> dict[str, Any]:
+        """Its row of a feature part (`FEATURES`)."""
+        return {
+            "video_id": self.video_id,
+            "encoder_fingerprint": fingerprint,
+            "num_snippets": len(self.values),
+            "dim": self.values.shape[1],
+            "values": self.values.ravel(),
+            "snippet_start": self.start,
+            "snippet_end": self.end,
+            "source_fingerprint": source_fingerprint,
+        }
+
+
+def write_feature_part(
+    root: Store,
+    fingerprint: str,
+    part: int,
+    rows: list[dict[str, Any]],
+    source: str,
+    sources: Mapping[str, str],
+    failed: Mapping[str, str],
+) -> dict[str, Any]:
+    """Writes feature part `part` (a row group per video), then its commit marker, last;
+    returns the marker's record.
+
+    Args:
+        source: what the part was made from (a shard, "videos", "imported").
+        sources: video_id -> fingerprint of what its row was made from; a rerun skips
+            the part when they are unchanged.
+        failed: video_id -> failure line of the part's videos that have no row.
+    """
+    # One row group per video: a trainer reads one video's features without the rest.
+    root.write_table(
+        feature_part_path(fingerprint, part), FEATURES.from_rows(rows), row_group_size=1
+    )
+    record = {
+        "part": part,
+        "source": source,
+        "videos": [r["video_id"] for r in rows],
+        "rows": len(rows),
+        "snippets": sum(r["num_snippets"] for r in rows),
+        "failed": dict(failed),
+        "source_fingerprints": dict(sources),
+        "lofipipe_version": __version__,
+        "node": node_id(),
+    }
+    root.write_text(feature_stats_path(fingerprint, part), json.dumps(record, indent=1))
+    return record
+
+
+def remove_feature_parts(root: Store, fingerprint: str, first: int) -> int:
+    """Removes the parts numbered `first` and up (the set shrank), each marker first, then
+    its data; returns how many there were."""
+    stale = [
+        name
+        for name in root.list(feature_dir(fingerprint), pattern=STATS_PATTERN)
+        if part_number(name) >= first
+    ]
+    for name in stale:
+        root.remove(name)
+        root.remove(feature_part_path(fingerprint, part_number(name)))
+    return len(stale)
 
 
 @dataclass
@@ -133,51 +207,24 @@ class FeatureExtractor:
             encoded = self._decode(job.videos, failed)
         rows = []
         for video in encoded:
-            rows.append(
-                {
-                    "video_id": video.video_id,
-                    "encoder_fingerprint": self.fingerprint,
-                    "num_snippets": len(video.values),
-                    "dim": video.values.shape[1],
-                    "values": video.values.ravel(),
-                    "snippet_start": video.start,
-                    "snippet_end": video.end,
-                    "source_fingerprint": sources.get(video.video_id),
-                }
-            )
+            rows.append(video.row(self.fingerprint, sources.get(video.video_id)))
             if self.export:
                 self._export(video, self.export)
-        # One row group per video: a trainer reads one video's features without the rest.
-        self.root.write_table(
-            feature_part_path(self.fingerprint, job.part),
-            FEATURES.from_rows(rows),
-            row_group_size=1,
+        return write_feature_part(
+            self.root, self.fingerprint, job.part, rows, job.shard or "videos", sources, failed
         )
-        record = {
-            "part": job.part,
-            "source": job.shard or "videos",
-            "videos": [r["video_id"] for r in rows],
-            "rows": len(rows),
-            "snippets": sum(r["num_snippets"] for r in rows),
-            "failed": failed,
-            "source_fingerprints": sources,
-            "lofipipe_version": __version__,
-            "node": node_id(),
-        }
-        self.root.write_text(
-            feature_stats_path(self.fingerprint, job.part), json.dumps(record, indent=1)
-        )
-        return record
 
-    def _read(self, shard: str) -> Iterator[_Encoded]:
+    def _read(self, shard: str) -> Iterator[EncodedVideo]:
         for video in SnippetReader(self.root, self.schedule.full.name).read_shard(shard):
             step = self._step() or len(video.frames)
             values = self.encode(video.frames.split(step))
-            yield _Encoded(
+            yield EncodedVideo(
                 video.video_id, values, video.start, video.end, int(video.frames.shape[1])
             )
 
-    def _decode(self, videos: Iterable[SourceVideo], failed: dict[str, str]) -> Iterator[_Encoded]:
+    def _decode(
+        self, videos: Iterable[SourceVideo], failed: dict[str, str]
+    ) -> Iterator[EncodedVideo]:
         decoder = SnippetDecoder(
             self.schedule, self.storage_options, self.decode_threads, self.preprocess
         )
@@ -206,9 +253,9 @@ class FeatureExtractor:
                 failed[video.video_id] = failure.line
                 continue
             times = np.array(spans, np.float64)
-            yield _Encoded(video.video_id, values, times[:, 0], times[:, 1], fidelity.frames)
+            yield EncodedVideo(video.video_id, values, times[:, 0], times[:, 1], fidelity.frames)
 
-    def _export(self, video: _Encoded, export: str) -> None:
+    def _export(self, video: EncodedVideo, export: str) -> None:
         out = Store(export, self.storage_options)
         buffer = io.BytesIO()
         np.save(buffer, video.values)
