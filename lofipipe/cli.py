@@ -224,7 +224,7 @@ def _run_ingest(
     "--videos",
     "videos_url",
     required=True,
-    help="Folder (searched recursively) or glob of video files, any fsspec URL.",
+    help="Folder (searched recursively), glob or .txt list of video files, any fsspec URL.",
 )
 @click.option(
     "--annotations",
@@ -794,6 +794,65 @@ def run_recipe(dry_run, config, storage_options):
     _echo_summary(
         run_job(config, storage_options, _command_line()), Store(config.job.root, storage_options)
     )
+
+
+@main.command()
+@click.argument("videos")
+@click.option(
+    "--model",
+    "model_url",
+    required=True,
+    help="A model bundle: a head run's ROOT/runs/NAME/model (any storage URL).",
+)
+@click.option(
+    "--out",
+    "out_url",
+    default="detections",
+    show_default=True,
+    help="Folder for detections.json/.csv/.html (a lofipipe ROOT: its manifest holds the "
+    "videos' probes; any storage URL).",
+)
+@click.option("--min-score", type=float, default=0.0, show_default=True)
+@click.option(
+    "--top", type=click.IntRange(min=0), default=0, help="Detections kept per video (0: all)."
+)
+@click.option(
+    "--keep-features",
+    is_flag=True,
+    help="Keep the features computed on the way as a feature set of the --out ROOT.",
+)
+@common_options
+def detect(videos, model_url, out_url, min_score, top, keep_features, config, storage_options):
+    """Detect actions in new, unlabelled VIDEOS (a folder, a glob, one file or a .txt
+    list of them, any storage) with a trained model bundle: probe, decode straight from
+    the videos, encode with the bundle's encoder (Ray actors, GPUs where there are some),
+    run its head and soft-NMS, and write detections.json (ActivityNet result format),
+    detections.csv and detections.html (a timeline per video). Bad videos are listed with
+    their reasons; a rerun with the same videos and bundle redoes nothing. For one file
+    the top detections are printed too.
+
+    \b
+    Examples:
+      lofipipe detect new-videos/ --model out/runs/demo-head/model --out found/
+      lofipipe detect clip.mp4 --model s3://bucket/anet/runs/r-head/model --top 5
+    """
+    from lofipipe.pipeline.detect import run_detect
+
+    out = Store(out_url, storage_options)
+    summary = run_detect(
+        config,
+        out,
+        videos,
+        model_url,
+        storage_options,
+        _command_line(),
+        min_score,
+        top,
+        keep_features,
+    )
+    for stage in summary.stages:
+        _echo_summary(stage, out)
+    _echo_summary(summary, out)
 
 
 @main.command(name="eval")

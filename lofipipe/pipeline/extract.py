@@ -61,13 +61,16 @@ class ExtractSummary:
     skipped: int = 0
     videos: int = 0
     failed: Counter = field(default_factory=Counter)
+    failed_reasons: dict[str, str] = field(default_factory=dict)  # video_id -> reason
     random_weights: bool = False
     checkpoint_layout: str | None = None  # as `checkpoint_layouts.py` names it
     progress_line: str = ""
 
     def add(self, stats: Mapping[str, Any]) -> None:
         self.videos += len(stats["videos"])
-        self.failed.update(failure_reason(line) for line in stats["failed"].values())
+        reasons = {video: failure_reason(line) for video, line in stats["failed"].items()}
+        self.failed_reasons.update(reasons)
+        self.failed.update(reasons.values())
 
     @property
     def failed_videos(self) -> int:

@@ -94,6 +94,9 @@ class IngestSummary:
         ]
 
 
+LIST_SUFFIX = ".txt"  # --videos naming a file of video URLs, one per line
+
+
 @dataclass(frozen=True)
 class Listing:
     """What `--videos` holds: the videos, and every other file (left out, and counted)."""
@@ -102,15 +105,32 @@ class Listing:
     skipped: list[str]  # URLs of files whose extension is not a video extension
 
 
+def _files(url: str, options: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The files at `url`: a folder, a glob or one file, or those a list names (a `.txt`
+    file: a URL or path per line, relative ones from the list's folder; blank lines and
+    `#` comments skipped)."""
+    if not url.lower().endswith(LIST_SUFFIX):
+        return list_files(url, options, None)
+    folder, _, name = url.rpartition("/")
+    listing = Store(folder or ".", options)
+    entries = [line.strip() for line in listing.read_text(name).splitlines()]
+    files = []
+    for entry in entries:
+        if entry and not entry.startswith("#"):
+            absolute = "://" in entry or entry.startswith("/")
+            files += list_files(entry if absolute else listing.url_of(entry), options, None)
+    return sorted(files)
+
+
 def list_videos(url: str, options: Mapping[str, Any], extensions) -> Listing:
-    """The video files at `url` (folder or glob), sorted, with unique ids, and the other
-    files there.
+    """The video files at `url` (folder, glob, one file or a `.txt` list of them), sorted,
+    with unique ids, and the other files there.
 
     Raises:
         InputError: no video file there, or two files that would share a video id.
     """
     listed, skipped = [], []
-    for uri, info in list_files(url, options, None):
+    for uri, info in _files(url, options):
         (listed if has_extension(uri, extensions) else skipped).append((uri, info))
     if not listed:
         others = f"; {len(skipped)} other files there" if skipped else ""

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.manifest import manifest_rows
 from lofipipe.data.runs import read_metrics
 from lofipipe.data.snippets import SnippetReader
 from lofipipe.data.stage_log import stage_totals
@@ -29,19 +30,24 @@ from lofipipe.layout import (
     STATS_PATTERN,
     evaluation_path,
     feature_dir,
+    predictions_path,
     report_path,
     run_config_path,
 )
 from lofipipe.reports.contact_sheet import contact_sheet
 from lofipipe.reports.figures import map_per_tiou, per_class_ap, png, training_curves
+from lofipipe.reports.timeline import STYLE, Bar, VideoTimeline, timelines_html
 from lofipipe.schemas.schedule import Schedule, load_schedule
 from lofipipe.schemas.tables import ERRORS
 from lofipipe.storage import Store
 
 MAX_ERRORS = 200  # rows in the error table; the rest are counted
+MAX_TIMELINES = 20  # validation videos drawn on a time axis
+TIMELINE_PREDICTIONS = 10  # the top predictions drawn per video
 _SHEET_ROWS = 8
 
-_STYLE = """
+_STYLE = (
+    """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
        color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.8em; }
@@ -52,6 +58,8 @@ figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; 
 figcaption, .note { color: #666; font-size: .9em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 12px; }
 """
+    + STYLE
+)
 
 
 def write_run_page(root: Store, run: str) -> str:
@@ -78,6 +86,7 @@ def render_run_page(root: Store, run: str) -> str:
         _header(run, train, rows, evaluation),
         _training(run, rows, evaluation),
         _scores(evaluation),
+        _timelines(root, run),
         _throughput(root),
         _errors(root, train),
         _contact(root, train, schedule),
@@ -208,6 +217,40 @@ def _scores(evaluation: dict[str, Any] | None) -> str:
         + per_tiou
         + _image("ap-per-class", png(per_class_ap(evaluation)), "Average AP per class")
         + per_class,
+    )
+
+
+def _timelines(root: Store, run: str) -> str:
+    """Per validation video (the first MAX_TIMELINES), the ground truth and the top
+    predictions on one time axis."""
+    if not root.exists(predictions_path(run)):
+        return ""
+    predictions = json.loads(root.read_text(predictions_path(run)))["results"]
+    annotations = AnnotationIndex(root)
+    names = annotations.label_names
+    durations = {
+        video_id: float(row["duration"] or 0.0) for video_id, row in manifest_rows(root).items()
+    }
+    videos = []
+    for video_id in sorted(predictions)[:MAX_TIMELINES]:
+        segments, labels = annotations.segments(video_id)
+        found = predictions[video_id][:TIMELINE_PREDICTIONS]
+        truth = [
+            Bar(names[int(k)], float(a), float(b))
+            for (a, b), k in zip(segments, labels, strict=True)
+        ]
+        top = [Bar(p["label"], *p["segment"], p["score"]) for p in found]
+        ends = [bar.end for bar in truth + top]
+        duration = durations.get(video_id) or max(ends, default=1.0)
+        videos.append(
+            VideoTimeline(video_id, duration, [("ground truth", truth), (f"top {len(top)}", top)])
+        )
+    more = len(predictions) - len(videos)
+    note = f"<p class='note'>{more} more validation videos in predictions.json.</p>"
+    return _section(
+        "timelines",
+        "Ground truth and predictions",
+        timelines_html(videos, names) + (note if more > 0 else ""),
     )
 
 

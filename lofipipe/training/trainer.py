@@ -30,14 +30,14 @@ from lofipipe.evaluation.detection import DetectionResult, Segment, evaluate
 from lofipipe.layout import predictions_path
 from lofipipe.models.precision import check_precision, resolve_precision
 from lofipipe.models.tal_head import HeadOutput, TALHead, diou_loss_1d, sigmoid_focal_loss
-from lofipipe.models.tal_postprocess import PostProcessing, detect, soft_nms
 from lofipipe.reports.figures import write_report_plot
 from lofipipe.schemas.config import TrainConfig
 from lofipipe.schemas.preprocess import Preprocess
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.storage import Store
 from lofipipe.training.checkpoints import latest_checkpoint, save_checkpoint
-from lofipipe.training.feature_set import Batch, VideoFeatures, collate, inference_windows
+from lofipipe.training.feature_set import Batch, VideoFeatures
+from lofipipe.training.predict import post_processing, predict_video
 
 PLOT_EVERY_S = 30.0  # how often a training run redraws report.png
 
@@ -242,11 +242,7 @@ class Trainer(ABC):
         scales = [step.lr_scale for plan in self.plans for step in plan]
         total = len(scales)
         warmup = round(settings.warmup_epochs * len(self.plans[0]))
-        self.post = PostProcessing(
-            pre_nms_topk=settings.head.pre_nms_topk,
-            sigma=settings.head.nms_sigma,
-            max_segments=settings.head.max_segments,
-        )
+        self.post = post_processing(settings.head)
         self.rows: list[dict[str, Any]] = []
         self.epoch = 0
         self.plotted = -math.inf  # when report.png was last drawn (time.monotonic)
@@ -421,41 +417,10 @@ class Trainer(ABC):
 
     def predict(self, video: VideoFeatures) -> list[dict[str, Any]]:
         """ActivityNet-format detections of one video, best first."""
-        windows = inference_windows(video, self.job.window or len(video.values))
-        segments, scores, labels = [], [], []
-        self.head.eval()
-        with torch.no_grad():
-            device = next(self.head.parameters()).device
-            for part in windows:
-                batch = collate([part], len(self.labels), self.job.settings.head.levels)
-                found = detect(
-                    self.head(batch.features.to(device), batch.mask.to(device)),
-                    0,
-                    len(part.values),
-                    self.post,
-                )
-                segments.append(part.to_seconds(found[0]))
-                scores.append(found[1])
-                labels.append(found[2])
-        segments, scores, labels = (np.concatenate(x) for x in (segments, scores, labels))
-        if len(windows) > 1:  # overlapping windows found some actions twice
-            segments, scores, labels = soft_nms(
-                segments,
-                scores,
-                labels,
-                self.post.sigma,
-                self.post.min_score,
-                self.post.max_segments,
-            )
-        segments = segments.clip(video.start[0], video.end[-1])
-        return [
-            {
-                "segment": [round(float(a), 3), round(float(b), 3)],
-                "label": self.labels[int(label)],
-                "score": round(float(score), 6),
-            }
-            for (a, b), score, label in zip(segments, scores, labels, strict=True)
-        ]
+        settings = self.job.settings
+        return predict_video(
+            self.head, video, self.labels, settings.head.levels, self.post, self.job.window
+        )
 
     def validate(self) -> tuple[dict[str, list], DetectionResult | None]:
         """Every worker predicts its share of the validation videos; worker 0 scores all."""

@@ -37,6 +37,12 @@ def _write_run(root: Store, run: str, epochs: int = 3, steps_per_epoch: int = 4)
     found = [Segment(s.video_id, s.label, s.start + 0.3, s.end, 0.9) for s in truth]
     result = evaluate(truth, found, parse_thresholds("0.5:0.95:0.05"))
     root.write_text(f"runs/{run}/evaluation.json", json.dumps(result.to_dict()))
+    predictions = {}
+    for s in found:
+        predictions.setdefault(s.video_id, []).append(
+            {"segment": [s.start, s.end], "label": s.label, "score": s.score}
+        )
+    root.write_text(f"runs/{run}/predictions.json", json.dumps({"results": predictions}))
     rows, step = [], 0
     for epoch in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
@@ -98,7 +104,9 @@ def test_report_page_renders_every_figure_and_table(root_with_a_failure, tmp_pat
     seen = render(root_with_a_failure / "runs/page/report.html", tmp_path / "page.png")
 
     assert seen["title"] == "lofipipe run page"
-    assert seen["sections"] == ["training", "scores", "throughput", "errors", "snippets", "config"]
+    assert seen["sections"] == [
+        *("training", "scores", "timelines", "throughput", "errors", "snippets", "config")
+    ]
     for name in (
         "figure-training",
         "figure-map-per-tiou",
@@ -130,6 +138,16 @@ def test_report_page_renders_every_figure_and_table(root_with_a_failure, tmp_pat
     assert error.startswith("not_a_video") or error.startswith("decode_error"), error
     assert seen["images"] == 4  # the name's markup shows as text, never as an element
     assert "mode: lofi" in seen["config"] and "schedule: demo" in seen["config"]
+    # Per validation video, its ground truth and its predictions on one time axis: a bar
+    # each, laid out, in its class's colour, the predictions with their scores beside.
+    annotations = AnnotationIndex(root)
+    validation = annotations.videos("validation")
+    assert [t["video"] for t in seen["timelines"]] == validation
+    for timeline in seen["timelines"]:
+        actions = len(annotations.segments(timeline["video"])[0])
+        assert len(timeline["bars"]) == 2 * actions and min(timeline["bars"]) > 1
+        assert timeline["scores"] == actions
+    assert seen["legend"] == len(annotations.label_names)
 
 
 def test_stage_records_add_up_over_invocations(tmp_path):

@@ -12,7 +12,8 @@ import pytest
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 # What the page shows once loaded: each figure's image as decoded by the browser, each
-# table's body rows, the section ids, the resources it fetched (none when self-contained).
+# table's body rows, the section ids, the resources it fetched (none when self-contained),
+# and each timeline's bars as laid out (their widths) with their classes and scores.
 _READ_PAGE = """
 const figures = {};
 for (const figure of document.querySelectorAll('figure')) {
@@ -30,7 +31,14 @@ return {title: document.title, figures: figures, tables: tables,
         sections: Array.from(document.querySelectorAll('section'), s => s.id),
         config: (document.querySelector('#config pre') || {}).textContent || '',
         fetched: performance.getEntriesByType('resource').map(entry => entry.name),
-        scripts: document.scripts.length, images: document.images.length};
+        scripts: document.scripts.length, images: document.images.length,
+        timelines: Array.from(document.querySelectorAll('svg.timeline'), svg => ({
+          video: svg.getAttribute('aria-label'),
+          bars: Array.from(svg.querySelectorAll('rect.bar'),
+                           bar => bar.getBoundingClientRect().width),
+          labels: Array.from(svg.querySelectorAll('rect.bar'), bar => bar.dataset.label),
+          scores: svg.querySelectorAll('text.score').length})),
+        legend: document.querySelectorAll('.legend-item').length};
 """
 
 
