@@ -89,8 +89,9 @@ def _check_resume(root: Store, config: Config) -> None:
         return
     saved = (yaml.safe_load(root.read_text(saved_path)) or {}).get("train", {})
     current = config_to_dict(config.train)
+    # A setting the saved config lacks is newer than the run: it was never set otherwise.
     changed = sorted(
-        k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k]
+        k for k in current if k not in _RESUMABLE_CHANGES and k in saved and saved[k] != current[k]
     )
     if changed:
         raise ConfigError(

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from support.cli import run
 from support.faults import kill_a_train_worker_when, train_worker_pids
@@ -167,6 +168,12 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(tmp_path, ray_local):
     # A finished run is not trained again; other settings are refused.
     again = _train(tmp_path, "r", 1)
     assert "(resumed after epoch 4)" in again
+    # A run saved by an older lofipipe lacks the newer settings: it resumes.
+    saved = tmp_path / "runs/r/config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["train"]["precision"]
+    saved.write_text(yaml.safe_dump(older))
+    assert "(resumed after epoch 4)" in _train(tmp_path, "r", 1)
     result = CliRunner().invoke(
         main,
         [
