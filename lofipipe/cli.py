@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from lofipipe import __version__
-from lofipipe.errors import InputError, LofipipeError, StrictError
+from lofipipe.errors import InputError, LofipipeError, StrictError, one_line
 from lofipipe.layout import report_path
 from lofipipe.schemas.config import (
     Config,
@@ -108,7 +108,10 @@ class LofipipeGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LofipipeError as error:
-            click.echo(f"error: {redact(str(error))}", err=True)
+            # A lofipipe error raised in a Ray task or actor carries the remote
+            # traceback; its last line is the error itself.
+            remote = "Traceback" in str(error)
+            click.echo(f"error: {redact(one_line(error, last=remote))}", err=True)
             sys.exit(error.exit_code)
 
 

@@ -15,6 +15,7 @@ runs/<run>/metrics.parquet, predictions.json, evaluation.json, report.html, repo
 runs/<run>/encoder.pt                    the adapted encoder of a LoFi or LoSA run
 runs/<run>/model/bundle.json, encoder.pt, head.pt  the model bundle of a head run (detect)
 detections.json, detections.csv, detections.html  what `lofipipe detect` found (its --out)
+_lofipipe/detect.json                    marks a ROOT as detect's --out
 _lofipipe/stages/<time>-<id>.json        one record per stage invocation
 _lofipipe/journal/materialize/part-NNNNN.json  the quarantine journal of a shard task
 """
@@ -42,6 +43,7 @@ STATS_SUFFIX = ".stats.json"
 STATS_PATTERN = "part-*.stats.json"
 JOURNAL_PATTERN = "part-*.json"
 CHECKPOINT_PATTERN = "epoch-*.pt"
+DETECT_MARKER = "_lofipipe/detect.json"
 DETECTIONS_JSON, DETECTIONS_CSV, DETECTIONS_HTML = (
     "detections.json",
     "detections.csv",

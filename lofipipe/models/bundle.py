@@ -36,6 +36,7 @@ from lofipipe.storage import Store
 
 FORMAT, VERSION = "lofipipe-model", 1
 BUNDLE_JSON, ENCODER_PT, HEAD_PT = "bundle.json", "encoder.pt", "head.pt"
+NOT_BUNDLED = "not-bundled.txt"  # instead of a bundle: why the run could not leave one
 
 
 @dataclass

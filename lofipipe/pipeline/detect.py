@@ -11,9 +11,10 @@ video's features. It writes, at the top of the folder:
     detections.csv    video_id,label,start,end,score
     detections.html   a timeline per video (script-free, self-contained)
 
-A rerun whose videos and bundle are those of the last detections redoes nothing. The
-features computed on the way are dropped at the end unless `keep_features` (then they
-are a feature set of that ROOT like any other).
+A rerun whose videos, bundle and filters are those of the last detections redoes nothing.
+A folder that holds another lofipipe ROOT (a manifest or runs that detect did not make)
+is refused. The features computed on the way are dropped at the end unless
+`keep_features` (then they are a feature set of that ROOT like any other).
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ import yaml
 from lofipipe import __version__
 from lofipipe.data.features import read_features
 from lofipipe.data.manifest import manifest_rows
-from lofipipe.errors import failure_reason
-from lofipipe.layout import DETECTIONS_CSV, DETECTIONS_HTML, DETECTIONS_JSON, feature_dir
+from lofipipe.errors import ConfigError, failure_reason
+from lofipipe.layout import (
+    DETECT_MARKER,
+    DETECTIONS_CSV,
+    DETECTIONS_HTML,
+    DETECTIONS_JSON,
+    MANIFEST_PATH,
+    RUNS_DIR,
+    feature_dir,
+)
 from lofipipe.models.bundle import BUNDLE_JSON, ENCODER_PT, ModelBundle, read_bundle
 from lofipipe.pipeline.extract import ExtractSummary, run_extract
 from lofipipe.pipeline.ingest import IngestSummary, run_ingest
@@ -110,6 +119,14 @@ def run_detect(
     model = Store(model_url, storage_options)
     digest = hashlib.sha256(model.read_bytes(BUNDLE_JSON)).hexdigest()
     summary = DetectSummary()
+    # The folder becomes detect's ROOT: never a dataset's, whose manifest and annotations
+    # ingest would replace.
+    if not out.exists(DETECT_MARKER) and (out.exists(MANIFEST_PATH) or out.list(RUNS_DIR)):
+        raise ConfigError(
+            f"--out {out.url} holds a lofipipe ROOT that detect did not make (its manifest "
+            f"and annotations would be replaced): choose an empty or new folder"
+        )
+    out.write_text(DETECT_MARKER, json.dumps({"model": redact(model.url, storage_options)}))
     summary.stages.append(run_ingest(config, out, videos_url, None, storage_options, command))
     rows = manifest_rows(out)
     ok = {vid: row for vid, row in rows.items() if row["status"] == "ok"}
@@ -118,10 +135,16 @@ def run_detect(
     )
     failed = {vid: failure_reason(row["error"]) for vid, row in rows.items() if vid not in ok}
     sources = {vid: row["fingerprint"] for vid, row in ok.items()}
+    filters = {"min_score": min_score, "top": top}
     last = _last_detections(out)
-    if last and last["model_sha256"] == digest and last["videos"] == sources:
+    if (
+        last
+        and last["model_sha256"] == digest
+        and last["videos"] == sources
+        and last.get("filters") == filters
+    ):
         summary.redone = False
-        summary.videos = len(sources)
+        summary.videos = len(last["results"])
         summary.detections = sum(len(items) for items in last["results"].values())
         summary.failed = Counter(last["failed"].values())
         if len(rows) == 1 and sources:
@@ -154,7 +177,8 @@ def run_detect(
         "external_data": {
             "model": redact(model.url, storage_options),
             "model_sha256": digest,
-            "videos": {vid: sources[vid] for vid in results},
+            "videos": sources,  # every video probed fine, detected or failed later
+            "filters": filters,
             "failed": failed,
         },
     }
@@ -191,6 +215,7 @@ def _run_extract(
                 "checkpoint": encoder_url,
                 "source": "videos",
                 "export": None,
+                "precision": bundle.precision,  # the head was trained on such features
             },
             materialize={"schedule": str(schedule), "preprocess": bundle.preprocess.name},
         )

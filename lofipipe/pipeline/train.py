@@ -181,9 +181,10 @@ def run_train(
     thresholds = parse_thresholds(settings.tiou)
     ensure_ray(config.ray)
     gpus = use_gpus(config.ray.gpus)
-    # The precision the workers compute in, as the run's config records it.
-    settings = dataclasses.replace(settings, precision=resolve_precision(settings.precision, gpus))
-    config = dataclasses.replace(config, train=settings)
+    if settings.mode != "head":  # the encoder's precision, as the run's config records it
+        precision = resolve_precision(settings.precision, gpus)
+        settings = dataclasses.replace(settings, precision=precision)
+        config = dataclasses.replace(config, train=settings)
     _check_resume(root, config)
     root.write_text(run_config_path(settings.run), config_to_yaml(config, command))
     done = latest_epoch(root, settings.run)

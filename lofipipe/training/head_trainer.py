@@ -7,16 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from lofipipe.data.features import IMPORTED
+from lofipipe.errors import InputError, LofipipeError, one_line
 from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import model_dir
-from lofipipe.models.bundle import ModelBundle, write_bundle
-from lofipipe.models.registry import LOSA_SUFFIX
+from lofipipe.models.bundle import NOT_BUNDLED, ModelBundle, write_bundle
+from lofipipe.models.registry import LOSA_SUFFIX, Encoder, build_encoder
 from lofipipe.models.tal_head import HeadOutput, TALHead
-from lofipipe.models.weights import build_weighted_encoder
+from lofipipe.models.weights import load_encoder_checkpoint
 from lofipipe.schemas.preprocess import preprocess_preset
 from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_crop
 from lofipipe.training.trainer import StepPlan, Trainer, steps_per_pass
@@ -67,34 +69,52 @@ class HeadTrainer(Trainer):
 
     def finish(self) -> None:
         """Leaves the model bundle (`runs/<run>/model/`): the head with the encoder that
-        made its features, rebuilt from their lineage (its checkpoint, or the seed of
-        its random weights)."""
+        made its features, rebuilt from their lineage (its checkpoint, checked to be the
+        one extracted with, or the seed of its random weights). A bundle that cannot be
+        made does not fail the trained run: `model/not-bundled.txt` says why."""
         lineage, job = self.data.lineage, self.job
         # Features imported from other tools (or test sets) name no encoder to bundle.
         if lineage.get("lineage") == IMPORTED or "weights" not in lineage:
             return
-        encoder, weights = lineage["encoder"], lineage["weights"]
-        losa = encoder.endswith(LOSA_SUFFIX)
-        name = encoder.removesuffix(LOSA_SUFFIX)
-        seed = int(weights.split("=")[1]) if weights.startswith("random:seed=") else 0
-        preprocess = preprocess_preset(lineage["preprocess"]["preset"])
-        net = build_weighted_encoder(
-            name, losa, lineage["checkpoint"], job.root.options, seed, preprocess
-        ).net
+        try:
+            encoder = self._feature_encoder()
+        except (LofipipeError, OSError, RuntimeError) as error:
+            job.root.write_text(f"{model_dir(job.run)}/{NOT_BUNDLED}", one_line(error) + "\n")
+            return
         bundle = ModelBundle(
-            encoder_name=name,
-            losa=losa,
-            preprocess=preprocess,
+            encoder_name=encoder.spec.name,
+            losa=encoder.losa,
+            preprocess=encoder.preprocess,
             precision=lineage.get("precision", "fp32"),
             features=self.data.fingerprint,
             schedule=self.data.schedule,
             head_config=job.settings.head,
             labels=self.labels,
             window=job.window,
-            encoder_state=net.state_dict(),
+            encoder_state=encoder.net.state_dict(),
             head_state=self.head.state_dict(),
         )
         write_bundle(job.root, model_dir(job.run), bundle)
+
+    def _feature_encoder(self) -> Encoder:
+        """The encoder that made the features, from their lineage."""
+        lineage = self.data.lineage
+        name, weights = lineage["encoder"], lineage["weights"]
+        losa = name.endswith(LOSA_SUFFIX)
+        preprocess = preprocess_preset(lineage["preprocess"]["preset"])
+        seed = int(weights.split("=")[1]) if weights.startswith("random:seed=") else 0
+        torch.manual_seed(seed)
+        encoder = build_encoder(name.removesuffix(LOSA_SUFFIX), losa, preprocess)
+        if lineage["checkpoint"]:
+            _, digest = load_encoder_checkpoint(
+                encoder, lineage["checkpoint"], self.job.root.options, losa
+            )
+            if f"sha256:{digest}" != weights:
+                raise InputError(
+                    f"{lineage['checkpoint']} is no longer the checkpoint the features "
+                    f"were extracted with (its SHA-256 changed)"
+                )
+        return encoder
 
     def description(self) -> dict[str, Any]:
         return {"mode": "head", "features": self.job.settings.features, "in_dim": self.data.dim}

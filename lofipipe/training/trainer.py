@@ -253,11 +253,11 @@ class Trainer(ABC):
         self.normalizer = LossNormalizer()
         # The encoder's precision (a head on features trains in fp32); fp16 gradients
         # underflow without loss scaling, bf16 and fp32 need none.
-        precision = resolve_precision(settings.precision, self.device.type == "cuda")
-        check_precision(precision, self.device)
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=settings.mode != "head" and precision == "fp16"
-        )
+        precision = "fp32"
+        if settings.mode != "head":
+            precision = resolve_precision(settings.precision, self.device.type == "cuda")
+            check_precision(precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.average = WeightAverage(self.model, settings.ema_decay) if settings.ema_decay else None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -351,18 +351,18 @@ class Trainer(ABC):
         with self.averaged():
             if predictions is None:  # finished, but stopped before writing its predictions
                 predictions, _ = self.validate()
-            if self.rank == 0:
+            if self.rank == 0:  # the others hold no predictions: worker 0 gathered them
                 self.finish()
-            self.job.root.write_text(
-                predictions_path(self.job.run),
-                json.dumps(
-                    {
-                        "version": f"lofipipe {__version__}",
-                        "results": predictions,
-                        "external_data": self.description(),
-                    }
-                ),
-            )
+                self.job.root.write_text(
+                    predictions_path(self.job.run),
+                    json.dumps(
+                        {
+                            "version": f"lofipipe {__version__}",
+                            "results": predictions,
+                            "external_data": self.description(),
+                        }
+                    ),
+                )
 
     def description(self) -> dict[str, Any]:
         return {"mode": self.job.settings.mode}

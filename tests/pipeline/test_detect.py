@@ -76,9 +76,20 @@ def test_detect_scores_as_eval_does_on_the_same_videos(trained, tmp_path):
     assert seen["legend"] == len(labels)
     assert seen["fetched"] == [] and seen["scripts"] == 0
     assert not list((out / "features").rglob("*.parquet"))  # not kept unless asked
-    # A rerun with the same videos and bundle redoes nothing.
+    # A rerun with the same videos and bundle redoes nothing; other filters redo it.
     again = run("detect", videos, "--model", root / model_dir("H"), "--out", out)
     assert "(all current: nothing redone)" in again
+    fewer = run("detect", videos, "--model", root / model_dir("H"), "--out", out, "--top", 2)
+    assert "nothing redone" not in fewer
+    kept = json.loads((out / "detections.json").read_text())["results"]
+    assert kept == {video: items[:2] for video, items in record["results"].items()}
+    # A dataset's ROOT is not an --out: its manifest and annotations stay as they are.
+    before = (root / "annotations.parquet").read_bytes()
+    refused = CliRunner().invoke(
+        main, ["detect", str(videos), "--model", str(root / model_dir("H")), "--out", str(root)]
+    )
+    assert refused.exit_code == 2 and "detect did not make" in refused.output
+    assert (root / "annotations.parquet").read_bytes() == before
 
 
 def test_bad_videos_beside_good_ones_and_a_single_file(trained, tmp_path):

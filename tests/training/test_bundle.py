@@ -93,3 +93,25 @@ def test_a_bundle_whose_parts_do_not_fit_is_refused(trained, tmp_path):
     data = (root / model_dir("H") / "encoder.pt").read_bytes()
     record = json.loads((root / model_dir("H") / "bundle.json").read_text())
     assert record["encoder"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_checkpoint_changed_since_extraction_leaves_no_bundle_but_the_run(trained, tmp_path):
+    root, _ = trained
+    weights = tmp_path / "tiny.pt"
+    shutil.copy(root / model_dir("H") / "encoder.pt", weights)
+    output = run(
+        "extract", root, "--encoder", "tiny", "--schedule", "demo", "--checkpoint", weights
+    )
+    fingerprint = re.search(r"^features (\w+): ", output, re.M).group(1)
+    state = torch.load(weights, weights_only=True)
+    state["encoder"] = {
+        k: v + 1 if v.is_floating_point() else v for k, v in state["encoder"].items()
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    weights.write_bytes(buffer.getvalue())  # not the weights the features were made with
+    run("train", root, "--features", fingerprint, "--run", "moved", *SMALL)
+    assert (root / "runs/moved/predictions.json").exists()
+    assert not (root / "runs/moved/model/bundle.json").exists()
+    reason = (root / "runs/moved/model/not-bundled.txt").read_text()
+    assert "is no longer the checkpoint the features were extracted with" in reason
