@@ -54,6 +54,12 @@ class ModelBundle:
     window: int  # stride sampling: snippets per window the head takes; 0: whole videos
     encoder_state: dict[str, torch.Tensor]
     head_state: dict[str, torch.Tensor]
+    digest: str = ""  # read_bundle: the SHA-256 of bundle.json, which names the whole bundle
+
+    @property
+    def in_dim(self) -> int:
+        """The width of the features the head takes."""
+        return int(self.head_state["embed.0.conv.weight"].shape[1])
 
     def encoder(self) -> Encoder:
         """The encoder with its weights (in evaluation mode, on the CPU)."""
@@ -63,8 +69,7 @@ class ModelBundle:
 
     def head(self) -> TALHead:
         """The head with its weights (in evaluation mode, on the CPU)."""
-        in_dim = int(self.head_state["embed.0.conv.weight"].shape[1])
-        head = TALHead.from_config(in_dim, len(self.labels), self.head_config)
+        head = TALHead.from_config(self.in_dim, len(self.labels), self.head_config)
         head.load_state_dict(self.head_state)
         return head.eval()
 
@@ -122,7 +127,8 @@ def read_bundle(url: str, options: dict[str, Any] | None = None) -> ModelBundle:
             f"{url}: not a lofipipe model bundle (no {BUNDLE_JSON}; a head run leaves one "
             f"in ROOT/runs/<run>/model)"
         )
-    record = json.loads(store.read_text(BUNDLE_JSON))
+    text = store.read_bytes(BUNDLE_JSON)
+    record = json.loads(text)
     if record.get("format") != FORMAT or record.get("version") != VERSION:
         raise InputError(
             f"{url}: a bundle of format {record.get('format')!r} version "
@@ -151,6 +157,7 @@ def read_bundle(url: str, options: dict[str, Any] | None = None) -> ModelBundle:
         window=int(record["window"]),
         encoder_state=weights(ENCODER_PT, encoder, "encoder"),
         head_state=weights(HEAD_PT, record["head"], "head"),
+        digest=_sha256(text),
     )
     _check_fit(bundle, url)
     return bundle
@@ -168,12 +175,13 @@ def _check_fit(bundle: ModelBundle, url: str) -> None:
         )
     with torch.device("meta"):  # shapes only
         encoder = build_encoder(bundle.encoder_name, bundle.losa, bundle.preprocess)
-        in_dim = bundle.head_state["embed.0.conv.weight"].shape[1]
         classes = bundle.head_state["classify.out.bias"].shape[0]
-        head = TALHead.from_config(in_dim, classes, bundle.head_config)
+        head = TALHead.from_config(bundle.in_dim, classes, bundle.head_config)
     problems = []
-    if in_dim != encoder.dim:
-        problems.append(f"the head takes {in_dim}-d features, {spec.name} makes {encoder.dim}")
+    if bundle.in_dim != encoder.dim:
+        problems.append(
+            f"the head takes {bundle.in_dim}-d features, {spec.name} makes {encoder.dim}"
+        )
     if classes != len(bundle.labels):
         problems.append(f"the head has {classes} classes, the bundle {len(bundle.labels)} labels")
     for name, part, state in (

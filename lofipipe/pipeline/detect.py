@@ -20,7 +20,6 @@ is refused. The features computed on the way are dropped at the end unless
 from __future__ import annotations
 
 import csv
-import hashlib
 import html
 import io
 import json
@@ -48,7 +47,7 @@ from lofipipe.layout import (
     RUNS_DIR,
     feature_dir,
 )
-from lofipipe.models.bundle import BUNDLE_JSON, ENCODER_PT, ModelBundle, read_bundle
+from lofipipe.models.bundle import ENCODER_PT, ModelBundle, read_bundle
 from lofipipe.pipeline.extract import ExtractSummary, run_extract
 from lofipipe.pipeline.ingest import IngestSummary, run_ingest
 from lofipipe.reports.timeline import STYLE, Bar, VideoTimeline, timelines_html
@@ -117,7 +116,6 @@ def run_detect(
     started = time.monotonic()
     bundle = read_bundle(model_url, dict(storage_options))
     model = Store(model_url, storage_options)
-    digest = hashlib.sha256(model.read_bytes(BUNDLE_JSON)).hexdigest()
     summary = DetectSummary()
     # The folder becomes detect's ROOT: never a dataset's, whose manifest and annotations
     # ingest would replace.
@@ -130,68 +128,61 @@ def run_detect(
     summary.stages.append(run_ingest(config, out, videos_url, None, storage_options, command))
     rows = manifest_rows(out)
     ok = {vid: row for vid, row in rows.items() if row["status"] == "ok"}
-    summary.failed.update(
-        failure_reason(row["error"]) for row in rows.values() if row["status"] != "ok"
-    )
     failed = {vid: failure_reason(row["error"]) for vid, row in rows.items() if vid not in ok}
     sources = {vid: row["fingerprint"] for vid, row in ok.items()}
     filters = {"min_score": min_score, "top": top}
     last = _last_detections(out)
     if (
         last
-        and last["model_sha256"] == digest
+        and last["model_sha256"] == bundle.digest
         and last["videos"] == sources
         and last.get("filters") == filters
     ):
         summary.redone = False
-        summary.videos = len(last["results"])
-        summary.detections = sum(len(items) for items in last["results"].values())
-        summary.failed = Counter(last["failed"].values())
-        if len(rows) == 1 and sources:
-            summary.single = next(iter(last["results"].values()))[:SHOWN]
-        return summary
-    extract = _run_extract(config, out, bundle, model.url_of(ENCODER_PT), storage_options, command)
-    summary.stages.append(extract)
-    features = read_features(out, extract.fingerprint)
-    for video_id, reason in extract.failed_reasons.items():
-        failed[video_id] = reason
-        summary.failed[reason] += 1
-    head = bundle.head()
-    post = post_processing(bundle.head_config)
-    results: dict[str, list[dict[str, Any]]] = {}
-    for video_id in sorted(features):
-        values, times = features[video_id]
-        video = VideoFeatures(
-            video_id, values, times[:, 0], times[:, 1], np.zeros((0, 2)), np.zeros(0, int)
+        results, failed = last["results"], last["failed"]
+    else:
+        extract = _run_extract(
+            config, out, bundle, model.url_of(ENCODER_PT), storage_options, command
         )
-        found = predict_video(
-            head, video, bundle.labels, bundle.head_config.levels, post, bundle.window
-        )
-        found = [d for d in found if d["score"] >= min_score]
-        results[video_id] = found[:top] if top else found
-        summary.video_seconds += float(ok[video_id]["duration"] or 0.0)
+        summary.stages.append(extract)
+        failed.update(extract.failed_reasons)
+        features = read_features(out, extract.fingerprint)
+        head, post = bundle.head(), post_processing(bundle.head_config)
+        results = {}
+        for video_id in sorted(features):
+            values, times = features[video_id]
+            video = VideoFeatures(
+                video_id, values, times[:, 0], times[:, 1], np.zeros((0, 2)), np.zeros(0, int)
+            )
+            found = predict_video(
+                head, video, bundle.labels, bundle.head_config.levels, post, bundle.window
+            )
+            found = [d for d in found if d["score"] >= min_score]
+            results[video_id] = found[:top] if top else found
+        record = {
+            "version": f"lofipipe {__version__}",
+            "results": results,
+            "external_data": {
+                "model": redact(model.url, storage_options),
+                "model_sha256": bundle.digest,
+                "videos": sources,  # every video probed fine, detected or failed later
+                "filters": filters,
+                "failed": failed,
+            },
+        }
+        durations = {vid: float(ok[vid]["duration"] or 0.0) for vid in results}
+        out.write_text(DETECTIONS_CSV, _csv(results))
+        out.write_text(DETECTIONS_HTML, _page(results, durations, bundle, failed))
+        out.write_text(DETECTIONS_JSON, json.dumps(record))  # last: a finished run's record
+        if not keep_features:
+            for name in out.list(feature_dir(extract.fingerprint)):
+                out.remove(name)
+        summary.video_seconds = sum(durations.values())
+        summary.seconds = time.monotonic() - started
     summary.videos, summary.detections = len(results), sum(map(len, results.values()))
-    record = {
-        "version": f"lofipipe {__version__}",
-        "results": results,
-        "external_data": {
-            "model": redact(model.url, storage_options),
-            "model_sha256": digest,
-            "videos": sources,  # every video probed fine, detected or failed later
-            "filters": filters,
-            "failed": failed,
-        },
-    }
-    durations = {vid: float(ok[vid]["duration"] or 0.0) for vid in results}
-    out.write_text(DETECTIONS_CSV, _csv(results))
-    out.write_text(DETECTIONS_HTML, _page(results, durations, bundle, failed))
-    out.write_text(DETECTIONS_JSON, json.dumps(record))  # last: the record of a finished run
-    if not keep_features:
-        for name in out.list(feature_dir(extract.fingerprint)):
-            out.remove(name)
+    summary.failed = Counter(failed.values())
     if len(rows) == 1 and results:
         summary.single = next(iter(results.values()))[:SHOWN]
-    summary.seconds = time.monotonic() - started
     return summary
 
 

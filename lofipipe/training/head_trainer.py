@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from lofipipe.data.features import IMPORTED
@@ -16,9 +15,9 @@ from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import model_dir
 from lofipipe.models.bundle import NOT_BUNDLED, ModelBundle, write_bundle
-from lofipipe.models.registry import LOSA_SUFFIX, Encoder, build_encoder
+from lofipipe.models.registry import LOSA_SUFFIX, Encoder
 from lofipipe.models.tal_head import HeadOutput, TALHead
-from lofipipe.models.weights import load_encoder_checkpoint
+from lofipipe.models.weights import build_weighted_encoder, load_encoder_checkpoint
 from lofipipe.schemas.preprocess import preprocess_preset
 from lofipipe.training.feature_set import Batch, FeatureSet, VideoFeatures, collate, training_crop
 from lofipipe.training.trainer import StepPlan, Trainer, steps_per_pass
@@ -103,9 +102,10 @@ class HeadTrainer(Trainer):
         losa = name.endswith(LOSA_SUFFIX)
         preprocess = preprocess_preset(lineage["preprocess"]["preset"])
         seed = int(weights.split("=")[1]) if weights.startswith("random:seed=") else 0
-        torch.manual_seed(seed)
-        encoder = build_encoder(name.removesuffix(LOSA_SUFFIX), losa, preprocess)
-        if lineage["checkpoint"]:
+        encoder = build_weighted_encoder(
+            name.removesuffix(LOSA_SUFFIX), losa, None, self.job.root.options, seed, preprocess
+        )
+        if lineage["checkpoint"]:  # read here, where its digest is checked
             _, digest = load_encoder_checkpoint(
                 encoder, lineage["checkpoint"], self.job.root.options, losa
             )

@@ -83,12 +83,13 @@ def use_gpus(choice: str) -> bool:
     start some)."""
     if choice == "off":
         return False
-    if choice == "on" and not cluster_gpus():
+    gpus = cluster_gpus()
+    if choice == "on" and not gpus:
         raise ConfigError(
             "ray.gpus is 'on', but the cluster has no GPUs and its autoscaler cannot start "
             "any (--gpus auto or off runs on CPUs)"
         )
-    return cluster_gpus() > 0
+    return gpus > 0
 
 
 def assigned_device() -> torch.device:
