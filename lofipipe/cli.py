@@ -286,7 +286,9 @@ def _run_materialize(
     "multigrid, demo) or a schedule .yaml file.",
 )
 @click.option(
-    "--encoding", type=click.Choice(["jpeg", "raw"]), help="How frames are stored in the shards."
+    "--encoding",
+    type=click.Choice(["h264", "jpeg", "raw"]),
+    help="How frames are stored in the shards (default h264).",
 )
 @click.option("--retry-failed", is_flag=True, help="Also redo shards with failed videos.")
 @click.option("--force", is_flag=True, help="Redo every shard.")

@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import torch
 
 from lofipipe.data.annotations import AnnotationIndex
+from lofipipe.data.prefetch import prefetched
 from lofipipe.errors import ConfigError, InputError
 from lofipipe.layout import SHARDS_DIR, STATS_PATTERN, parquet_of, shard_dir, stats_of
-from lofipipe.media.frame_codec import decode_jpeg_frames
+from lofipipe.media.frame_codec import ENCODINGS, decode_frames
 from lofipipe.schemas.preprocess import Preprocess, presets_with
 from lofipipe.schemas.schedule import Schedule, snippet_content
 from lofipipe.storage import Store
@@ -81,8 +82,9 @@ _READ_ROWS = 256  # snippets per Parquet read batch
 class SnippetReader:
     """Reads the committed shards of one fidelity under `root`."""
 
-    def __init__(self, root: Store, fidelity: str):
-        self.root, self.fidelity = root, fidelity
+    def __init__(self, root: Store, fidelity: str, threads: int | None = None):
+        """`threads`: how many threads decode a video's snippets (default: `read_threads`)."""
+        self.root, self.fidelity, self.threads = root, fidelity, threads
         self._index: AnnotationIndex | None = None
         self._shard_of: dict[str, str] | None = None
 
@@ -106,6 +108,13 @@ class SnippetReader:
         """Every video's snippets, shard by shard, optionally only `video_ids`."""
         for shard in self.shards():
             yield from self.read_shard(shard, video_ids)
+
+    def stream(
+        self, video_ids: set[str] | None = None, prefetch: int = 2
+    ) -> Iterator[VideoSnippets]:
+        """`videos`, read and decoded `prefetch` videos ahead on a background thread while
+        the caller works; at most `prefetch + 1` videos are held at a time."""
+        return prefetched(self.videos(video_ids), prefetch)
 
     def windows(
         self, length: int, stride: int | None = None, video_ids: set[str] | None = None
@@ -170,28 +179,16 @@ class SnippetReader:
         video_id = table.column("video_id")[0].as_py()
         count, frames_per = table.num_rows, table.column("num_frames")[0].as_py()
         size, encoding = table.column("height")[0].as_py(), table.column("encoding")[0].as_py()
-        frames = np.empty((count * frames_per, 3, size, size), np.uint8)
-        filled = 0
-        for chunk in table.column("frames").chunks:
-            encoded = chunk.flatten()
-            if encoding == "raw":  # equal-sized planar frames back to back: copied once
-                offsets = np.frombuffer(encoded.buffers()[1], np.int32)[
-                    encoded.offset : encoded.offset + len(encoded) + 1
-                ]
-                part = np.frombuffer(
-                    encoded.buffers()[2],
-                    np.uint8,
-                    offset=int(offsets[0]),
-                    count=int(offsets[-1] - offsets[0]),
-                )
-                frames[filled : filled + len(encoded)] = part.reshape(-1, 3, size, size)
-            elif encoding == "jpeg":
-                frames[filled : filled + len(encoded)] = decode_jpeg_frames(
-                    [data.as_py() for data in encoded], size
-                )
-            else:
-                raise InputError(f"video {video_id}: unknown frame encoding {encoding!r}")
-            filled += len(encoded)
+        if encoding not in ENCODINGS:
+            raise InputError(f"video {video_id}: unknown frame encoding {encoding!r}")
+        column = table.column("frames")
+        frames = (
+            decode_frames(encoding, column.chunks[0], size, self.threads)
+            if column.num_chunks == 1
+            else np.concatenate(
+                [decode_frames(encoding, chunk, size, self.threads) for chunk in column.chunks]
+            )
+        )
         frames = frames.reshape(count, frames_per, 3, size, size)
 
         def column(name):
@@ -236,6 +233,7 @@ class SnippetReader:
         records = self.committed()
         for shard, record in records:
             lineage = {**snippet_content(record["lineage"]), "encoding": ""}
+            lineage.pop("codec", None)
             if lineage == expected:
                 continue
             where = self.root.url_of(shard)
@@ -271,8 +269,11 @@ def _preprocess_mismatch(where: str, stored: dict | None, wanted: Preprocess) ->
     )
 
 
-def _shard_rows(reader: SnippetReader, video_ids, window: int | None, item: dict) -> list[dict]:
+def _shard_rows(reader: SnippetReader, video_ids, window: int | None, item: dict) -> Iterator[dict]:
+    """A shard's rows, one video (or window) at a time: Ray Data takes them as they come,
+    so a task holds one video's frames, not its whole shard's."""
     videos = reader.read_shard(item["shard"], video_ids)
     if window:
         videos = (part for video in videos for part in video.windows(window))
-    return [video.as_row() for video in videos]
+    for video in videos:
+        yield video.as_row()

@@ -4,8 +4,10 @@ Each snippet frame is chosen by presentation time: the frame on screen at the sn
 target time (correct for variable frame rates and non-zero start times). Each chosen frame
 is converted to RGB at its own size once, turned upright by its rotation, and then resized
 (and cropped) to every fidelity's size as the `Preprocess` says, so a crop is taken in
-upright coordinates. Only the snippets still being filled are held in memory, so a long
-video never sits there whole.
+upright coordinates. For encodings that store YUV (media/frame_codec.py) the frame is
+instead resized in YUV 4:2:0 as the video has it, plane by plane, and never converted to
+RGB here: a third of the pixels to scale, and no conversion at the source's size. Only the
+snippets still being filled are held in memory, so a long video never sits there whole.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from av.video.reformatter import VideoReformatter
 from torch.nn import functional
 
 from lofipipe.errors import VideoFailure, one_line
+from lofipipe.media.frame_codec import Color
 from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Fidelity, Schedule
 
@@ -59,29 +62,115 @@ def resize_image(image: np.ndarray, preprocess: Preprocess, size: int) -> np.nda
     return np.ascontiguousarray(image[top : top + size, left : left + size])
 
 
+def resize_yuv420(
+    planes: tuple[np.ndarray, np.ndarray, np.ndarray], preprocess: Preprocess, size: int
+) -> np.ndarray:
+    """Upright Y, U, V planes of a 4:2:0 image as the S x S input `preprocess` makes of
+    it, in I420 layout (E * 3 // 2, E), E = `even(S)` (an odd S repeats its last row and
+    column): luma exactly as `resize_image` resizes each RGB channel, chroma by the same
+    mapping at half the resolution. A crop that starts at an odd luma row or column lies
+    between chroma samples: those are averaged."""
+    luma, *chroma = planes
+    height, width = luma.shape
+    resized_width, resized_height, left, top = preprocess.geometry(width, height, size)
+    y = torch.from_numpy(np.ascontiguousarray(luma))[None, None]
+    uv = torch.from_numpy(np.ascontiguousarray(np.stack(chroma)))[None]
+    if (resized_width, resized_height) != (width, height):
+        y = _bilinear(y, size=(resized_height, resized_width))
+        uv = _bilinear(
+            uv,
+            scale_factor=(resized_height / height, resized_width / width),
+            recompute_scale_factor=False,
+        )
+    return _i420(y[0, 0], uv[0], top, left, size)
+
+
+def even(size: int) -> int:
+    """The frame size YUV 4:2:0 stores an S x S image at."""
+    return size + size % 2
+
+
+def _i420(luma: torch.Tensor, chroma: torch.Tensor, top: int, left: int, size: int) -> np.ndarray:
+    """The S x S crop at (`top`, `left`) of full-size `luma` and half-size `chroma` (2, h, w)
+    planes, in I420 layout (E * 3 // 2, E)."""
+    stored = even(size)
+    out = np.empty(stored * stored * 3 // 2, np.uint8)
+    y = out[: stored * stored].reshape(stored, stored)
+    y[:size, :size] = luma[top : top + size, left : left + size].numpy()
+    y[size:, :] = y[size - 1 : size, :]  # an odd size: the last row and column repeated
+    y[:, size:] = y[:, size - 1 : size]
+    half = stored // 2
+    uv = _half_crop(_half_crop(chroma, top, half, 1), left, half, 2)
+    out[stored * stored :] = uv.reshape(-1).numpy()
+    return out.reshape(-1, stored)
+
+
+def _bilinear(tensor: torch.Tensor, **how) -> torch.Tensor:
+    return functional.interpolate(
+        tensor, mode="bilinear", align_corners=False, antialias=False, **how
+    )
+
+
+def _half_crop(plane: torch.Tensor, luma_start: int, count: int, dim: int) -> torch.Tensor:
+    """`count` chroma samples along `dim` from luma position `luma_start` (edges repeated
+    where a half-sample offset reaches past the plane)."""
+    first = luma_start // 2
+    if luma_start % 2 == 0 and first + count <= plane.shape[dim]:
+        return plane.narrow(dim, first, count)
+    index = torch.arange(first, first + count)
+    last = plane.shape[dim] - 1
+    near = plane.index_select(dim, index.clamp(max=last))
+    if luma_start % 2 == 0:
+        return near
+    far = plane.index_select(dim, (index + 1).clamp(max=last))
+    return ((near.to(torch.int16) + far + 1) // 2).to(torch.uint8)
+
+
 @dataclass
 class FrameConverter:
-    """One decoded frame at a time -> upright S x S RGB for each size, as `preprocess`
-    says. Keeps its FFmpeg scalers for the whole video: building one per frame would cost
-    more than the scaling itself."""
+    """One decoded frame at a time -> upright S x S RGB for each size (or with `yuv`, YUV
+    4:2:0 in I420 layout, see `resize_yuv420`), as `preprocess` says. Keeps its FFmpeg
+    scalers for the whole video: building one per frame would cost more than the scaling
+    itself."""
 
     preprocess: Preprocess
+    yuv: bool = False
     _scalers: dict[int, VideoReformatter] = field(default_factory=dict)
     _frame: Any = None
-    _upright: np.ndarray | None = None
+    _upright: Any = None
     _done: dict[int, np.ndarray] = field(default_factory=dict)
 
     def convert(self, frame, size: int) -> np.ndarray:
-        """`frame` (an av.VideoFrame) as (S, S, 3) uint8; repeated calls for the same
-        frame reuse its RGB conversion."""
+        """`frame` (an av.VideoFrame) as (S, S, 3) uint8, or (E * 3 // 2, E) with `yuv`;
+        repeated calls for the same frame reuse its conversion."""
         if frame is not self._frame:
             self._frame, self._upright, self._done = frame, None, {}
         if size not in self._done:
             if self.preprocess.interpolation == "fast-bilinear":
                 self._done[size] = self._fast(frame, size)
+            elif self.yuv:
+                self._done[size] = resize_yuv420(self._planes(frame), self.preprocess, size)
             else:
                 self._done[size] = resize_image(self._rgb(frame), self.preprocess, size)
         return self._done[size]
+
+    @staticmethod
+    def color(frame) -> Color:
+        """How the YUV `convert` gives of `frame` turns into RGB as `convert` without
+        `yuv` turns it: its matrix, full range only for JPEG-range pixel formats."""
+        full = frame.format.name.startswith("yuvj")
+        return Color(int(frame.colorspace or 2), 2 if full else 1)
+
+    def _planes(self, frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The frame's Y, U, V at its own size (other pixel formats first converted to
+        yuv420p), upright."""
+        if self._upright is None:
+            if frame.format.name not in ("yuv420p", "yuvj420p"):
+                frame = self._scalers.setdefault(-1, VideoReformatter()).reformat(
+                    frame, format="yuv420p"
+                )
+            self._upright = _upright_planes(frame, normal_rotation(self._frame.rotation or 0))
+        return self._upright
 
     def _rgb(self, frame) -> np.ndarray:
         """The frame in RGB at its own size, upright."""
@@ -93,22 +182,36 @@ class FrameConverter:
         return self._upright
 
     def _fast(self, frame, size: int) -> np.ndarray:
-        """FFmpeg's two-tap FAST_BILINEAR inside the RGB conversion, in stored coordinates,
-        then turned upright and cropped there."""
-        turns = normal_rotation(frame.rotation or 0) // 90
+        """FFmpeg's two-tap FAST_BILINEAR inside the RGB (or YUV 4:2:0) conversion, in
+        stored coordinates, then turned upright and cropped there."""
+        rotation = normal_rotation(frame.rotation or 0)
+        turns = rotation // 90
         upright = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
         width, height, left, top = self.preprocess.geometry(*upright, size)
         if turns % 2:
             width, height = height, width
-        image = (
-            self._scalers.setdefault(size, VideoReformatter())
-            .reformat(
-                frame, width=width, height=height, format="rgb24", interpolation="FAST_BILINEAR"
-            )
-            .to_ndarray()
+        scaled = self._scalers.setdefault(size, VideoReformatter()).reformat(
+            frame,
+            width=width,
+            height=height,
+            format="yuv420p" if self.yuv else "rgb24",
+            interpolation="FAST_BILINEAR",
         )
+        if self.yuv:
+            luma, *chroma = (torch.from_numpy(p) for p in _upright_planes(scaled, rotation))
+            return _i420(luma, torch.stack(chroma), top, left, size)
+        image = scaled.to_ndarray()
         image = np.rot90(image, turns) if turns else image
         return np.ascontiguousarray(image[top : top + size, left : left + size])
+
+
+def _upright_planes(frame, rotation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Y, U, V planes of a yuv420p frame, turned upright by `rotation` degrees."""
+    planes = []
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        planes.append(np.ascontiguousarray(np.rot90(rows[:, : plane.width], rotation // 90)))
+    return planes[0], planes[1], planes[2]
 
 
 @dataclass(frozen=True)
@@ -188,7 +291,8 @@ class Snippet:
     end: float
     center: float
     frame_times: list[float]  # presentation time of each chosen frame, from video start
-    frames: np.ndarray
+    frames: np.ndarray  # or (F, E * 3 // 2, E) YUV 4:2:0 from a decoder with `yuv`
+    color: Color | None = None  # the YUV frames' matrix and range
 
 
 @dataclass
@@ -207,12 +311,14 @@ class SnippetDecoder:
         storage_options: fsspec options to read video URLs.
         threads: decoder threads (0: FFmpeg's choice).
         preprocess: how frames are resized and cropped (its spatial part).
+        yuv: snippets in YUV 4:2:0, resized in YUV (see `FrameConverter`).
     """
 
     schedule: Schedule
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     threads: int = 0
     preprocess: Preprocess = PREPROCESS_PRESETS["squash"]
+    yuv: bool = False
 
     def snippets(
         self,
@@ -258,7 +364,7 @@ class SnippetDecoder:
         keys = heapq.merge(*(_tagged(p, plan) for p, plan in enumerate(plans)))
         key = next(keys, None)
         pending = [_Pending(plan) for plan in plans]
-        converter = FrameConverter(self.preprocess)
+        converter = FrameConverter(self.preprocess, self.yuv)
         shown, shown_time = None, 0.0
         for frame in frames:
             if frame.time is None:
@@ -287,8 +393,9 @@ class SnippetDecoder:
         _, p, index, slot = key
         state = pending[p]
         size = state.plan.fidelity.size
+        shape = (even(size) * 3 // 2, even(size)) if self.yuv else (size, size, 3)
         frames = state.frames.setdefault(
-            index, np.empty((state.plan.fidelity.frames, size, size, 3), np.uint8)
+            index, np.empty((state.plan.fidelity.frames, *shape), np.uint8)
         )
         frames[slot] = converter.convert(frame, size)
         state.times.setdefault(index, []).append(time)
@@ -302,6 +409,7 @@ class SnippetDecoder:
                 float(plan.center[index]),
                 state.times.pop(index),
                 state.frames.pop(index),
+                converter.color(frame) if self.yuv else None,
             )
 
 

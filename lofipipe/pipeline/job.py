@@ -26,7 +26,12 @@ from lofipipe.layout import (
 )
 from lofipipe.pipeline.extract import plan_extract, run_extract
 from lofipipe.pipeline.ingest import is_unchanged, list_videos, run_ingest
-from lofipipe.pipeline.materialize import materialize_preprocess, plan_jobs, run_materialize
+from lofipipe.pipeline.materialize import (
+    frame_codec,
+    materialize_preprocess,
+    plan_jobs,
+    run_materialize,
+)
 from lofipipe.pipeline.recipe import run_lofi_recipe
 from lofipipe.pipeline.train import run_train
 from lofipipe.schemas.config import Config, config_with
@@ -102,7 +107,7 @@ def plan_job(config: Config, storage_options: Mapping[str, Any]) -> list[Step]:
         schedule,
         videos,
         settings.videos_per_shard,
-        settings.encoding,
+        frame_codec(settings),
         materialize_preprocess(config),
     )
     pending = [video for job_ in jobs for video in job_.videos]

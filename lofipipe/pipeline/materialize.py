@@ -33,6 +33,7 @@ from lofipipe.layout import (
     shard_path,
     shard_stats_path,
 )
+from lofipipe.media.frame_codec import FrameCodec
 from lofipipe.models.registry import encoder_preprocess
 from lofipipe.pipeline.progress import Progress
 from lofipipe.schemas.config import Config, MaterializeConfig, config_to_dict, config_to_yaml
@@ -107,12 +108,17 @@ def materialize_preprocess(config: Config, encoder: str | None = None) -> Prepro
     return encoder_preprocess(encoder or config.extract.encoder, config.materialize.preprocess)
 
 
+def frame_codec(settings: MaterializeConfig) -> FrameCodec:
+    """How `settings` store snippet frames."""
+    return FrameCodec(settings.encoding, settings.jpeg_quality, settings.crf, settings.x264_preset)
+
+
 def plan_jobs(
     root: Store,
     schedule: Schedule,
     videos: list[SourceVideo],
     videos_per_shard: int,
-    encoding: str,
+    codec: FrameCodec,
     preprocess: Preprocess,
     force: bool = False,
     retry_failed: bool = False,
@@ -129,7 +135,9 @@ def plan_jobs(
         for fidelity in schedule.fidelities:
             stats = None if force else _read_stats(root, fidelity.name, shard)
             expected = snippet_content(
-                schedule.lineage(fidelity.name, encoding, preprocess.spatial_content)
+                schedule.lineage(
+                    fidelity.name, codec.encoding, preprocess.spatial_content, codec.settings
+                )
             )
             if (
                 stats is not None
@@ -201,13 +209,14 @@ def run_materialize(
     settings = config.materialize
     schedule = load_schedule(settings.schedule)
     preprocess = materialize_preprocess(config)
+    codec = frame_codec(settings)
     videos = ok_videos(root)
     jobs, done = plan_jobs(
         root,
         schedule,
         videos,
         settings.videos_per_shard,
-        settings.encoding,
+        codec,
         preprocess,
         force,
         retry_failed,
@@ -227,8 +236,7 @@ def run_materialize(
         stage = ShardWriter(
             schedule,
             root,
-            settings.encoding,
-            settings.jpeg_quality,
+            codec,
             settings.decode_threads,
             storage_options,
             settings.max_attempts,

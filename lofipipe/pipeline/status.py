@@ -21,7 +21,7 @@ from lofipipe.layout import (
     predictions_path,
     run_config_path,
 )
-from lofipipe.pipeline.materialize import materialize_preprocess, plan_jobs
+from lofipipe.pipeline.materialize import frame_codec, materialize_preprocess, plan_jobs
 from lofipipe.schemas.config import Config, build
 from lofipipe.schemas.schedule import load_schedule
 from lofipipe.schemas.tables import ERRORS, SKIPPED_EXTENSION, UNLABELLED
@@ -78,7 +78,7 @@ def _materialize(root: Store, out: RootStatus) -> None:
         schedule,
         ok_videos(root),
         settings.videos_per_shard,
-        settings.encoding,
+        frame_codec(settings),
         materialize_preprocess(config),
     )
     out.add(f"materialize ({schedule.name}, {settings.encoding}):")

@@ -133,12 +133,29 @@ class IngestConfig:
         _check(self.max_file_gb > 0, "max_file_gb", "must be > 0")
 
 
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+
+
 @dataclass(frozen=True)
 class MaterializeConfig:
     """Snippet shards for a schedule's fidelities."""
 
     schedule: str = "demo"  # a preset (lofi-anet, lofi-thumos, multigrid, demo) or .yaml file
-    encoding: Literal["raw", "jpeg"] = "raw"  # see media/frame_codec.py
+    # How frames are stored (media/frame_codec.py): h264 (per-snippet H.264 streams, a few
+    # percent of raw), jpeg, or raw (uncompressed RGB, for small jobs on fast local disks)
+    encoding: Literal["h264", "jpeg", "raw"] = "h264"
+    crf: int = 21  # h264: x264's constant rate factor (lower: larger, closer to the source)
+    x264_preset: str = "veryfast"  # h264: x264's speed preset
     jpeg_quality: int = 90
     videos_per_shard: int = 8
     decode_threads: int = 0  # per video; 0 lets FFmpeg choose
@@ -159,6 +176,12 @@ class MaterializeConfig:
             f"must be auto or a preset ({', '.join(PREPROCESS_PRESETS)}), got {self.preprocess!r}",
         )
         _check(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be between 1 and 100")
+        _check(0 <= self.crf <= 51, "crf", "must be between 0 and 51")
+        _check(
+            self.x264_preset in X264_PRESETS,
+            "x264_preset",
+            f"must be one of {', '.join(X264_PRESETS)}, got {self.x264_preset!r}",
+        )
         _check(self.videos_per_shard >= 1, "videos_per_shard", "must be at least 1")
         _check(self.decode_threads >= 0, "decode_threads", "must be >= 0")
         _check(self.video_timeout_s > 0, "video_timeout_s", "must be > 0")

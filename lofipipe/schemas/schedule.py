@@ -127,14 +127,19 @@ class Schedule:
         )
 
     def lineage(
-        self, fidelity: str, encoding: str, preprocess: Mapping[str, Any] | None = None
+        self,
+        fidelity: str,
+        encoding: str,
+        preprocess: Mapping[str, Any] | None = None,
+        codec: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """What the snippets of `fidelity`, stored in `encoding` and resized as the spatial
-        part of the preprocessing says (`Preprocess.spatial_content`), depend on besides the
-        source videos, plus the whole schedule (`schedule_spec`) it was made for; kept in
-        each shard's stats. `snippet_content` is the part that must match for a shard to
-        be reused."""
+        """What the snippets of `fidelity`, stored in `encoding` (with the lossy encodings'
+        `codec` settings) and resized as the spatial part of the preprocessing says
+        (`Preprocess.spatial_content`), depend on besides the source videos, plus the whole
+        schedule (`schedule_spec`) it was made for; kept in each shard's stats.
+        `snippet_content` is the part that must match for a shard to be reused."""
         return {
+            **({"codec": dict(codec)} if codec else {}),
             "schedule": self.name,
             "sampling": self.sampling,
             "fps": self.fps,

@@ -12,6 +12,7 @@ failed video leaves no rows and its neighbours' rows are exactly those of a clea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -29,7 +30,7 @@ from lofipipe.data.manifest import SourceVideo
 from lofipipe.errors import VideoFailure, failure_reason
 from lofipipe.layout import shard_path, shard_stats_path
 from lofipipe.media.decode import Snippet, SnippetDecoder
-from lofipipe.media.frame_codec import frames_column
+from lofipipe.media.frame_codec import YUV_ENCODINGS, Color, FrameCodec
 from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.schemas.tables import SNIPPETS
@@ -63,10 +64,11 @@ class _VideoSpool:
     `_SPILL_BYTES`, as long videos in stride sampling do), so memory stays bounded
     whatever the video's length."""
 
-    def __init__(self, encoding: str, jpeg_quality: int):
-        self.encoding, self.jpeg_quality = encoding, jpeg_quality
+    def __init__(self, codec: FrameCodec):
+        self.codec = codec
+        self.color: Color | None = None
         self.rows: list[dict[str, Any]] = []
-        self.frames: list[np.ndarray] = []  # of `rows`, (F, S, S, 3) each
+        self.frames: list[np.ndarray] = []  # of `rows`, as `FrameCodec.column` takes them
         self.pending = 0  # bytes of `frames`
         self.batches: list[pa.RecordBatch] = []
         self.held = 0
@@ -75,7 +77,8 @@ class _VideoSpool:
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
         self.count = 0
 
-    def add(self, row: dict[str, Any], frames: np.ndarray) -> None:
+    def add(self, row: dict[str, Any], frames: np.ndarray, color: Color | None = None) -> None:
+        self.color = self.color or color
         self.rows.append(row)
         self.frames.append(frames)
         self.count += 1
@@ -89,7 +92,7 @@ class _VideoSpool:
         table = SNIPPETS.from_rows(self.rows).set_column(
             _FRAMES,
             SNIPPETS.arrow.field(_FRAMES),
-            frames_column(self.frames, self.encoding, self.jpeg_quality),
+            self.codec.column(self.frames, self.color),
         )
         for batch in table.to_batches():
             self.batches.append(batch)
@@ -132,15 +135,15 @@ class ShardWriter:
     Args:
         schedule: the fidelities and sampling.
         root: where `shards/` lives.
-        encoding: frame storage, `jpeg` or `raw`.
+        codec: how frames are stored (media/frame_codec.py); each video and fidelity
+            gets a fresh copy.
         preprocess: how frames are resized and cropped (its spatial part; the lineage
             keeps it).
     """
 
     schedule: Schedule
     root: Store
-    encoding: str = "raw"
-    jpeg_quality: int = 90
+    codec: FrameCodec = field(default_factory=lambda: FrameCodec("h264"))
     decode_threads: int = 0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     max_attempts: int = 2  # attempts that may die on one video before it is quarantined
@@ -151,7 +154,11 @@ class ShardWriter:
     def process(self, job: ShardJob) -> list[dict[str, Any]]:
         """Writes part-<shard> of each fidelity in `job`; returns their stats."""
         decoder = SnippetDecoder(
-            self.schedule, self.storage_options, self.decode_threads, self.preprocess
+            self.schedule,
+            self.storage_options,
+            self.decode_threads,
+            self.preprocess,
+            self.codec.encoding in YUV_ENCODINGS,
         )
         fidelities = tuple(self.schedule.fidelity(name) for name in job.fidelities)
         stats = {f.name: self._new_stats(job, f.name) for f in fidelities}
@@ -175,12 +182,14 @@ class ShardWriter:
                         stats[name]["failed"][video.video_id] = quarantined
                     continue
                 journal.start(video.video_id)
-                spools = {f.name: _VideoSpool(self.encoding, self.jpeg_quality) for f in fidelities}
+                spools = {f.name: _VideoSpool(dataclasses.replace(self.codec)) for f in fidelities}
                 try:
                     for snippet in decoder.snippets(
                         video.uri, video.start_time, video.duration, fidelities
                     ):
-                        spools[snippet.fidelity].add(self._row(video, snippet), snippet.frames)
+                        spools[snippet.fidelity].add(
+                            self._row(video, snippet), snippet.frames, snippet.color
+                        )
                         if sum(spool.held for spool in spools.values()) > _SPILL_BYTES:
                             for spool in spools.values():
                                 spool.spill()
@@ -206,8 +215,9 @@ class ShardWriter:
         return list(stats.values())
 
     def _compression(self) -> dict[str, str]:
-        # Frames are left uncompressed: JPEG bytes do not compress, and zstd gained nothing
-        # on raw video pixels in bench/materialize_bench.py while halving read speed.
+        # Frames are left uncompressed: JPEG and H.264 bytes do not compress, and zstd
+        # gained nothing on raw video pixels in bench/materialize_bench.py while halving
+        # read speed.
         codecs = {name: "zstd" for name in SNIPPETS.column_names}
         codecs["frames"] = "none"
         return codecs
@@ -221,7 +231,7 @@ class ShardWriter:
             "failed": {},
             "source_fingerprints": {v.video_id: v.fingerprint for v in job.videos},
             "lineage": self.schedule.lineage(
-                fidelity, self.encoding, self.preprocess.spatial_content
+                fidelity, self.codec.encoding, self.preprocess.spatial_content, self.codec.settings
             ),
             "lofipipe_version": __version__,
             "node": node_id(),
@@ -240,6 +250,6 @@ class ShardWriter:
             "num_frames": fidelity.frames,
             "height": fidelity.size,
             "width": fidelity.size,
-            "encoding": self.encoding,
+            "encoding": self.codec.encoding,
             "source_fingerprint": video.fingerprint,
         }
