@@ -9,7 +9,9 @@
 2. One decode pass for all fidelities against one pass per fidelity (the naive way), the
    same stage in one process. Target: >= 2x faster.
 3. Reading full-fidelity snippets from shards against decoding them from the source video,
-   per frame encoding, with the bytes each snippet takes. Target: >= 10x faster.
+   per frame encoding, with the bytes each video's lofi-anet shards take against the source
+   video and raw. Targets: >= 10x faster; the default encoding <= the source and <= 0.15x
+   raw.
 4. Peak memory (RSS) of materializing a 10-minute video against a 1-minute one of the same
    size, in fresh processes, for resize (lofi-anet) and stride (lofi-thumos) sampling.
    Target: <= 1.3x.
@@ -17,6 +19,13 @@
    (bilinear, exact), `tsm-test` (short side and centre crop) and `squash-fast` (FFmpeg's
    FAST_BILINEAR) against decode-only of the same files, in one process. Tells whether the
    inexact `squash-fast` is worth keeping.
+6. The reader against training: frames per second per core that `SnippetReader` delivers
+   from default (h264) shards at each LoFi fidelity, against the frames per second that a
+   tsm_r18 LoFi training step (forward and backward, one video) consumes on this machine's
+   CPUs.
+
+Parts 1, 3 and 6 run on 2-minute videos of real footage at 640x360 and 1280x720
+(bench/videos.py `web_videos`: the `bench` extra's clips, encoded as the web serves them).
 """
 
 from __future__ import annotations
@@ -31,13 +40,15 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from videos import bench_videos  # noqa: E402
+from videos import bench_videos, web_videos  # noqa: E402
 
 from lofipipe.data.manifest import ok_videos  # noqa: E402
 from lofipipe.data.snippets import SnippetReader  # noqa: E402
 from lofipipe.media.decode import SnippetDecoder  # noqa: E402
+from lofipipe.media.frame_codec import ENCODINGS, FrameCodec  # noqa: E402
 from lofipipe.pipeline.ingest import run_ingest  # noqa: E402
 from lofipipe.pipeline.materialize import run_materialize  # noqa: E402
 from lofipipe.schemas.config import load_config  # noqa: E402
@@ -91,7 +102,7 @@ def throughput(paths: list[Path], work: Path, label: str) -> None:
         f"{WORKERS} processes"
     )
     print(f"   decode-only limit: {limit:6.2f} s  {seconds / limit:7.1f} s of video per s")
-    for encoding in ("jpeg", "raw"):
+    for encoding in ENCODINGS:
         root = ingest(paths, work / f"throughput-{label}-{encoding}" / "root")
         config = load_config(
             None,
@@ -114,7 +125,7 @@ def single_vs_naive(paths: list[Path], work: Path) -> None:
     schedule = PRESETS["lofi-anet"]
     root = ingest(paths, work / "naive" / "root")
     videos = tuple(ok_videos(root))
-    stage = ShardWriter(schedule, root, "jpeg")
+    stage = ShardWriter(schedule, root)
     names = tuple(f.name for f in schedule.fidelities)
     started = time.perf_counter()
     stage.process(ShardJob(0, videos, names))
@@ -136,9 +147,11 @@ def single_vs_naive(paths: list[Path], work: Path) -> None:
 def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
     schedule = PRESETS["lofi-anet"]
     full = schedule.full
+    source = sum(path.stat().st_size for path in paths) / len(paths)
     print(
         f"\n3. full-fidelity snippets ({full.snippets}x{full.frames} frames at {full.size}) "
-        f"of {len(paths)} videos of {label}, one process"
+        f"of {len(paths)} videos of {label}, one process; sources {source / 2**20:.1f} MiB "
+        f"a video"
     )
     root = ingest(paths, work / f"decode-{label}" / "root")
     videos = ok_videos(root)
@@ -151,19 +164,26 @@ def read_vs_decode(paths: list[Path], work: Path, label: str) -> None:
 
     decoding = best_of(REPEATS, decode_all)
     print(f"   decoding from the source videos: {decoding:6.2f} s (best of {REPEATS})")
-    for encoding in ("jpeg", "raw"):
+    raw_bytes = len(paths) * sum(
+        f.snippets * f.frames * 3 * f.size**2 for f in schedule.fidelities
+    )  # resize sampling: the same for every video
+    for encoding in ENCODINGS:
         root = ingest(paths, work / f"read-{label}-{encoding}" / "root")
-        stage = ShardWriter(schedule, root, encoding)
-        stage.process(ShardJob(0, tuple(ok_videos(root)), ("full",)))
+        stage = ShardWriter(schedule, root, FrameCodec(encoding))
+        stage.process(
+            ShardJob(0, tuple(ok_videos(root)), tuple(f.name for f in schedule.fidelities))
+        )
         reader = SnippetReader(root, "full")
         count = sum(1 for _ in reader.videos())
         reading = best_of(REPEATS, lambda reader=reader: sum(1 for _ in reader.videos()))
-        stats = reader.stats()
-        per_snippet = sum(s["bytes"] for s in stats) / sum(s["rows"] for s in stats)
+        stored = sum(
+            s["bytes"] for f in schedule.fidelities for s in SnippetReader(root, f.name).stats()
+        )
         print(
-            f"   reading {encoding:4s} shards: {reading:6.2f} s for {count} videos -> "
+            f"   reading {encoding:4s} shards: {reading:6.3f} s for {count} videos -> "
             f"{decoding / reading:5.1f}x faster (target >= 10x, best of {REPEATS}); "
-            f"{per_snippet / 1024:7.1f} KiB per snippet"
+            f"all fidelities {stored / len(paths) / 2**20:6.1f} MiB a video = "
+            f"{stored / len(paths) / source:5.2f}x the source, {stored / raw_bytes:.3f}x raw"
         )
 
 
@@ -176,7 +196,7 @@ from lofipipe.schemas.schedule import PRESETS
 from lofipipe.storage import Store
 root = Store(sys.argv[1])
 schedule = PRESETS[sys.argv[2]]
-stage = ShardWriter(schedule, root, "jpeg")
+stage = ShardWriter(schedule, root)
 stage.process(ShardJob(0, tuple(ok_videos(root)), tuple(f.name for f in schedule.fidelities)))
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
@@ -223,6 +243,52 @@ def preprocessing_cost(paths: list[Path], work: Path, label: str) -> None:
         print(f"   {preset:12s} {took:6.2f} s -> {limit / took:.2f} of the limit")
 
 
+def reader_vs_training(paths: list[Path], work: Path, label: str) -> None:
+    import torch
+
+    from lofipipe.models.registry import build_encoder
+    from lofipipe.models.tal_head import TALHead
+    from lofipipe.schemas.config import HeadConfig
+    from lofipipe.training.memory_plan import synthetic_video
+    from lofipipe.training.snippet_detector import SnippetDetector
+    from lofipipe.training.trainer import head_losses
+
+    schedule = PRESETS["lofi-anet"]
+    root = ingest(paths, work / f"reader-{label}" / "root")
+    ShardWriter(schedule, root).process(
+        ShardJob(0, tuple(ok_videos(root)), tuple(f.name for f in schedule.train))
+    )
+    head = HeadConfig()
+    encoder = build_encoder("tsm_r18")
+    model = SnippetDetector(encoder, TALHead.from_config(encoder.dim, 20, head))
+    for module in model.modules():  # as LofiTrainer trains: frozen statistics
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    cores = torch.get_num_threads()
+    print(
+        f"\n6. the reader against training, lofi-anet fidelities of {len(paths)} videos of "
+        f"{label}; reader on 1 thread, training step on {cores} threads"
+    )
+    for fidelity in schedule.train:
+        reader = SnippetReader(root, fidelity.name, threads=1)
+        frames = len(paths) * fidelity.snippets * fidelity.frames
+        reading = best_of(REPEATS, lambda reader=reader: sum(1 for _ in reader.videos()))
+        video = synthetic_video(fidelity, np.random.default_rng(0))
+
+        def step(video=video):
+            output, targets = model([video], head.levels)
+            head_losses(output, targets, 1)[0].backward()
+
+        training = best_of(2, step)
+        delivered = frames / reading
+        consumed = fidelity.snippets * fidelity.frames / training
+        print(
+            f"   {fidelity.name:8s} reader {delivered:7.0f} frames/s per core; a training "
+            f"step {consumed:5.0f} frames/s on {cores} cores -> one core reads for "
+            f"{delivered / consumed:5.1f} such steps"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small inputs, a smoke run")
@@ -235,10 +301,10 @@ def main() -> None:
         short = bench_videos("quick-1min", 1, 12, 160, 120, 15)[0]
         long = bench_videos("quick-10min", 1, 60, 160, 120, 15)[0]
     else:
-        # ActivityNet-like: two minutes at 30 fps, at the two common download sizes.
+        # ActivityNet-like: two minutes of real footage at the two common download sizes.
         sets = {
-            "640x360": bench_videos("anet", 4, 120, 640, 360, 30),
-            "1280x720": bench_videos("anet720", 4, 120, 1280, 720, 30),
+            "640x360": web_videos("web360", 4, 120, 640, 360),
+            "1280x720": web_videos("web720", 4, 120, 1280, 720),
         }
         short = bench_videos("memory-1min", 1, 60, 320, 240, 15)[0]
         long = bench_videos("memory-10min", 1, 600, 320, 240, 15)[0]
@@ -257,6 +323,7 @@ def main() -> None:
         peak_memory(short, long, work)
         for label, paths in sets.items():
             preprocessing_cost(paths, work, label)
+        reader_vs_training(videos[:1], work, next(iter(sets)))
     ray.shutdown()
 
 

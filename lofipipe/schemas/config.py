@@ -292,6 +292,9 @@ class TrainConfig:
     # training videos' full-fidelity snippets (AdaBN: for an encoder from another domain)
     batchnorm: Literal["frozen", "recalibrate"] = "frozen"
     activation_checkpointing: bool = False  # lofi, losa: recompute encoder activations
+    # Steps whose inputs are read and decoded ahead, on a background thread, while the
+    # current step runs (each holds one step's share of decoded frames); 0: none
+    prefetch_batches: int = 1
     # lofi, losa: the encoder's arithmetic; auto: bf16 on GPUs, fp32 on CPUs; fp16 trains
     # with loss scaling (lofipipe/models/precision.py)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -325,6 +328,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.workers >= 1, "workers", "must be at least 1")
+        _check(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0")
         _check(self.epochs >= 1, "epochs", "must be at least 1")
         _check(self.encoder_epochs >= 1, "encoder_epochs", "must be at least 1")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")

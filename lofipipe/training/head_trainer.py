@@ -43,9 +43,7 @@ class HeadTrainer(Trainer):
         passes = max(1, math.ceil(settings.min_steps / (settings.epochs * steps)))
         return [StepPlan(None, settings.batch_size)] * (steps * passes)
 
-    def forward_batch(
-        self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
-    ) -> tuple[HeadOutput, Batch]:
+    def read_batch(self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]) -> Batch:
         job = self.job
         videos = [
             training_crop(
@@ -56,9 +54,11 @@ class HeadTrainer(Trainer):
             )
             for video_id, seed in zip(video_ids, seeds, strict=True)
         ]
-        batch = collate(videos, len(self.labels), job.settings.head.levels)
+        return collate(videos, len(self.labels), job.settings.head.levels)
+
+    def forward_batch(self, inputs: Batch, plan: StepPlan) -> tuple[HeadOutput, Batch]:
         device = next(self.model.parameters()).device
-        return self.trained(batch.features.to(device), batch.mask.to(device)), batch
+        return self.trained(inputs.features.to(device), inputs.mask.to(device)), inputs
 
     def video_features(self, video_id: str) -> VideoFeatures:
         return self.data.read(video_id)

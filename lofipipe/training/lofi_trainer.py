@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lofipipe.data.annotations import AnnotationIndex
-from lofipipe.data.snippets import SnippetReader
+from lofipipe.data.snippets import SnippetReader, VideoSnippets
 from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import encoder_path
@@ -145,9 +145,9 @@ class LofiTrainer(Trainer):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 
-    def forward_batch(
+    def read_batch(
         self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
-    ) -> tuple[HeadOutput, Batch]:
+    ) -> list[VideoSnippets]:
         fidelity = self.schedule.fidelity(plan.fidelity)
         videos = []
         for video_id, seed in zip(video_ids, seeds, strict=True):
@@ -159,7 +159,12 @@ class LofiTrainer(Trainer):
                     fidelity.snippets,
                 )
             videos.append(video)
-        return self.trained(videos, self.job.settings.head.levels)
+        return videos
+
+    def forward_batch(
+        self, inputs: list[VideoSnippets], plan: StepPlan
+    ) -> tuple[HeadOutput, Batch]:
+        return self.trained(inputs, self.job.settings.head.levels)
 
     def video_features(self, video_id: str) -> VideoFeatures:
         video = SnippetReader(self.job.root, self.validation).read_video(video_id)

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lofipipe import __version__
+from lofipipe.data.prefetch import prefetched
 from lofipipe.data.runs import write_metrics
 from lofipipe.evaluation.detection import DetectionResult, Segment, evaluate
 from lofipipe.layout import predictions_path
@@ -305,10 +306,14 @@ class Trainer(ABC):
         return None
 
     @abstractmethod
-    def forward_batch(
-        self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]
-    ) -> tuple[HeadOutput, Batch]:
-        """The head's output on these training videos, and their targets."""
+    def read_batch(self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]) -> Any:
+        """The host-side inputs of one step on these training videos: read, decoded and
+        cropped (`seeds` seed the crops). Runs `train.prefetch_batches` steps ahead of the
+        step, on a background thread: it must not touch the model."""
+
+    @abstractmethod
+    def forward_batch(self, inputs: Any, plan: StepPlan) -> tuple[HeadOutput, Batch]:
+        """The head's output on a step's inputs (from `read_batch`), and their targets."""
 
     @abstractmethod
     def video_features(self, video_id: str) -> VideoFeatures:
@@ -382,18 +387,24 @@ class Trainer(ABC):
         order = np.concatenate(
             [rng.permutation(count) for _ in range(math.ceil(sum(sizes) / count))]
         )
+        # A draw's position in the epoch seeds its augmentation: the same with any number of
+        # workers, different for a video's every turn.
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        positions = [
+            list(range(first, first + size))[self.rank :: self.world]
+            for first, size in zip(starts, sizes, strict=False)
+        ]
+        reads = (
+            self.read_batch([job.train_videos[order[i]] for i in mine], plan, mine)
+            for plan, mine in zip(self.plans[self.epoch], positions, strict=True)
+        )
         rows: list[dict[str, Any]] = []
         sums: list[torch.Tensor] = []
-        first = 0
-        for step, (plan, size) in enumerate(zip(self.plans[self.epoch], sizes, strict=True)):
-            started = time.perf_counter()
-            # A draw's position in the epoch seeds its augmentation: the same with any
-            # number of workers, different for a video's every turn.
-            positions = list(range(first, first + size))[self.rank :: self.world]
-            first += size
-            output, batch = self.forward_batch(
-                [job.train_videos[order[i]] for i in positions], plan, positions
-            )
+        started = time.perf_counter()
+        for step, (plan, inputs) in enumerate(
+            zip(self.plans[self.epoch], prefetched(reads, settings.prefetch_batches), strict=True)
+        ):
+            output, batch = self.forward_batch(inputs, plan)
             loss, step_sums = head_losses(output, batch, self.world, self.normalizer)
             sums.append(step_sums)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -407,10 +418,12 @@ class Trainer(ABC):
                     "epoch": self.epoch + 1,
                     "step": int(self.first_step[self.epoch]) + step + 1,
                     "lr": lr,
-                    # on a GPU: the time to queue the step's work (the epoch's is exact)
+                    # since the last step: waiting for its inputs, then (on a GPU) queueing
+                    # its work; the epoch's total is exact
                     "seconds": time.perf_counter() - started,
                 }
             )
+            started = time.perf_counter()
         for row, values in zip(rows, step_losses(sums), strict=True):
             row.update(zip(("loss", "cls_loss", "reg_loss"), values, strict=True))
         return rows

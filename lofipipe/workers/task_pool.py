@@ -3,7 +3,8 @@
 Results come back as they finish. An item whose task runs past the limit is cancelled
 (its worker process killed) and reported as a failure; so is one whose worker dies. Either
 way the other items go on. A task that fails on storage (a full disk, refused access)
-stops the whole map with that StorageError: no other item would fare better.
+stops the whole map with that StorageError once the tasks in flight have ended: no other
+item would fare better.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def map_with_time_limit(
     stage_ref = ray.put(stage)
     pending = list(items)[::-1]
     running: dict[ray.ObjectRef, tuple[Any, float]] = {}
+    stopped: StorageError | None = None
     while pending or running:
         while pending and len(running) < window:
             item = pending.pop()
@@ -74,7 +76,10 @@ def map_with_time_limit(
             except ray.exceptions.RayTaskError as error:
                 if isinstance(error.cause, StorageError):
                     # The storage, not the item: nothing else would get further either.
-                    raise error.cause from None
+                    # The tasks in flight end first (committing or removing what they
+                    # staged), then the map stops.
+                    stopped, pending = stopped or error.cause, []
+                    continue
                 outcome = TaskFailure("task_error", one_line(error, last=True))
             except ray.exceptions.RayError as error:  # out of memory, object lost, ...
                 outcome = TaskFailure("ray_error", one_line(error, with_type=True))
@@ -85,3 +90,5 @@ def map_with_time_limit(
                 ray.cancel(ref, force=True)
                 del running[ref]
                 yield item, TaskFailure("timeout", f"timed out after {limit(item):.3g} s")
+    if stopped is not None:
+        raise stopped

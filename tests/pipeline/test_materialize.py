@@ -402,3 +402,110 @@ def test_spilled_videos_write_the_same_rows(ingested, tmp_path, monkeypatch):
     for fidelity in ("full", "t-lofi"):
         tables = [r.read_table(f"shards/{fidelity}/part-00000.parquet") for r in roots.values()]
         assert tables[0].num_rows > 0 and tables[0].equals(tables[1])
+
+
+def test_streamed_reads_hold_a_bounded_number_of_videos(ingested, tmp_path):
+    """One shard of 5 videos read with `stream(prefetch=1)`: the decoded frames held at
+    once never pass 3 videos' worth (the caller's, the one waiting, the one being made),
+    where a list of the shard's videos holds all 5."""
+    import tracemalloc
+
+    root = _fresh_root(ingested, tmp_path)
+    run("materialize", root, "--schedule", "demo", "--set", "materialize.videos_per_shard=8")
+    reader = SnippetReader(Store(str(root)), "full")
+    assert len(reader.shards()) == 1
+    one = next(reader.videos()).frames.nbytes
+
+    def peak(read) -> int:
+        tracemalloc.start()
+        try:
+            read()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    def consume():
+        for video in reader.stream(prefetch=1):
+            assert video.frames.nbytes == one
+
+    assert peak(consume) < 3.5 * one
+    assert peak(lambda: list(reader.videos())) > 4.5 * one  # the bound can fail
+
+
+def test_raw_shards_of_earlier_releases_are_read_and_kept(ingested, tmp_path):
+    """A raw shard as lofipipe 0.1 wrote it (planar RGB bytes, a lineage without codec
+    settings), built here with pyarrow alone: read back exactly, accepted for training,
+    kept by `materialize --encoding raw`, and redone by the h264 default."""
+    import pyarrow as pa
+
+    from lofipipe.data.manifest import ok_videos
+    from lofipipe.schemas.preprocess import PREPROCESS_PRESETS
+
+    root = _fresh_root(ingested, tmp_path)
+    store = Store(str(root))
+    videos = ok_videos(store)
+    squash = PREPROCESS_PRESETS["squash"]
+    for fidelity in DEMO.fidelities:
+        rows, frames = [], []
+        for video in videos:
+            for snippet in SnippetDecoder(DEMO).snippets(
+                video.uri, video.start_time, video.duration, (fidelity,)
+            ):
+                rows.append(
+                    {
+                        "video_id": video.video_id,
+                        "fidelity": fidelity.name,
+                        "index": snippet.index,
+                        "start": snippet.start,
+                        "end": snippet.end,
+                        "center": snippet.center,
+                        "frame_times": snippet.frame_times,
+                        "num_frames": fidelity.frames,
+                        "height": fidelity.size,
+                        "width": fidelity.size,
+                        "encoding": "raw",
+                        "frames": [f.transpose(2, 0, 1).tobytes() for f in snippet.frames],
+                        "source_fingerprint": video.fingerprint,
+                    }
+                )
+                frames.append(snippet.frames)
+        folder = root / "shards" / fidelity.name
+        folder.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, SNIPPETS.arrow), folder / "part-00000.parquet")
+        lineage = {
+            "schedule": "demo",
+            "sampling": DEMO.sampling,
+            "fps": DEMO.fps,
+            "stride": DEMO.stride,
+            "encoding": "raw",
+            **fidelity.content,
+            "preprocess": squash.spatial_content,
+            "schedule_spec": DEMO.record(),
+        }
+        stats = {
+            "fidelity": fidelity.name,
+            "shard": 0,
+            "rows": len(rows),
+            "videos": [v.video_id for v in videos],
+            "failed": {},
+            "failures": {},
+            "source_fingerprints": {v.video_id: v.fingerprint for v in videos},
+            "lineage": lineage,
+            "lofipipe_version": "0.1.0",
+            "node": "old",
+            "bytes": (folder / "part-00000.parquet").stat().st_size,
+        }
+        (folder / "part-00000.stats.json").write_text(json.dumps(stats))
+        read = list(SnippetReader(store, fidelity.name, threads=2).videos())
+        assert [v.video_id for v in read] == [v.video_id for v in videos]
+        assert np.array_equal(
+            torch.cat([v.frames for v in read]).permute(0, 1, 3, 4, 2).numpy(), np.stack(frames)
+        )
+        SnippetReader(store, fidelity.name).check_schedule(DEMO, squash)
+    settings = ["--set", "materialize.videos_per_shard=8", "--set", "materialize.preprocess=squash"]
+    kept = run("materialize", root, "--schedule", "demo", "--encoding", "raw", *settings)
+    assert "full: 1 shards (0 written, 1 already done)" in kept
+    redone = run("materialize", root, "--schedule", "demo", *settings)
+    assert "full: 1 shards (1 written, 0 already done)" in redone
+    stats = json.loads((root / "shards/full/part-00000.stats.json").read_text())
+    assert stats["lineage"]["encoding"] == "h264" and stats["lineage"]["codec"]["crf"] == 21

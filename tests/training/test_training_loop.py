@@ -23,9 +23,9 @@ class _Recording(HeadTrainer):
 
     drawn: dict[int, list[list[str]]]
 
-    def forward_batch(self, video_ids, plan, seeds):
+    def read_batch(self, video_ids, plan, seeds):
         self.drawn.setdefault(self.epoch, []).append(list(video_ids))
-        return super().forward_batch(video_ids, plan, seeds)
+        return super().read_batch(video_ids, plan, seeds)
 
 
 def _trainer(root, epochs=3, **changes):
@@ -194,3 +194,37 @@ def test_a_resumed_run_trains_on_the_model_s_device_without_host_copies(tmp_path
     assert len(rows) == len(copied) == 3
     assert isinstance(trainer.normalizer.value, torch.Tensor)
     assert trainer.normalizer.value.device.type == "meta"
+
+
+class _Overlapping(_Recording):
+    """Notes whether the next step's inputs were read while each step ran."""
+
+    def read_batch(self, video_ids, plan, seeds):
+        inputs = super().read_batch(video_ids, plan, seeds)
+        with self.lock:
+            self.reads += 1
+            self.lock.notify_all()
+        return inputs
+
+    def forward_batch(self, inputs, plan):
+        with self.lock:
+            self.steps += 1
+            self.overlapped.append(
+                self.lock.wait_for(lambda: self.reads > self.steps, timeout=self.patience)
+            )
+        return super().forward_batch(inputs, plan)
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_the_next_steps_inputs_are_read_while_a_step_runs(tmp_path, prefetch):
+    import threading
+
+    root = Store(str(tmp_path))
+    write_feature_set(root, videos=9)
+    trainer = _trainer(root, epochs=1, prefetch_batches=prefetch)
+    trainer.__class__ = _Overlapping
+    trainer.lock, trainer.reads, trainer.steps, trainer.overlapped = threading.Condition(), 0, 0, []
+    trainer.patience = 10 if prefetch else 0.2
+    trainer.run()
+    # The last step has no next one; every other step found its successor read.
+    assert trainer.overlapped[:-1] == [bool(prefetch)] * 2
