@@ -1,8 +1,10 @@
 """Capacity plan: shard storage, materialize node-hours, extraction hours and object-store
 requests for ActivityNet-1.3, THUMOS-14 and a 10,000-hour collection; writes docs/scale.md.
 
-    PYTHONPATH=. .venv/bin/python bench/scale_plan.py            # about 10 minutes on 2 cores
-    PYTHONPATH=. .venv/bin/python bench/scale_plan.py --quick    # shorter inputs, about 4 minutes
+    PYTHONPATH=. .venv/bin/python bench/scale_plan.py            # about 5 minutes on 2 cores
+    PYTHONPATH=. .venv/bin/python bench/scale_plan.py --quick    # shorter inputs, about 3 minutes
+
+The first run also makes its inputs (`web_videos`, cached under /tmp): about 4 minutes more.
 
 Everything the plan rests on that depends on this code and this machine is measured in the
 same run, and printed beside the results:
