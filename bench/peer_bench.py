@@ -261,6 +261,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for label, paths in sets.items():
             compare(label, paths, Path(scratch), args.torchcodec_python)
+    # Other work on the machine slows each loader by its own share: worth knowing when the
+    # ratios move between runs.
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nload average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":
