@@ -94,7 +94,10 @@ def web_videos(
         clips.append(np.stack(frames))
     total = int(seconds * fps)
     for number, path in enumerate(paths):
-        with av.open(str(path), "w", format="mp4") as container:
+        if path.exists():
+            continue
+        partial = path.with_suffix(".partial")  # renamed when whole: a cut-off run leaves none
+        with av.open(str(partial), "w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"crf": "23", "preset": "medium"}
@@ -107,4 +110,5 @@ def web_videos(
                 written += min(len(clip), total - written)
                 turn += 1
             container.mux(stream.encode(None))
+        partial.rename(path)
     return paths

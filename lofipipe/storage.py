@@ -282,11 +282,18 @@ class Store:
 
     def open_arrow(self, relpath: str) -> pa.NativeFile | IO[Any]:
         """Opens an object for reading by pyarrow: a native (memory-mapped) file when local,
-        which pyarrow reads without going through Python for every block."""
+        which pyarrow reads without going through Python for every block; elsewhere a file
+        without read-ahead, each of pyarrow's (coalesced) reads one ranged request, so a
+        read of a few row groups does not pull the rest of the object along."""
         if self.is_local:
             with self._errors("read", relpath):
                 return pa.memory_map(self.path(relpath))
-        return self.open(relpath)
+
+        def opened() -> IO:
+            self._forget_listings()
+            return self.fs.open(self.path(relpath), "rb", cache_type="none")
+
+        return self._do("read", relpath, opened)
 
     def info(self, relpath: str = "") -> dict[str, Any]:
         def stat() -> dict[str, Any]:

@@ -56,8 +56,8 @@ class FrameCodec:
 
     encoding: str
     jpeg_quality: int = 90
-    crf: int = 21
-    x264_preset: str = "veryfast"
+    crf: int = 23
+    x264_preset: str = "superfast"
     _encoder: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -110,7 +110,8 @@ class FrameCodec:
             # A keyframe at each snippet's first frame and none between; no B-frames and no
             # lookahead (zerolatency), so each frame comes out as one packet at once and a
             # snippet's packets are complete when its last frame goes in. No CABAC: a third
-            # of the decode time for 8% more bytes.
+            # of the decode time for 8% more bytes. superfast at CRF 23 gave the bytes and
+            # PSNR of veryfast at CRF 21 for 15% less materialize time.
             encoder.options = {
                 "crf": str(self.crf),
                 "preset": self.x264_preset,

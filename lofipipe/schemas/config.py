@@ -154,8 +154,8 @@ class MaterializeConfig:
     # How frames are stored (media/frame_codec.py): h264 (per-snippet H.264 streams, a few
     # percent of raw), jpeg, or raw (uncompressed RGB, for small jobs on fast local disks)
     encoding: Literal["h264", "jpeg", "raw"] = "h264"
-    crf: int = 21  # h264: x264's constant rate factor (lower: larger, closer to the source)
-    x264_preset: str = "veryfast"  # h264: x264's speed preset
+    crf: int = 23  # h264: x264's constant rate factor (lower: larger, closer to the source)
+    x264_preset: str = "superfast"  # h264: x264's speed preset
     jpeg_quality: int = 90
     videos_per_shard: int = 8
     decode_threads: int = 0  # per video; 0 lets FFmpeg choose

@@ -112,6 +112,7 @@ def _assert_same_features(left: dict, right: dict) -> None:
 
 def test_from_videos_needs_no_shards_and_equals_raw_shards(demo_shards, tmp_path):
     shards_root = fresh_root(demo_shards, tmp_path / "a")
+    run("materialize", shards_root, "--schedule", "demo", "--encoding", "raw", *SHARDS)
     from_shards = run("extract", shards_root, "--encoder", "tiny", "--schedule", "demo", *SHARDS)
     videos_root = fresh_root(demo_shards, tmp_path / "b")
     shutil.rmtree(videos_root / "shards")

@@ -508,4 +508,4 @@ def test_raw_shards_of_earlier_releases_are_read_and_kept(ingested, tmp_path):
     redone = run("materialize", root, "--schedule", "demo", *settings)
     assert "full: 1 shards (1 written, 0 already done)" in redone
     stats = json.loads((root / "shards/full/part-00000.stats.json").read_text())
-    assert stats["lineage"]["encoding"] == "h264" and stats["lineage"]["codec"]["crf"] == 21
+    assert stats["lineage"]["encoding"] == "h264" and stats["lineage"]["codec"]["crf"] == 23
