@@ -63,7 +63,7 @@ from videos import web_videos  # noqa: E402
 from lofipipe.data.manifest import SourceVideo, ok_videos  # noqa: E402
 from lofipipe.data.snippets import SnippetReader  # noqa: E402
 from lofipipe.media.decode import SnippetDecoder, plan_snippets  # noqa: E402
-from lofipipe.media.frame_codec import ENCODINGS  # noqa: E402
+from lofipipe.media.frame_codec import ENCODINGS, FrameCodec  # noqa: E402
 from lofipipe.schemas.config import MaterializeConfig  # noqa: E402
 from lofipipe.schemas.schedule import PRESETS  # noqa: E402
 from lofipipe.workers.shard_writer import ShardJob, ShardWriter  # noqa: E402
@@ -205,7 +205,7 @@ def compare(label: str, paths: list[Path], work: Path, torchcodec_python: str) -
     default = MaterializeConfig().encoding
     for encoding in ENCODINGS:
         root = ingest(sorted(links.iterdir()), work / label / encoding / "root")
-        ShardWriter(SCHEDULE, root, encoding).process(
+        ShardWriter(SCHEDULE, root, FrameCodec(encoding)).process(
             ShardJob(0, tuple(ok_videos(root)), ("full",))
         )
         reader = SnippetReader(root, "full")

@@ -41,7 +41,7 @@ from lofipipe.workers.runtime import node_id
 # A record batch (and so a Parquet row group) closes at this many snippets or bytes.
 _BATCH_ROWS = 32
 _BATCH_BYTES = 8 * 2**20
-_SPILL_BYTES = 128 * 2**20  # one video's rows held in memory before they go to local disk
+_SPILL_BYTES = 32 * 2**20  # one video's rows held in memory before they go to local disk
 # Dictionaries and min/max statistics only pay off for the small columns; for the frames
 # they cost a hash and a comparison of every frame's bytes.
 _SMALL_COLUMNS = [name for name in SNIPPETS.column_names if name != "frames"]
