@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -176,7 +175,8 @@ ASSUMPTIONS = [
     "250e12 / FLOPs per snippet. The CPU cores of a GPU node must read (decode) snippets "
     "at that rate, which the tables state as cores needed per GPU.",
     "Object storage: shards are read through `Store.open_arrow`, which on an object store "
-    "is fsspec's file (s3fs: a readahead cache with 50 MiB blocks); training reads each "
+    "is fsspec's file without read-ahead (`cache_type='none'`: each of pyarrow's coalesced "
+    "reads is one ranged GET); training reads each "
     "video once per epoch with `SnippetReader.read_video` (open the shard, read its footer, "
     "read the video's row groups found by their video_id statistics). The counts for "
     "resize sampling are measured per video on moto's S3 server with s3fs; shards of "
@@ -186,9 +186,8 @@ ASSUMPTIONS = [
     "THUMOS (stride sampling): `read_video` reads the whole video to cut one window, so a "
     "read moves the video's bytes at that fidelity. Its requests are modelled from the "
     "ActivityNet measurement: the measured HEAD and footer requests per read, one data GET "
-    "per bytes-per-GET of the largest measured read, and the readahead past the video "
-    "(at most 50 MiB, less for the last video of a shard). The model is checked against "
-    "the measured ActivityNet reads in the doc.",
+    "per bytes-per-GET of the largest measured read, nothing read past the video. The "
+    "model is checked against the measured ActivityNet reads in the doc.",
     "A LoFi long-cycle epoch reads every training video once at one reduced fidelity; a "
     "validation pass reads the validation videos the same way at the validation fidelity.",
 ]
@@ -524,7 +523,7 @@ class Plan:
         return dataset.hours * 3600 * self.bitrates[source or dataset.source] / 8
 
     def bytes_per_get(self) -> float:
-        """Bytes a data GET moves, from the largest measured read (readahead included)."""
+        """Bytes a data GET moves, from the largest measured read."""
         largest = max(self.costs.values(), key=lambda cost: cost.needed)
         return (largest.fetched - FOOTER_BYTES) / largest.data_gets
 
@@ -555,15 +554,10 @@ def modelled_read(
 ) -> tuple[float, float, float]:
     """Requests, data GETs and bytes of one `read_video` that needs `needed` bytes of row
     groups (see ASSUMPTIONS): HEAD and footer as measured in `reference`, one data GET per
-    `bytes_per_get`, and the readahead past the video (at most 50 MiB), averaged over the
-    video's place in its shard."""
+    `bytes_per_get` (files are opened without read-ahead: nothing past the video)."""
     gets = max(1.0, math.ceil(needed / bytes_per_get))
-    after = float(np.mean([min(READAHEAD, needed * k) for k in range(VIDEOS_PER_SHARD)]))
     requests = reference.requests.get("head_object", 0.0) + reference.footer_gets + gets
-    return requests, gets, needed + after + FOOTER_BYTES
-
-
-READAHEAD = 50 * 2**20  # s3fs's default block size, fetched past every read that misses
+    return requests, gets, needed + FOOTER_BYTES
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -765,8 +759,7 @@ def requests_section(plan: Plan) -> list[str]:
     lines.append(
         f"Measured here, per `read_video` of a `lofi-anet` video (360p): {measured}. The "
         f"stride model ({per_get / MB:.0f} MB per data GET, from the largest read) against "
-        f"those reads, requests modelled / measured: {checks} (pyarrow's concurrent "
-        f"pre-buffered reads can miss the readahead once more than the model counts).\n"
+        f"those reads, requests modelled / measured: {checks}.\n"
     )
     return lines
 
@@ -791,10 +784,8 @@ def summary_section(plan: Plan) -> list[str]:
         f"node time; the 10,000-hour collection "
         f"{_hours(collection.hours / (per_core * CORES_PER_NODE))}.",
         f"- A training read of one ActivityNet video moves {cost.fetched / cost.needed:.1f}x "
-        f"the bytes it needs (s-lofi, `{default}`): s3fs's 50 MiB readahead runs past the "
-        f"video into its neighbours' rows on every read; ranged reads without readahead "
-        f"(`cache_type='none'`, or a `block_size` near the row-group size) would move about "
-        f"1x.",
+        f"the bytes it needs (s-lofi, `{default}`: the footer, then ranged GETs of the "
+        f"video's row groups, no read-ahead into its neighbours' rows).",
         f"- THUMOS-14's overlapping stride snippets (7.5 full ones per second) make its "
         f"`{default}` shards {plan.total_bytes(thumos, default) / plan.source_bytes(thumos):.1f}x "
         f"its {thumos.source} source.",
