@@ -151,7 +151,7 @@ SNIPPETS = TableSchema(
         _f("num_frames", pa.int16(), False),
         _f("height", pa.int16(), False),
         _f("width", pa.int16(), False),
-        _f("encoding", pa.string(), False),  # raw (planar RGB, 3 x S x S bytes) | jpeg
+        _f("encoding", pa.string(), False),  # h264 | jpeg | raw (media/frame_codec.py)
         _f("frames", pa.list_(pa.binary())),  # F encoded frames, upright
         _f("source_fingerprint", pa.string()),
     ),
