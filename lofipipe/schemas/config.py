@@ -158,7 +158,9 @@ class MaterializeConfig:
     x264_preset: str = "superfast"  # h264: x264's speed preset
     jpeg_quality: int = 90
     videos_per_shard: int = 8
-    decode_threads: int = 0  # per video; 0 lets FFmpeg choose
+    # Decoder threads per video; 0: the shard task's CPUs (one), as Ray counts them: more
+    # threads than that only add FFmpeg's frame-threading overhead to every busy core
+    decode_threads: int = 0
     # A shard task's time limit: this much per video plus this much per hour of video.
     video_timeout_s: float = 300.0
     video_timeout_s_per_hour: float = 1800.0

@@ -156,7 +156,7 @@ class ShardWriter:
         decoder = SnippetDecoder(
             self.schedule,
             self.storage_options,
-            self.decode_threads,
+            self.decode_threads or max(1, int(self.resources["num_cpus"])),
             self.preprocess,
             self.codec.encoding in YUV_ENCODINGS,
         )
