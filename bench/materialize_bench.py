@@ -102,6 +102,14 @@ def throughput(paths: list[Path], work: Path, label: str) -> None:
         f"{WORKERS} processes"
     )
     print(f"   decode-only limit: {limit:6.2f} s  {seconds / limit:7.1f} s of video per s")
+    # Warm-up, untimed, as for decode-only: Ray's workers start and import lofipipe.
+    warm = ingest(paths[:WORKERS], work / f"throughput-{label}-warm-up" / "root")
+    run_materialize(
+        load_config(None, ["materialize.schedule=lofi-anet", "materialize.videos_per_shard=1"]),
+        warm,
+        {},
+        "bench",
+    )
     for encoding in ENCODINGS:
         root = ingest(paths, work / f"throughput-{label}-{encoding}" / "root")
         config = load_config(
