@@ -258,7 +258,7 @@ def reader_vs_training(paths: list[Path], work: Path, label: str) -> None:
     from lofipipe.models.tal_head import TALHead
     from lofipipe.schemas.config import HeadConfig
     from lofipipe.training.memory_plan import synthetic_video
-    from lofipipe.training.snippet_detector import SnippetDetector
+    from lofipipe.training.snippet_detector import SnippetDetector, freeze_batchnorm
     from lofipipe.training.trainer import head_losses
 
     schedule = PRESETS["lofi-anet"]
@@ -269,9 +269,7 @@ def reader_vs_training(paths: list[Path], work: Path, label: str) -> None:
     head = HeadConfig()
     encoder = build_encoder("tsm_r18")
     model = SnippetDetector(encoder, TALHead.from_config(encoder.dim, 20, head))
-    for module in model.modules():  # as LofiTrainer trains: frozen statistics
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    freeze_batchnorm(model)  # as LofiTrainer trains
     cores = torch.get_num_threads()
     print(
         f"\n6. the reader against training, lofi-anet fidelities of {len(paths)} videos of "

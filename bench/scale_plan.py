@@ -47,13 +47,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
+from materialize_bench import best_of, ingest  # noqa: E402
 from videos import web_videos  # noqa: E402
 
 from lofipipe.data.snippets import SnippetReader  # noqa: E402
 from lofipipe.layout import shard_dir, shard_path, shard_stats_path  # noqa: E402
 from lofipipe.media.frame_codec import ENCODINGS  # noqa: E402
 from lofipipe.models.registry import ENCODERS, build_encoder  # noqa: E402
-from lofipipe.pipeline.ingest import run_ingest  # noqa: E402
 from lofipipe.pipeline.materialize import run_materialize  # noqa: E402
 from lofipipe.schemas.config import MaterializeConfig, load_config  # noqa: E402
 from lofipipe.schemas.schedule import PRESETS, Fidelity  # noqa: E402
@@ -220,19 +220,11 @@ def _duration(path: Path) -> float:
         return float(stream.duration * stream.time_base)
 
 
-def _ingest(paths: list[Path], root: Path) -> Store:
-    root.parent.mkdir(parents=True, exist_ok=True)
-    annotations = root.parent / "annotations.json"
-    annotations.write_text(json.dumps({"database": {}}))
-    run_ingest(load_config(), Store(str(root)), str(paths[0].parent), str(annotations), {}, "plan")
-    return Store(str(root))
-
-
 def measure_materialize(
     paths: list[Path], schedule: str, source: str, encoding: str, work: Path
 ) -> Materialized:
     """Times `run_materialize` of `paths`, one video per shard on the local Ray."""
-    root = _ingest(paths, work / f"{schedule}-{source}-{encoding}" / "root")
+    root = ingest(paths, work / f"{schedule}-{source}-{encoding}" / "root")
     config = load_config(
         None,
         [
@@ -332,13 +324,8 @@ def measure_encoders(budget_s: float, max_flops: float) -> dict[str, EncoderRate
 def measure_read(root: Path, fidelity: str, repeats: int = 2) -> float:
     """Seconds per snippet of reading (and decoding) full-fidelity shards in one process."""
     reader = SnippetReader(Store(str(root)), fidelity, threads=1)
-    best = math.inf
-    count = 0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        count = sum(len(video.frames) for video in reader.videos())
-        best = min(best, time.perf_counter() - started)
-    return best / count
+    count = sum(len(video.frames) for video in reader.videos())
+    return best_of(repeats, lambda: sum(1 for _ in reader.videos())) / count
 
 
 @dataclass

@@ -252,14 +252,15 @@ class Store:
 
         return self._do("check", relpath, check)
 
-    def open(self, relpath: str, mode: str = "rb") -> IO:
-        """Opens an existing object for reading."""
+    def open(self, relpath: str, mode: str = "rb", **options: Any) -> IO:
+        """Opens an existing object for reading (`options`: the filesystem's, as fsspec's
+        `cache_type`)."""
         if "r" not in mode:
             raise ValueError("Store.open is for reading; use Store.writer to write")
 
         def opened() -> IO:
             self._forget_listings()
-            return self.fs.open(self.path(relpath), mode)
+            return self.fs.open(self.path(relpath), mode, **options)
 
         return self._do("read", relpath, opened)
 
@@ -288,12 +289,7 @@ class Store:
         if self.is_local:
             with self._errors("read", relpath):
                 return pa.memory_map(self.path(relpath))
-
-        def opened() -> IO:
-            self._forget_listings()
-            return self.fs.open(self.path(relpath), "rb", cache_type="none")
-
-        return self._do("read", relpath, opened)
+        return self.open(relpath, cache_type="none")
 
     def info(self, relpath: str = "") -> dict[str, Any]:
         def stat() -> dict[str, Any]:

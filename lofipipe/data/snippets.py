@@ -184,14 +184,12 @@ class SnippetReader:
         size, encoding = table.column("height")[0].as_py(), table.column("encoding")[0].as_py()
         if encoding not in ENCODINGS:
             raise InputError(f"video {video_id}: unknown frame encoding {encoding!r}")
-        column = table.column("frames")
-        frames = (
-            decode_frames(encoding, column.chunks[0], size, self.threads)
-            if column.num_chunks == 1
-            else np.concatenate(
-                [decode_frames(encoding, chunk, size, self.threads) for chunk in column.chunks]
-            )
-        )
+        frames = np.empty((count * frames_per, 3, size, size), np.uint8)
+        filled = 0
+        for chunk in table.column("frames").chunks:
+            chunk_frames = len(chunk.flatten())
+            decode_frames(encoding, chunk, frames[filled : filled + chunk_frames], self.threads)
+            filled += chunk_frames
         frames = frames.reshape(count, frames_per, 3, size, size)
 
         def column(name):

@@ -218,11 +218,12 @@ class FrameConverter:
 
 
 def _upright_planes(frame, rotation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Y, U, V planes of a yuv420p frame, turned upright by `rotation` degrees."""
+    """The Y, U, V planes of a yuv420p frame, turned upright by `rotation` degrees: views
+    of the frame's buffers (resampling gathers from them, so they are never copied)."""
     planes = []
     for plane in frame.planes:
         rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
-        planes.append(np.ascontiguousarray(np.rot90(rows[:, : plane.width], rotation // 90)))
+        planes.append(np.rot90(rows[:, : plane.width], rotation // 90))
     return planes[0], planes[1], planes[2]
 
 

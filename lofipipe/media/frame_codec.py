@@ -162,16 +162,12 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def decode_frames(
-    encoding: str, frames: pa.ListArray, size: int, threads: int | None = None
-) -> np.ndarray:
-    """The frames of a batch of snippets (a `frames` column chunk) as one
-    (N, 3, size, size) uint8 array, N the frames in all, snippets decoded in parallel.
-
-    Raises:
-        ValueError: an unknown encoding.
-    """
+    encoding: str, frames: pa.ListArray, out: np.ndarray, threads: int | None = None
+) -> None:
+    """Decodes the frames of a batch of snippets (a `frames` column chunk of one of
+    `ENCODINGS`) into `out`, (N, 3, S, S) uint8 with N the frames in all, snippets decoded
+    in parallel."""
     values = frames.flatten()
-    out = np.empty((len(values), 3, size, size), np.uint8)
     if encoding == "raw":  # equal-sized planar frames back to back: copied once
         offsets = np.frombuffer(values.buffers()[1], np.int32)[
             values.offset : values.offset + len(values) + 1
@@ -182,10 +178,8 @@ def decode_frames(
             offset=int(offsets[0]),
             count=int(offsets[-1] - offsets[0]),
         )
-        out[:] = part.reshape(-1, 3, size, size)
-        return out
-    if encoding not in ENCODINGS:
-        raise ValueError(f"unknown frame encoding {encoding!r}")
+        out[:] = part.reshape(out.shape)
+        return
     decode = _decode_h264 if encoding == "h264" else _decode_jpeg
     bounds = frames.offsets.to_numpy() - frames.offsets[0].as_py()
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
@@ -197,7 +191,6 @@ def decode_frames(
     else:
         for _ in _pool(threads).map(lambda item: decode(*item), work):
             pass
-    return out
 
 
 def _decode_jpeg(encoded: pa.BinaryArray, out: np.ndarray) -> None:

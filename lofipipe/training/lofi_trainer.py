@@ -26,7 +26,7 @@ from lofipipe.models.tal_head import HeadOutput, TALHead
 from lofipipe.models.weights import build_weighted_encoder
 from lofipipe.schemas.schedule import Schedule
 from lofipipe.training.feature_set import Batch, VideoFeatures
-from lofipipe.training.snippet_detector import SnippetDetector, as_features
+from lofipipe.training.snippet_detector import SnippetDetector, as_features, freeze_batchnorm
 from lofipipe.training.trainer import StepPlan, Trainer, parameter_groups
 
 
@@ -141,9 +141,7 @@ class LofiTrainer(Trainer):
 
     def set_train_mode(self) -> None:
         self.trained.train()
-        for module in self.model.encoder.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        freeze_batchnorm(self.model.encoder)
 
     def read_batch(
         self, video_ids: Sequence[str], plan: StepPlan, seeds: Sequence[int]

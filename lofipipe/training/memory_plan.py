@@ -37,7 +37,7 @@ from lofipipe.models.tal_head import TALHead
 from lofipipe.schemas.config import HeadConfig, config_to_dict
 from lofipipe.schemas.schedule import Fidelity, Schedule
 from lofipipe.training.feature_set import VideoFeatures, collate
-from lofipipe.training.snippet_detector import SnippetDetector
+from lofipipe.training.snippet_detector import SnippetDetector, freeze_batchnorm
 from lofipipe.training.trainer import head_losses, optimizer_step, parameter_groups
 
 _CLASSES = 20  # synthetic labels; the head's classifier is a small part of its memory
@@ -127,9 +127,7 @@ def _step(
         output = model(targets.features.to(device), targets.mask.to(device))
     else:
         model = SnippetDetector(encoder, tal, settings.recompute, settings.precision).to(device)
-        for module in encoder.modules():  # as LofiTrainer trains: frozen statistics
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        freeze_batchnorm(encoder)  # as LofiTrainer trains
         output, targets = model(videos, head.levels)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-4)
     scaler = torch.amp.GradScaler(

@@ -18,6 +18,14 @@ from lofipipe.training.feature_set import Batch, VideoFeatures, collate
 _CHUNK = 32  # snippets per encoder call (and per recomputed block with checkpointing)
 
 
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Puts `module`'s batch norms in evaluation mode: training keeps the encoder's own
+    statistics (as LoFi trains); their affine weights still train."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+
+
 class SnippetDetector(nn.Module):
     """Encoder and head as one module, so data parallelism sees all parameters: uint8
     snippets of several videos -> per-video features -> the head's output."""
