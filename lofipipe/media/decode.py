@@ -12,7 +12,6 @@ snippets still being filled are held in memory, so a long video never sits there
 
 from __future__ import annotations
 
-import functools
 import heapq
 import math
 from collections.abc import Iterator, Mapping
@@ -28,6 +27,7 @@ from torch.nn import functional
 
 from lofipipe.errors import VideoFailure, one_line
 from lofipipe.media.frame_codec import Color
+from lofipipe.media.resample import resample, taps
 from lofipipe.schemas.preprocess import PREPROCESS_PRESETS, Preprocess
 from lofipipe.schemas.schedule import Fidelity, Schedule
 
@@ -92,51 +92,21 @@ def _i420(
     per output pixel), in I420 layout (E * 3 // 2, E): only the cropped part is computed,
     and a chroma crop starting between two samples interpolates between them."""
     stored = even(size)
+    half = stored // 2
     luma, *chroma = planes
-    y = _resample(
-        luma[None],
-        _taps(luma.shape[0], row_scale, top, size, stored),
-        _taps(luma.shape[1], column_scale, left, size, stored),
+    out = np.empty((stored * 3 // 2, stored), np.uint8)
+    resample(
+        luma,
+        taps(luma.shape[0], row_scale, top, size, stored),
+        taps(luma.shape[1], column_scale, left, size, stored),
+        out[:stored],
     )
-    uv = _resample(
-        np.stack(chroma),
-        _taps(chroma[0].shape[0], row_scale, top / 2, stored // 2, stored // 2),
-        _taps(chroma[0].shape[1], column_scale, left / 2, stored // 2, stored // 2),
-    )
-    return np.concatenate([y.reshape(-1), uv.reshape(-1)]).reshape(-1, stored)
-
-
-@functools.lru_cache(maxsize=256)
-def _taps(
-    length: int, scale: float, first: float, count: int, stored: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bilinear taps along one axis with half-pixel centres, as `interpolate` places them:
-    output k (of `stored`, those past `count` repeating the last) samples the source at
-    (first + k + 0.5) * scale - 0.5, clamped to the plane. Returns the two source indices
-    and the weight of the second."""
-    at = (first + np.minimum(np.arange(stored), count - 1) + 0.5) * scale - 0.5
-    at = np.clip(at, 0, length - 1)
-    low = np.floor(at).astype(np.intp)
-    return low, np.minimum(low + 1, length - 1), (at - low).astype(np.float32)
-
-
-def _resample(planes: np.ndarray, rows: tuple, columns: tuple) -> np.ndarray:
-    """uint8 (C, H, W) planes resampled separably at the given taps, rounded (in numpy,
-    in place: a third less work than torch's one-channel uint8 kernel)."""
-    top, bottom, down = rows
-    near, far, right = columns
-    lines = np.take(planes, top, axis=1).astype(np.float32)
-    lower = np.take(planes, bottom, axis=1).astype(np.float32)
-    lower -= lines
-    lower *= down[:, None]
-    lines += lower
-    out = np.take(lines, near, axis=2)
-    further = np.take(lines, far, axis=2)
-    further -= out
-    further *= right
-    out += further
-    out += 0.5
-    return out.astype(np.uint8)
+    rows = taps(chroma[0].shape[0], row_scale, top / 2, half, half)
+    columns = taps(chroma[0].shape[1], column_scale, left / 2, half, half)
+    for number, plane in enumerate(chroma):  # U then V, each (E/2, E/2) packed row by row
+        at = stored * stored + number * half * half
+        resample(plane, rows, columns, out.reshape(-1)[at : at + half * half].reshape(half, half))
+    return out
 
 
 @dataclass
@@ -462,11 +432,11 @@ def _decoded_frames(container, stream, start: float, targets: np.ndarray) -> Ite
     sees the frame on screen at its time.
     """
     length_size = _nal_length_size(stream)
-    base = stream.time_base
+    base = float(stream.time_base)
     for packet in container.demux(stream):
         if length_size and packet.pts is not None and packet.duration and not packet.is_keyframe:
-            shown = float(packet.pts * base) - start
-            until = shown + float(packet.duration * base)
+            shown = packet.pts * base - start
+            until = shown + packet.duration * base
             first = np.searchsorted(targets, shown - _SAME_TIME)
             if (first == len(targets) or targets[first] >= until - _SAME_TIME) and _is_disposable(
                 memoryview(packet), length_size
