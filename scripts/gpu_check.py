@@ -13,7 +13,9 @@
 4. a LoFi training run killed with SIGKILL after its first checkpoint, then rerun: it
    resumes (optimizer state on the device) and finishes;
 5. `lofipipe plan`'s figure for a LoFi step of tsm_r18, with and without checkpointing,
-   beside the peak of the same step as the trainer runs it.
+   beside the peak of the same step as the trainer runs it;
+6. h264 shards decoded on the GPU's video decoder (NVDEC, `train.shard_decoder gpu`):
+   frames within one level of the CPU decoder's, and the frames per second of each.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import yaml
 
 from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.data.features import list_features, read_features
+from lofipipe.data.snippets import SnippetReader
 from lofipipe.evaluation.detection import parse_thresholds
 from lofipipe.models.registry import LOSA_CHUNK, build_encoder, encoder_preprocess
 from lofipipe.models.tal_head import TALHead
@@ -243,6 +246,28 @@ def plan_against_training(root: Path, device: torch.device, precision: str) -> s
     return "; ".join(figures)
 
 
+def shard_decoding(root: Path, device: str) -> str:
+    """Every full-fidelity snippet of `root`'s h264 shards read on the CPU and on
+    `device`'s video decoder."""
+    videos, rates = {}, {}
+    for where in ("cpu", device):
+        reader = SnippetReader(Store(str(root)), "full", device=where)
+        list(reader.videos())  # untimed: decoders start, pages come into the cache
+        started = time.perf_counter()
+        videos[where] = list(reader.videos())
+        frames = sum(video.frames.shape[0] * video.frames.shape[1] for video in videos[where])
+        rates[where] = frames / (time.perf_counter() - started)
+    worst = max(
+        int((a.frames.int() - b.frames.int()).abs().max())
+        for a, b in zip(videos["cpu"], videos[device], strict=True)
+    )
+    assert worst <= 1, f"frames decoded on {device} are up to {worst} levels off the CPU's"
+    return (
+        f"{frames} frames, at most {worst} level apart; {rates['cpu']:.0f} frames/s on the "
+        f"CPU's threads, {rates[device]:.0f} on {device}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="run the checks on the CPU")
@@ -289,7 +314,11 @@ def main() -> None:
             "plan against training",
             lambda: plan_against_training(roots["demo"], device, "fp32" if args.cpu else bf16),
         )
-    print(f"{7 - len(failures)} of 7 checks passed", flush=True)
+        check(
+            "shard decoding on the GPU",
+            lambda: shard_decoding(roots["tsm"], "cpu" if args.cpu else "cuda:0"),
+        )
+    print(f"{8 - len(failures)} of 8 checks passed", flush=True)
     sys.exit(1 if failures else 0)
 
 

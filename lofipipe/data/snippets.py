@@ -82,9 +82,11 @@ _READ_ROWS = 256  # snippets per Parquet read batch
 class SnippetReader:
     """Reads the committed shards of one fidelity under `root`."""
 
-    def __init__(self, root: Store, fidelity: str, threads: int | None = None):
-        """`threads`: how many threads decode a video's snippets (default: `read_threads`)."""
-        self.root, self.fidelity, self.threads = root, fidelity, threads
+    def __init__(self, root: Store, fidelity: str, threads: int | None = None, device: str = "cpu"):
+        """`threads`: how many threads decode a video's snippets (default: `read_threads`);
+        `device`: where h264 snippets are decoded, cpu or cuda[:N] (a GPU's video
+        decoder, see `h264_decoder`)."""
+        self.root, self.fidelity, self.threads, self.device = root, fidelity, threads, device
         self._index: AnnotationIndex | None = None
         self._shard_of: dict[str, str] | None = None
 
@@ -188,7 +190,9 @@ class SnippetReader:
         filled = 0
         for chunk in table.column("frames").chunks:
             chunk_frames = len(chunk.flatten())
-            decode_frames(encoding, chunk, frames[filled : filled + chunk_frames], self.threads)
+            decode_frames(
+                encoding, chunk, frames[filled : filled + chunk_frames], self.threads, self.device
+            )
             filled += chunk_frames
         frames = frames.reshape(count, frames_per, 3, size, size)
 

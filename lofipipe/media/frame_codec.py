@@ -11,11 +11,13 @@
   local disks.
 
 Readers decode the snippets of a video on a thread pool: libavcodec and libjpeg-turbo
-release the GIL, and each thread keeps one long-lived H.264 decoder.
+release the GIL, and each thread keeps one long-lived H.264 decoder. Where a GPU is
+present, `h264` snippets may be decoded on its video decoder instead (`h264_decoder`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -29,7 +31,10 @@ import numpy as np
 import pyarrow as pa
 import simplejpeg
 import torch
+from av.codec.hwaccel import HWAccel
 from av.video.reformatter import Interpolation, VideoReformatter
+
+from lofipipe.errors import ConfigError, one_line
 
 ENCODINGS = ("h264", "jpeg", "raw")
 YUV_ENCODINGS = ("h264",)  # encodings whose writer takes YUV 4:2:0 frames, not RGB
@@ -166,11 +171,25 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def decode_frames(
-    encoding: str, frames: pa.ListArray, out: np.ndarray, threads: int | None = None
+    encoding: str,
+    frames: pa.ListArray,
+    out: np.ndarray,
+    threads: int | None = None,
+    device: str = "cpu",
 ) -> None:
     """Decodes the frames of a batch of snippets (a `frames` column chunk of one of
     `ENCODINGS`) into `out`, (N, 3, S, S) uint8 with N the frames in all, snippets decoded
-    in parallel."""
+    in parallel; `h264` snippets on `device`'s decoder (see `h264_decoder`).
+
+    Raises:
+        ConfigError: `device` is not the CPU and the frames are not `h264`, or FFmpeg
+            cannot open the device.
+    """
+    if device != "cpu" and encoding != "h264":
+        raise ConfigError(
+            f"only h264 shards decode on {device}; these store {encoding} frames "
+            "(decode them on the cpu, or materialize again with --encoding h264)"
+        )
     values = frames.flatten()
     if encoding == "raw":  # equal-sized planar frames back to back: copied once
         offsets = np.frombuffer(values.buffers()[1], np.int32)[
@@ -184,7 +203,7 @@ def decode_frames(
         )
         out[:] = part.reshape(out.shape)
         return
-    decode = _decode_h264 if encoding == "h264" else _decode_jpeg
+    decode = functools.partial(_decode_h264, device=device) if encoding == "h264" else _decode_jpeg
     bounds = frames.offsets.to_numpy() - frames.offsets[0].as_py()
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
     work = [(values.slice(first, last - first), out[first:last]) for first, last in spans]
@@ -204,33 +223,73 @@ def _decode_jpeg(encoded: pa.BinaryArray, out: np.ndarray) -> None:
         ).transpose(2, 0, 1)
 
 
-def _decode_h264(encoded: pa.BinaryArray, out: np.ndarray) -> None:
-    """One snippet's packets into `out` (F, 3, S, S), on this thread's decoder."""
-    decoder = getattr(_local, "decoder", None)
-    if decoder is None:
-        decoder = _local.decoder = av.CodecContext.create("h264", "r")
+def h264_decoder(device: str = "cpu") -> Any:
+    """A long-lived H.264 decoder for snippets: on the CPU, one thread (readers decode
+    snippets in parallel), or for `cuda` / `cuda:N` on that GPU's video decoder (NVDEC)
+    through FFmpeg's CUDA hwaccel, in the device's primary CUDA context (the one PyTorch
+    uses: no context of its own to hold memory). Its pictures come back to host memory as
+    NV12, without colour tags; frames too small for NVDEC (under 48 pixels wide) fall
+    back to FFmpeg's CPU decoder.
+
+    Raises:
+        ConfigError: `device` is not cpu or cuda[:N], or FFmpeg cannot open it.
+    """
+    if device == "cpu":
+        decoder = av.CodecContext.create("h264", "r")
         decoder.thread_count = 1  # the pool is the parallelism
+        return decoder
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index or "0").isdigit():
+        raise ConfigError(f"cannot decode shards on {device!r}: the choices are cpu and cuda[:N]")
+    accel = HWAccel(
+        "cuda", index or "0", allow_software_fallback=True, options={"primary_ctx": "1"}
+    )
+    try:
+        return av.CodecContext.create("h264", "r", hwaccel=accel)
+    except (OSError, av.error.FFmpegError) as error:
+        raise ConfigError(
+            f"cannot decode shards on {device}: FFmpeg's CUDA decoder could not open it "
+            f"(is there an NVIDIA GPU with its driver?): {one_line(error)}"
+        ) from None
+
+
+def _decode_h264(encoded: pa.BinaryArray, out: np.ndarray, device: str) -> None:
+    """One snippet's packets into `out` (F, 3, S, S), on this thread's decoder for
+    `device`."""
+    decoders = _local.__dict__.setdefault("decoders", {})
+    if device not in decoders:
+        decoders[device] = h264_decoder(device)
         _local.reformatter = VideoReformatter()
+    decoder = decoders[device]
     decoded = [frame for data in encoded for frame in decoder.decode(av.Packet(data.as_buffer()))]
     if len(decoded) < len(out):  # a decoder that held frames back: drain it
         decoded += decoder.decode(None)
         decoder.flush_buffers()
     if len(decoded) != len(out):
         raise ValueError(f"an H.264 snippet gave {len(decoded)} frames, not {len(out)}")
+    # The stream's colour, as the decoder read it from the parameter sets: frames that
+    # come back from a GPU carry no colour tags.
+    color = Color(decoder.colorspace, decoder.color_range)
     for index, frame in enumerate(decoded):
-        to_planar_rgb(frame, out[index], _local.reformatter)
+        to_planar_rgb(frame, out[index], color, _local.reformatter)
 
 
 def to_planar_rgb(
-    frame: av.VideoFrame, out: np.ndarray, reformatter: VideoReformatter | None = None
+    frame: av.VideoFrame,
+    out: np.ndarray,
+    color: Color | None = None,
+    reformatter: VideoReformatter | None = None,
 ) -> None:
-    """A YUV frame into `out` (3, S, S) as RGB (its top-left S x S), by the frame's matrix
-    and range, chroma interpolated bilinearly: FFmpeg's default conversion repeats each
-    chroma sample 2 x 2, 5 to 10 levels off at colour edges of a 224-pixel frame."""
+    """A YUV frame (yuv420p or NV12) into `out` (3, S, S) as RGB (its top-left S x S), by
+    `color` (default: the frame's own tags), chroma interpolated bilinearly: FFmpeg's
+    default conversion repeats each chroma sample 2 x 2, 5 to 10 levels off at colour
+    edges of a 224-pixel frame."""
+    color = color or Color(frame.colorspace, frame.color_range)
     planar = (reformatter or VideoReformatter()).reformat(
         frame,
         format="gbrp",
-        src_color_range=frame.color_range or None,
+        src_colorspace=color.space or None,
+        src_color_range=color.range or None,
         interpolation=Interpolation.BILINEAR | Interpolation.ACCURATE_RND,
         threads=1,
     )

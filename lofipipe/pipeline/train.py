@@ -50,7 +50,14 @@ from lofipipe.workers.train_worker import torch_trainer
 
 _SHOWN = ("epoch", "resume")  # the metrics rows the progress shows
 # Settings a resumed run may change: they do not alter what it computes.
-_RESUMABLE_CHANGES = {"workers", "max_failures", "keep_checkpoints"}
+# H.264 decodes to the same pixels on a CPU and on a GPU: a run may switch decoders.
+_RESUMABLE_CHANGES = {
+    "workers",
+    "max_failures",
+    "keep_checkpoints",
+    "prefetch_batches",
+    "shard_decoder",
+}
 
 
 @dataclass
@@ -146,6 +153,13 @@ def _snippet_inputs(config: Config, root: Store) -> tuple[AnnotationIndex, set[s
     videos = None
     for fidelity in schedule.training_fidelities(config.train.mode):
         committed = SnippetReader(root, fidelity.name).check_schedule(schedule, preprocess)
+        encodings = {record["lineage"]["encoding"] for _, record in committed}
+        if config.train.shard_decoder == "gpu" and encodings != {"h264"}:
+            raise ConfigError(
+                f"train.shard_decoder: only h264 shards decode on a GPU, and the "
+                f"{fidelity.name} shards store {', '.join(sorted(encodings - {'h264'}))} "
+                f"frames (decode them on the cpu, or materialize again with --encoding h264)"
+            )
         found = {video for _, record in committed for video in record["videos"]}
         videos = found if videos is None else videos & found
     validation = schedule.validation_fidelity(config.train.mode)
@@ -181,6 +195,11 @@ def run_train(
     thresholds = parse_thresholds(settings.tiou)
     ensure_ray(config.ray)
     gpus = use_gpus(config.ray.gpus)
+    if settings.mode != "head" and settings.shard_decoder == "gpu" and not gpus:
+        raise ConfigError(
+            "train.shard_decoder is gpu, but the workers train on CPUs (ray.gpus is off or "
+            "the cluster has no GPUs): decode on the cpu"
+        )
     if settings.mode != "head":  # the encoder's precision, as the run's config records it
         precision = resolve_precision(settings.precision, gpus)
         settings = dataclasses.replace(settings, precision=precision)

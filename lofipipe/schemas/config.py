@@ -299,6 +299,9 @@ class TrainConfig:
     # Steps whose inputs are read and decoded ahead, on a background thread, while the
     # current step runs (each holds one step's share of decoded frames); 0: none
     prefetch_batches: int = 1
+    # lofi, losa: where a worker decodes h264 shards' frames: cpu (a thread pool), or gpu:
+    # its GPU's video decoder (NVDEC), which leaves its CPUs to the rest of the step
+    shard_decoder: Literal["cpu", "gpu"] = "cpu"
     # lofi, losa: the encoder's arithmetic; auto: bf16 on GPUs, fp32 on CPUs; fp16 trains
     # with loss scaling (lofipipe/models/precision.py)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -19,6 +19,7 @@ from torch import nn
 
 from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.data.snippets import SnippetReader, VideoSnippets
+from lofipipe.errors import ConfigError
 from lofipipe.evaluation.detection import Segment
 from lofipipe.evaluation.ground_truth import ground_truth
 from lofipipe.layout import encoder_path
@@ -88,10 +89,7 @@ class LofiTrainer(Trainer):
         self.schedule, self.preprocess = job.schedule, job.preprocess
         self.annotations = AnnotationIndex(job.root)
         self.labels = self.annotations.label_names
-        self.readers = {
-            f.name: SnippetReader(job.root, f.name)
-            for f in self.schedule.training_fidelities(settings.mode)
-        }
+        self.readers: dict[str, SnippetReader] = {}
         self.validation = self.schedule.validation_fidelity(settings.mode).name
         encoder = build_weighted_encoder(
             settings.encoder,
@@ -110,6 +108,21 @@ class LofiTrainer(Trainer):
     def head(self) -> TALHead:
         return self._head
 
+    def reader(self, fidelity: str) -> SnippetReader:
+        """The reader of one fidelity's shards, decoding on this worker's GPU with
+        `train.shard_decoder` gpu (made on first use: the model is on its device by then)."""
+        if fidelity not in self.readers:
+            device = "cpu"
+            if self.job.settings.shard_decoder == "gpu":
+                if self.device.type != "cuda":
+                    raise ConfigError(
+                        f"train.shard_decoder is gpu, but this worker trains on {self.device}"
+                    )
+                index = self.device.index
+                device = f"cuda:{torch.cuda.current_device() if index is None else index}"
+            self.readers[fidelity] = SnippetReader(self.job.root, fidelity, device=device)
+        return self.readers[fidelity]
+
     def epoch_plan(self, epoch: int) -> list[StepPlan]:
         return schedule_plan(self.schedule, epoch, len(self.job.train_videos))
 
@@ -123,7 +136,7 @@ class LofiTrainer(Trainer):
     def start(self) -> None:
         if self.job.settings.batchnorm != "recalibrate":
             return
-        reader = SnippetReader(self.job.root, self.schedule.full.name)
+        reader = self.reader(self.schedule.full.name)
         snippets = 0
 
         def encode_training_videos() -> None:
@@ -149,7 +162,7 @@ class LofiTrainer(Trainer):
         fidelity = self.schedule.fidelity(plan.fidelity)
         videos = []
         for video_id, seed in zip(video_ids, seeds, strict=True):
-            video = self.readers[plan.fidelity].read_video(video_id)
+            video = self.reader(plan.fidelity).read_video(video_id)
             if len(video.start) > fidelity.snippets:  # stride sampling: one window
                 rng = np.random.default_rng([self.job.settings.seed, self.epoch, seed])
                 video = video.window(
@@ -165,7 +178,7 @@ class LofiTrainer(Trainer):
         return self.trained(inputs, self.job.settings.head.levels)
 
     def video_features(self, video_id: str) -> VideoFeatures:
-        video = SnippetReader(self.job.root, self.validation).read_video(video_id)
+        video = self.reader(self.validation).read_video(video_id)
         with torch.no_grad():
             values = self.model.encode(video.frames).cpu().numpy()
         return as_features(video, values)

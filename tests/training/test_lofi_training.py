@@ -12,11 +12,13 @@ import yaml
 from click.testing import CliRunner
 from support.cli import SHARDS, fresh_root, run, synth_and_ingest
 from support.faults import kill_a_train_worker_when, train_worker_pids
+from support.nvdec import install_nvdec_stand_in
 from torch import nn
 
 from lofipipe.cli import main
 from lofipipe.data.annotations import AnnotationIndex
 from lofipipe.data.features import read_features
+from lofipipe.errors import ConfigError
 from lofipipe.evaluation.detection import parse_thresholds
 from lofipipe.layout import encoder_path
 from lofipipe.models.registry import encoder_preprocess
@@ -242,6 +244,45 @@ def test_lofi_run_on_ray_train_and_resume(demo_shards, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "pass --schedule demo" in result.output, result.output
+
+
+def test_shard_decoder_gpu_reads_on_the_workers_own_gpu(demo_shards, tmp_path, monkeypatch):
+    # CPU-only CI: the worker's GPU and its video decoder are stand-ins (support/nvdec.py).
+    # Checked: every fidelity's reader decodes on the worker's own device, and a step's
+    # frames are the CPU decoder's.
+    root = fresh_root(demo_shards, tmp_path)
+    on_cpu = _trainer(root, epochs=1)
+    with pytest.raises(ConfigError, match="train.shard_decoder is gpu, but this worker trains"):
+        _trainer(root, epochs=1, overrides=["train.shard_decoder=gpu"]).reader("s-lofi")
+    made = install_nvdec_stand_in(monkeypatch)
+    on_gpu = _trainer(root, epochs=1, overrides=["train.shard_decoder=gpu"])
+    on_gpu.device = torch.device("cuda", 0)  # where Ray Train put the worker's model
+    videos = list(on_cpu.job.train_videos[:2])
+    fidelities = set()
+    for plan in on_cpu.plans[0]:
+        fidelities.add(plan.fidelity)
+        expected = on_cpu.read_batch(videos, plan, [0, 1])
+        for video, other in zip(on_gpu.read_batch(videos, plan, [0, 1]), expected, strict=True):
+            assert video.frames.shape == other.frames.shape
+            assert (video.frames.int() - other.frames.int()).abs().max() <= 1
+    assert fidelities == {"s-lofi", "t-lofi", "st-lofi"}
+    assert made and {decoder.device for decoder in made} == {"cuda:0"}
+
+
+def test_shard_decoder_gpu_is_refused_where_it_cannot_run(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
+    args = ["train", str(root), "--mode", "lofi", "--schedule", "demo", "--encoder", "tiny"]
+    gpu = ["--set", "train.shard_decoder=gpu"]
+    result = CliRunner().invoke(main, [*args, "--run", "G", *gpu])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "train.shard_decoder is gpu, but the workers train on CPUs" in line
+    assert not (root / "runs/G").exists()
+    run("materialize", root, "--schedule", "demo", "--encoding", "jpeg", *SHARDS)
+    result = CliRunner().invoke(main, [*args, "--run", "J", *gpu])
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert "only h264 shards decode on a GPU, and the s-lofi shards store jpeg" in line
 
 
 def test_batches_smaller_than_the_workers_are_refused_before_any_work(tmp_path):
