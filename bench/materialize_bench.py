@@ -18,8 +18,9 @@
    Target: <= 1.3x.
 5. The cost of each preprocessing preset: decoding every lofi-anet fidelity with `squash`
    (bilinear, exact), `tsm-test` (short side and centre crop) and `squash-fast` (FFmpeg's
-   FAST_BILINEAR) against decode-only of the same files, in one process. Tells whether the
-   inexact `squash-fast` is worth keeping.
+   FAST_BILINEAR) against decode-only of the same files, in one process, resizing in YUV
+   as for h264 and in RGB as for jpeg and raw. Tells whether the inexact `squash-fast` is
+   worth keeping.
 6. The reader against training: frames per second per core that `SnippetReader` delivers
    from default (h264) shards at each LoFi fidelity, against the frames per second that a
    tsm_r18 LoFi training step (forward and backward, one video) consumes on this machine's
@@ -268,16 +269,19 @@ def preprocessing_cost(paths: list[Path], work: Path, label: str) -> None:
         f"{label}, one process (best of {REPEATS})"
     )
     print(f"   decode-only limit: {limit:6.2f} s")
-    for preset in ("squash-fast", "squash", "tsm-test"):
-        decoder = SnippetDecoder(schedule, preprocess=PREPROCESS_PRESETS[preset])
+    for path, yuv in (("YUV (h264)", True), ("RGB (jpeg, raw)", False)):
+        figures = []
+        for preset in ("squash-fast", "squash", "tsm-test"):
+            decoder = SnippetDecoder(schedule, preprocess=PREPROCESS_PRESETS[preset], yuv=yuv)
 
-        def decode_all(decoder=decoder):
-            for video in videos:
-                for _ in decoder.snippets(video.uri, video.start_time, video.duration):
-                    pass
+            def decode_all(decoder=decoder):
+                for video in videos:
+                    for _ in decoder.snippets(video.uri, video.start_time, video.duration):
+                        pass
 
-        took = best_of(REPEATS, decode_all)
-        print(f"   {preset:12s} {took:6.2f} s -> {limit / took:.2f} of the limit")
+            took = best_of(REPEATS, decode_all)
+            figures.append(f"{preset} {took:5.2f} s -> {limit / took:.2f}")
+        print(f"   {path:16s} " + ", ".join(figures) + " of the limit")
 
 
 def reader_vs_training(paths: list[Path], work: Path, label: str) -> None:

@@ -20,8 +20,9 @@ The named presets reproduce published test-time recipes:
   (aspect not kept), pixels / 255, no mean/std.
 - `squash`: lofipipe's own: bilinear to S x S, the encoder's mean/std.
 - `squash-fast`: `squash` with FFmpeg's FAST_BILINEAR scaler inside the RGB conversion
-  (lofipipe's behaviour before presets): cheaper on large frames, but up to tens of levels
-  off true bilinear (docs/materialize.md gives the measured differences).
+  (lofipipe's behaviour before presets): cheaper on large frames for `jpeg` and `raw` (not
+  for `h264`, whose exact YUV resize costs less), but up to tens of levels off true
+  bilinear (docs/materialize.md gives the measured differences).
 
 Snippets are stored as uint8, so every preset rounds once to whole levels where the
 VideoMAE-v2 script keeps floats: at most half a level (1/510) more.
