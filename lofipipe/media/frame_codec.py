@@ -261,6 +261,10 @@ def _decode_h264(encoded: pa.BinaryArray, out: np.ndarray, device: str) -> None:
         decoders[device] = h264_decoder(device)
         _local.reformatter = VideoReformatter()
     decoder = decoders[device]
+    # A snippet's parameter sets carry its stream's colour, or none; a decoder keeps the
+    # colour of an earlier snippet when a later one has none (shards of untagged sources
+    # beside tagged ones), so each snippet starts from unspecified.
+    decoder.colorspace, decoder.color_range = 2, 0
     decoded = [frame for data in encoded for frame in decoder.decode(av.Packet(data.as_buffer()))]
     if len(decoded) < len(out):  # a decoder that held frames back: drain it
         decoded += decoder.decode(None)

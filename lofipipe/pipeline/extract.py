@@ -115,6 +115,26 @@ def _plan_parts(
     return jobs, sources, "+".join(sorted(encodings))
 
 
+def _check_gpu_decoding(source: str, gpus: bool, pixels: str) -> None:
+    """extract.shard_decoder gpu: refused unless GPU actors read h264 shards."""
+    if source != "shards":
+        raise ConfigError(
+            "extract.shard_decoder is gpu, which decodes shards; --from videos decodes "
+            "the source videos on the CPU"
+        )
+    if not gpus:
+        raise ConfigError(
+            "extract.shard_decoder is gpu, but the encoder actors run on CPUs (ray.gpus is "
+            "off or the cluster has no GPUs): decode on the cpu"
+        )
+    if pixels != "h264":
+        raise ConfigError(
+            f"extract.shard_decoder: only h264 shards decode on a GPU, and the full shards "
+            f"store {pixels} frames (decode them on the cpu, or materialize again with "
+            f"--encoding h264)"
+        )
+
+
 @dataclass
 class ExtractPlan:
     """What `run_extract` will do: the fingerprint, its lineage, the parts still to write."""
@@ -164,6 +184,8 @@ def plan_extract(
     else:
         weights, layout = f"random:seed={settings.seed}", None
     jobs, sources, pixels = _plan_parts(config, root, schedule, preprocess)
+    if settings.shard_decoder == "gpu":
+        _check_gpu_decoding(settings.source, gpus, pixels)
     name = spec.name + (LOSA_SUFFIX if settings.losa else "")
     # Decoded videos give the very pixels raw shards hold, so both share a fingerprint.
     preprocessing = {
@@ -255,6 +277,7 @@ def _run_jobs(
         storage_options,
         plan.preprocess,
         plan.precision,
+        shard_decoder=settings.shard_decoder,
     )
     # One actor per GPU the cluster has or can start (an autoscaler starts GPU nodes for
     # actors that ask for one), else one per CPU.

@@ -208,6 +208,9 @@ class ExtractConfig:
     # on CPUs
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
+    # Where an actor decodes h264 shards' frames: cpu (its thread pool; a GPU actor holds
+    # one CPU), or gpu: its GPU's video decoder (NVDEC), the same pixels
+    shard_decoder: Literal["cpu", "gpu"] = "cpu"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "batch_size", "must be at least 1")

@@ -152,6 +152,7 @@ class FeatureExtractor:
             materialize does for shards).
         precision: the encoder's arithmetic (fp32, bf16, fp16), resolved on the driver.
         device: where the encoder runs; `ExtractActor` sets what Ray assigned it.
+        shard_decoder: cpu, or gpu: h264 shards decoded on `device`'s video decoder.
     """
 
     root: Store
@@ -165,6 +166,7 @@ class FeatureExtractor:
     preprocess: Preprocess = PREPROCESS_PRESETS["squash"]
     precision: str = "fp32"
     device: str = "cpu"
+    shard_decoder: str = "cpu"
 
     def __post_init__(self) -> None:
         self._model: torch.nn.Module | None = None
@@ -215,7 +217,9 @@ class FeatureExtractor:
         )
 
     def _read(self, shard: str) -> Iterator[EncodedVideo]:
-        for video in SnippetReader(self.root, self.schedule.full.name).read_shard(shard):
+        decoder = self.device if self.shard_decoder == "gpu" else "cpu"
+        reader = SnippetReader(self.root, self.schedule.full.name, device=decoder)
+        for video in reader.read_shard(shard):
             step = self._step() or len(video.frames)
             values = self.encode(video.frames.split(step))
             yield EncodedVideo(

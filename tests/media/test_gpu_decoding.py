@@ -1,5 +1,6 @@
-"""Decoding h264 shards on a GPU's video decoder: the CPU-side contract, on CPU-only
-machines (scripts/gpu_check.py runs the real decoder where a GPU is lent)."""
+"""Decoding h264 shards: each snippet's own colour, and decoding on a GPU's video decoder
+(the CPU-side contract, on CPU-only machines; scripts/gpu_check.py runs the real decoder
+where a GPU is lent)."""
 
 import numpy as np
 import pytest
@@ -55,6 +56,21 @@ def test_the_colour_of_untagged_frames_matters():
     decode_frames("h264", FrameCodec("h264").column(snippets, Color(1, 1)), bt709, threads=1)
     decode_frames("h264", FrameCodec("h264").column(snippets, Color(6, 1)), bt601, threads=1)
     assert np.abs(bt709.astype(int) - bt601).max() > 8
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_each_snippet_is_converted_by_its_own_colour(monkeypatch, device):
+    # Shards of a BT.709 source and of an untagged one (BT.601 by default) read by the same
+    # decoder, one after the other: the second keeps its own colour, not the first's.
+    install_nvdec_stand_in(monkeypatch)
+    snippets = _colourful_snippets(1)
+    untagged = FrameCodec("h264").column(snippets, Color())
+    fresh = np.empty((8, 3, 64, 64), np.uint8)
+    decode_frames("h264", untagged, fresh, threads=1, device=device)
+    after = np.empty_like(fresh)
+    decode_frames("h264", FrameCodec("h264").column(snippets, Color(1, 1)), after, 1, device)
+    decode_frames("h264", untagged, after, threads=1, device=device)
+    assert np.array_equal(after, fresh)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -14,12 +14,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 from support.cli import SHARDS, fresh_root, run
+from support.nvdec import install_nvdec_stand_in
 
 from lofipipe.cli import main
 from lofipipe.data.features import read_features
 from lofipipe.data.snippets import SnippetReader
 from lofipipe.models.registry import build_encoder
+from lofipipe.schemas.schedule import PRESETS
 from lofipipe.storage import Store
+from lofipipe.workers.feature_extractor import FeatureExtractor, PartJob
 
 pytestmark = pytest.mark.ray
 
@@ -308,3 +311,42 @@ def test_the_encoder_normalizes_as_its_preset():
     assert torch.allclose(imagenet.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
     assert build_encoder("tsm_r18").preprocess.name == "tsm-test"
     assert build_encoder("tiny").preprocess.name == "squash"
+
+
+def test_gpu_shard_decoding_gives_the_cpu_decodes_features(demo_shards, tmp_path, monkeypatch):
+    # CPU-only CI: the actor's GPU decoder is a stand-in (support/nvdec.py) and its encoder
+    # stays on the CPU. Checked: with extract.shard_decoder gpu a part's snippets are
+    # decoded on the actor's own device, and its features are those of the CPU decode.
+    root = Store(str(fresh_root(demo_shards, tmp_path)))
+    made = install_nvdec_stand_in(monkeypatch)
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny").eval()
+    shard = SnippetReader(root, "full").shards()[0]
+    features = {}
+    for name, device, decoder in (("cpu", "cpu", "cpu"), ("gpu", "cuda", "gpu")):
+        extractor = FeatureExtractor(
+            root, PRESETS["demo"], lambda: encoder, name, device=device, shard_decoder=decoder
+        )
+        extractor._model = encoder  # the stand-in GPU has no memory: encode on the CPU
+        extractor.process(PartJob(0, shard=shard))
+        features[name] = read_features(root, name)
+    assert [decoder.device for decoder in made] and {d.device for d in made} == {"cuda"}
+    assert sorted(features["gpu"]) == sorted(features["cpu"]) == ["synth_0000", "synth_0001"]
+    for video, (values, spans) in features["cpu"].items():
+        assert np.allclose(features["gpu"][video][0], values, atol=1e-4)
+        assert np.array_equal(features["gpu"][video][1], spans)
+
+
+def test_gpu_shard_decoding_is_refused_where_it_cannot_run(demo_shards, tmp_path):
+    root = fresh_root(demo_shards, tmp_path)
+    args = ["extract", str(root), "--encoder", "tiny", "--schedule", "demo"]
+    gpu = ["--set", "extract.shard_decoder=gpu"]
+    for extra, message in (
+        ([], "extract.shard_decoder is gpu, but the encoder actors run on CPUs"),
+        (["--from", "videos"], "extract.shard_decoder is gpu, which decodes shards"),
+    ):
+        result = CliRunner().invoke(main, [*args, *gpu, *extra])
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert message in line
+    assert not (root / "features").exists()

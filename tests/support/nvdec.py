@@ -27,9 +27,17 @@ class NvdecStandIn:
     def colorspace(self) -> Any:
         return self._cpu.colorspace
 
+    @colorspace.setter
+    def colorspace(self, value: Any) -> None:
+        self._cpu.colorspace = value
+
     @property
     def color_range(self) -> Any:
         return self._cpu.color_range
+
+    @color_range.setter
+    def color_range(self, value: Any) -> None:
+        self._cpu.color_range = value
 
     def decode(self, packet=None) -> list:
         frames = []
