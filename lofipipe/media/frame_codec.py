@@ -279,17 +279,12 @@ def _decode_h264(encoded: pa.BinaryArray, out: np.ndarray, device: str) -> None:
 
 
 def to_planar_rgb(
-    frame: av.VideoFrame,
-    out: np.ndarray,
-    color: Color | None = None,
-    reformatter: VideoReformatter | None = None,
+    frame: av.VideoFrame, out: np.ndarray, color: Color, reformatter: VideoReformatter
 ) -> None:
     """A YUV frame (yuv420p or NV12) into `out` (3, S, S) as RGB (its top-left S x S), by
-    `color` (default: the frame's own tags), chroma interpolated bilinearly: FFmpeg's
-    default conversion repeats each chroma sample 2 x 2, 5 to 10 levels off at colour
-    edges of a 224-pixel frame."""
-    color = color or Color(frame.colorspace, frame.color_range)
-    planar = (reformatter or VideoReformatter()).reformat(
+    `color`, chroma interpolated bilinearly: FFmpeg's default conversion repeats each
+    chroma sample 2 x 2, 5 to 10 levels off at colour edges of a 224-pixel frame."""
+    planar = reformatter.reformat(
         frame,
         format="gbrp",
         src_colorspace=color.space or None,

@@ -6,8 +6,8 @@ anti-aliasing, as `torch.nn.functional.interpolate(mode="bilinear", align_corner
 and OpenCV's INTER_LINEAR place their samples. Each output pixel blends the two source
 rows around it, then the two columns, in float32, and is rounded to the nearest level:
 within half a level of the exact result. One 224 x 224 frame with its chroma from 640 x
-360 takes about 0.07 ms, a fifth of what numpy's gathers took, and the kernel releases
-the GIL.
+360 takes about 0.09 ms, where numpy's gathers took 0.34 ms, and the kernel releases the
+GIL.
 """
 
 from __future__ import annotations

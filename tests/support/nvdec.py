@@ -15,6 +15,14 @@ import pytest
 from lofipipe.media import frame_codec
 
 
+def _of_the_cpu_decoder(name: str) -> Any:
+    """A property read from and written to the wrapped CPU decoder: the stream's colour,
+    which FFmpeg keeps on the codec context whichever device decodes."""
+    return property(
+        lambda self: getattr(self._cpu, name), lambda self, value: setattr(self._cpu, name, value)
+    )
+
+
 class NvdecStandIn:
     """What `h264_decoder("cuda:N")` returns, as far as its callers can see."""
 
@@ -23,21 +31,8 @@ class NvdecStandIn:
         self.decoded = 0
         self._cpu = frame_codec.h264_decoder("cpu")
 
-    @property
-    def colorspace(self) -> Any:
-        return self._cpu.colorspace
-
-    @colorspace.setter
-    def colorspace(self, value: Any) -> None:
-        self._cpu.colorspace = value
-
-    @property
-    def color_range(self) -> Any:
-        return self._cpu.color_range
-
-    @color_range.setter
-    def color_range(self, value: Any) -> None:
-        self._cpu.color_range = value
+    colorspace = _of_the_cpu_decoder("colorspace")
+    color_range = _of_the_cpu_decoder("color_range")
 
     def decode(self, packet=None) -> list:
         frames = []
